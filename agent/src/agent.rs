@@ -1,0 +1,512 @@
+//! [`AgentBuilder`] and [`Agent::run`]: the async shell that moves requests
+//! between NATS and the operation table.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
+use ocs_protocol::{
+    Action, AgentAddress, FeedName, OpName, ResponseCode, proto, subject,
+};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::context::{OpContext, now_unix};
+use crate::heartbeat;
+use crate::operations::{Launch, OpFuture, OpKind, OpResult, OpSpec, OpTable, Reply, WaitState};
+use crate::params::{self, Params};
+
+/// Why an agent could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// An operation, feed or startup entry is invalid.
+    #[error("invalid agent definition: {0}")]
+    Definition(String),
+    /// Subscribing to the agent's subjects failed.
+    #[error("cannot subscribe to {subject}: {reason}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// The client's error.
+        reason: String,
+    },
+    /// The runtime for operations could not be started.
+    #[error("cannot start the operations runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// Who this agent process is; fixed for the life of the process.
+pub(crate) struct Identity {
+    pub(crate) address: AgentAddress,
+    pub(crate) agent_class: String,
+    pub(crate) incarnation: Uuid,
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    pub(crate) version: String,
+    pub(crate) interval: Duration,
+    pub(crate) started: Instant,
+}
+
+/// State shared by the control loop, the heartbeat and every operation.
+pub(crate) struct Shared {
+    pub(crate) identity: Identity,
+    pub(crate) client: async_nats::Client,
+    pub(crate) table: Mutex<OpTable>,
+    /// Feed name → (subject, last sequence number).
+    pub(crate) feeds: HashMap<String, (String, AtomicU64)>,
+    pub(crate) heartbeat_on: AtomicBool,
+    /// Wakes the heartbeat so an op-code change reaches the registry at once.
+    pub(crate) op_codes_changed: Notify,
+}
+
+impl Shared {
+    fn table(&self) -> std::sync::MutexGuard<'_, OpTable> {
+        // A panic while holding the lock leaves the table consistent: every
+        // method completes its change before returning.
+        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Declares an agent: its class, operations, feeds and startup operations.
+pub struct AgentBuilder {
+    agent_class: String,
+    table: OpTable,
+    feeds: Vec<String>,
+    startup: Vec<(String, Vec<u8>)>,
+    version: String,
+    interval: Duration,
+    shutdown_grace: Duration,
+    operation_threads: usize,
+    errors: Vec<String>,
+}
+
+/// A running or runnable agent.
+pub struct Agent {
+    builder: AgentBuilder,
+    address: AgentAddress,
+}
+
+impl AgentBuilder {
+    /// Starts declaring an agent of `agent_class` (e.g. `"FakeDataAgent"`).
+    pub fn new(agent_class: impl Into<String>) -> Self {
+        AgentBuilder {
+            agent_class: agent_class.into(),
+            table: OpTable::default(),
+            feeds: Vec::new(),
+            startup: Vec::new(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(3),
+            operation_threads: 2,
+            errors: Vec::new(),
+        }
+    }
+
+    fn register<P: Params>(mut self, name: &str, kind: OpKind, docstring: &str, blocking: bool, run: Arc<dyn Fn(OpContext, P) -> OpFuture + Send + Sync>) -> Self {
+        if let Err(err) = OpName::new(name) {
+            self.errors.push(err.to_string());
+            return self;
+        }
+        let op_name = name.to_owned();
+        let prepare = Arc::new(move |bytes: &[u8]| -> Result<Launch, String> {
+            let params: P = params::decode(&op_name, bytes)?;
+            let run = run.clone();
+            Ok(Box::new(move |ctx: OpContext| run(ctx, params)))
+        });
+        let spec = OpSpec {
+            name: name.to_owned(),
+            kind,
+            docstring: docstring.to_owned(),
+            blocking,
+            params: P::describe(),
+            prepare,
+        };
+        if let Err(err) = self.table.register(spec) {
+            self.errors.push(err);
+        }
+        self
+    }
+
+    /// Registers a task: an async function that ends on its own. `abort`
+    /// cancels [`OpContext::stopping`]; the task decides how to end.
+    pub fn task<P, F, Fut>(self, name: &str, docstring: &str, function: F) -> Self
+    where
+        P: Params,
+        F: Fn(OpContext, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = OpResult> + Send + 'static,
+    {
+        let run = Arc::new(move |ctx: OpContext, params: P| -> OpFuture { Box::pin(function(ctx, params)) });
+        self.register(name, OpKind::Task, docstring, false, run)
+    }
+
+    /// Registers a task whose function blocks (synchronous I/O, long
+    /// computations); it runs on a thread of its own.
+    pub fn blocking_task<P, F>(self, name: &str, docstring: &str, function: F) -> Self
+    where
+        P: Params,
+        F: Fn(OpContext, P) -> OpResult + Send + Sync + 'static,
+    {
+        let function = Arc::new(function);
+        let run = Arc::new(move |ctx: OpContext, params: P| -> OpFuture {
+            let function = function.clone();
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || function(ctx, params))
+                    .await
+                    .map_err(|err| -> crate::BoxError { format!("CRASH: {err}").into() })?
+            })
+        });
+        self.register(name, OpKind::Task, docstring, true, run)
+    }
+
+    /// Registers a process: an async function that runs until
+    /// [`OpContext::stopping`] resolves (on `stop`), then returns.
+    pub fn process<P, F, Fut>(self, name: &str, docstring: &str, function: F) -> Self
+    where
+        P: Params,
+        F: Fn(OpContext, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = OpResult> + Send + 'static,
+    {
+        let run = Arc::new(move |ctx: OpContext, params: P| -> OpFuture { Box::pin(function(ctx, params)) });
+        self.register(name, OpKind::Process, docstring, false, run)
+    }
+
+    /// Starts `op_name` with `params` when the agent comes up (first start only).
+    pub fn startup(mut self, op_name: &str, params: impl Serialize) -> Self {
+        match to_msgpack(&params) {
+            Ok(bytes) => self.startup.push((op_name.to_owned(), bytes)),
+            Err(err) => self.errors.push(format!("startup params of {op_name:?}: {err}")),
+        }
+        self
+    }
+
+    /// Declares a feed the operations publish to with [`OpContext::publish`].
+    pub fn feed(mut self, name: &str) -> Self {
+        match FeedName::new(name) {
+            Ok(_) => self.feeds.push(name.to_owned()),
+            Err(err) => self.errors.push(err.to_string()),
+        }
+        self
+    }
+
+    /// The software version reported in heartbeats (default: this crate's).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// The heartbeat period (default 1 s).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// How long running operations get to end on shutdown (default 3 s, as OCS).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Worker threads of the runtime that runs operations (default 2).
+    pub fn operation_threads(mut self, threads: usize) -> Self {
+        self.operation_threads = threads.max(1);
+        self
+    }
+
+    /// Checks the definition and binds it to an address.
+    pub fn build(mut self, address: AgentAddress) -> Result<Agent, AgentError> {
+        for (op_name, _) in &self.startup {
+            if self.table.status(op_name).status == ResponseCode::Error {
+                self.errors.push(format!("startup operation {op_name:?} is not registered"));
+            }
+        }
+        if self.interval.is_zero() {
+            self.errors.push("heartbeat interval must be positive".to_owned());
+        }
+        if !self.errors.is_empty() {
+            return Err(AgentError::Definition(std::mem::take(&mut self.errors).join("; ")));
+        }
+        Ok(Agent {
+            builder: self,
+            address,
+        })
+    }
+}
+
+impl Agent {
+    /// Shortcut for [`AgentBuilder::new`].
+    pub fn builder(agent_class: impl Into<String>) -> AgentBuilder {
+        AgentBuilder::new(agent_class)
+    }
+
+    /// The agent's address.
+    pub fn address(&self) -> &AgentAddress {
+        &self.address
+    }
+
+    /// Serves operation requests and heartbeats until `shutdown` is cancelled,
+    /// then stops running operations within the grace period, sends the
+    /// "leaving" heartbeat and flushes.
+    pub async fn run(self, client: async_nats::Client, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let Agent { builder, address } = self;
+        let feeds = builder
+            .feeds
+            .iter()
+            .map(|name| {
+                let feed_name = FeedName::new(name.as_str()).expect("validated by the builder");
+                (name.clone(), (subject::feed(&address, &feed_name), AtomicU64::new(0)))
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            identity: Identity {
+                address: address.clone(),
+                agent_class: builder.agent_class,
+                incarnation: Uuid::new_v4(),
+                host: hostname(),
+                pid: std::process::id(),
+                version: builder.version,
+                interval: builder.interval,
+                started: Instant::now(),
+            },
+            client: client.clone(),
+            table: Mutex::new(builder.table),
+            feeds,
+            heartbeat_on: AtomicBool::new(true),
+            op_codes_changed: Notify::new(),
+        });
+        // Operations get a runtime of their own: one that blocks or spins
+        // cannot starve the heartbeat or the request loop.
+        let operations_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(builder.operation_threads)
+            .thread_name("ocs-operation")
+            .enable_all()
+            .build()?;
+        let operations = operations_runtime.handle().clone();
+
+        let ops_subject = subject::all_operations(&address);
+        let api_subject = subject::api(&address);
+        let mut op_requests = subscribe(&client, &ops_subject).await?;
+        let mut api_requests = subscribe(&client, &api_subject).await?;
+
+        let heartbeat_stop = CancellationToken::new();
+        let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), heartbeat_stop.clone()));
+        info!(
+            address = %address,
+            class = %shared.identity.agent_class,
+            incarnation = %shared.identity.incarnation,
+            "agent up"
+        );
+        for (op_name, params) in &builder.startup {
+            let reply = start_operation(&shared, &operations, op_name, params);
+            info!(op = %op_name, status = reply.status.name(), message = %reply.message, "startup operation");
+        }
+
+        let requests = TaskTracker::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(message) = op_requests.next() => {
+                    requests.spawn(handle_operation_request(shared.clone(), operations.clone(), shutdown.clone(), message));
+                }
+                Some(message) = api_requests.next() => {
+                    requests.spawn(handle_api_request(shared.clone(), message));
+                }
+            }
+        }
+
+        info!("shutting down: no new requests, stopping operations");
+        let _ = op_requests.unsubscribe().await;
+        let _ = api_requests.unsubscribe().await;
+        let asked = shared.table().stop_all(now_unix());
+        shared.op_codes_changed.notify_one();
+        let deadline = tokio::time::Instant::now() + builder.shutdown_grace;
+        while shared.table().any_running() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if shared.table().any_running() {
+            warn!(grace = ?builder.shutdown_grace, "operations still running after the grace period; abandoning them");
+        } else if asked > 0 {
+            info!(operations = asked, "operations stopped");
+        }
+        requests.close();
+        let _ = tokio::time::timeout(Duration::from_millis(500), requests.wait()).await;
+        heartbeat_stop.cancel();
+        let _ = heartbeat.await;
+        if tokio::time::timeout(Duration::from_secs(2), client.flush()).await.is_err() {
+            warn!("flushing NATS timed out");
+        }
+        operations_runtime.shutdown_background();
+        info!("agent stopped");
+        Ok(())
+    }
+}
+
+async fn subscribe(client: &async_nats::Client, subject: &str) -> Result<async_nats::Subscriber, AgentError> {
+    client
+        .subscribe(subject.to_owned())
+        .await
+        .map_err(|err| AgentError::Subscribe {
+            subject: subject.to_owned(),
+            reason: err.to_string(),
+        })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Starts an operation and spawns it on the operations runtime.
+fn start_operation(shared: &Arc<Shared>, operations: &tokio::runtime::Handle, op_name: &str, params: &[u8]) -> Reply {
+    let started = match shared.table().start(op_name, params, now_unix()) {
+        Ok(started) => started,
+        Err(reply) => return reply,
+    };
+    let ctx = OpContext {
+        shared: shared.clone(),
+        op_name: Arc::from(op_name),
+        session_id: started.session_id,
+        stop: started.stop,
+    };
+    shared.op_codes_changed.notify_one();
+    let future = (started.launch)(ctx.clone());
+    operations.spawn(async move {
+        ctx.mark_running();
+        let outcome = AssertUnwindSafe(future).catch_unwind().await;
+        let (success, message) = match outcome {
+            Ok(Ok(message)) => (true, message),
+            Ok(Err(error)) => (false, error.to_string()),
+            Err(panic) => (false, format!("CRASH: {}", panic_message(&panic))),
+        };
+        if !success {
+            warn!(op = %ctx.op_name, session = ctx.session_id, %message, "operation failed");
+        }
+        ctx.shared
+            .table()
+            .finish(&ctx.op_name, ctx.session_id, success, message, now_unix());
+        ctx.shared.op_codes_changed.notify_one();
+    });
+    started.reply
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "operation panicked".to_owned())
+}
+
+async fn handle_operation_request(
+    shared: Arc<Shared>,
+    operations: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+    message: async_nats::Message,
+) {
+    let Some(reply_to) = message.reply.clone() else {
+        warn!(subject = %message.subject, "operation request without a reply subject; dropped");
+        return;
+    };
+    let reply = operation_reply(&shared, &operations, &shutdown, &message).await;
+    let payload = codec::encode(&reply.to_proto());
+    if let Err(err) = shared.client.publish(reply_to, payload.into()).await {
+        warn!(error = %err, "cannot send reply");
+    }
+}
+
+async fn operation_reply(
+    shared: &Arc<Shared>,
+    operations: &tokio::runtime::Handle,
+    shutdown: &CancellationToken,
+    message: &async_nats::Message,
+) -> Reply {
+    let Some((action, op_name)) = subject::parse_operation(&shared.identity.address, &message.subject) else {
+        return error_reply(format!("malformed operation subject {:?}", message.subject.as_str()));
+    };
+    let Some(action) = Action::parse(action) else {
+        return error_reply(format!("No implementation for \"{op_name}\""));
+    };
+    let request: proto::OperationRequest = match codec::decode(&message.payload, MAX_MESSAGE_BYTES) {
+        Ok(request) => request,
+        Err(err) => return error_reply(format!("malformed request: {err}")),
+    };
+    match action {
+        Action::Start => start_operation(shared, operations, op_name, &request.params),
+        Action::Stop | Action::Abort => {
+            let reply = shared.table().request_stop(op_name, action, now_unix());
+            shared.op_codes_changed.notify_one();
+            reply
+        }
+        Action::Status => shared.table().status(op_name),
+        Action::Wait => wait(shared, shutdown, op_name, request.timeout).await,
+    }
+}
+
+/// OCS `wait`: until the session is done, the timeout passes, or the agent shuts down.
+async fn wait(shared: &Shared, shutdown: &CancellationToken, op_name: &str, timeout: Option<f64>) -> Reply {
+    let deadline = timeout.map(|seconds| tokio::time::Instant::now() + Duration::from_secs_f64(seconds.clamp(0.0, 1e9)));
+    loop {
+        let expired = deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline);
+        let mut finished = match shared.table().wait_state(op_name, expired) {
+            WaitState::Reply(reply) => return reply,
+            WaitState::Running(finished) => finished,
+        };
+        let until_deadline = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = finished.changed() => {}
+            _ = until_deadline => {}
+            _ = shutdown.cancelled() => {
+                // Answer with the current state rather than leaving the client hanging.
+                let reply = shared.table().wait_state(op_name, true);
+                if let WaitState::Reply(reply) = reply { return reply; }
+            }
+        }
+    }
+}
+
+fn error_reply(message: String) -> Reply {
+    Reply {
+        status: ResponseCode::Error,
+        message,
+        session: None,
+    }
+}
+
+async fn handle_api_request(shared: Arc<Shared>, message: async_nats::Message) {
+    let Some(reply_to) = message.reply else {
+        return;
+    };
+    let identity = &shared.identity;
+    let api = proto::ApiReply {
+        protocol_version: ocs_protocol::PROTOCOL_VERSION,
+        agent_address: identity.address.to_string(),
+        agent_class: identity.agent_class.clone(),
+        host: identity.host.clone(),
+        pid: identity.pid,
+        agent_version: identity.version.clone(),
+        incarnation: identity.incarnation.to_string(),
+        operations: shared.table().describe(),
+        feeds: shared.feeds.keys().cloned().collect(),
+        uptime_ms: identity.started.elapsed().as_millis().try_into().unwrap_or(u64::MAX),
+    };
+    if let Err(err) = shared.client.publish(reply_to, codec::encode(&api).into()).await {
+        warn!(error = %err, "cannot send api reply");
+    }
+}
+

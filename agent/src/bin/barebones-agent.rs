@@ -1,0 +1,88 @@
+//! `ocs-barebones-agent`: the smallest useful agent (OCS's BarebonesAgent).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ocs_agent::process::{CommonArgs, init_tracing, serve_agent};
+use ocs_agent::{Agent, OpContext, OpResult, Params};
+use ocs_protocol::InstanceId;
+use serde::Deserialize;
+
+/// A minimal agent with one process and one task.
+#[derive(Parser)]
+#[command(version)]
+struct Config {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// This agent's instance id.
+    #[arg(long, env = "INSTANCE_ID", default_value = "barebones")]
+    instance_id: InstanceId,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CountParams {
+    #[serde(default = "default_interval")]
+    interval: f64,
+}
+
+fn default_interval() -> f64 {
+    1.0
+}
+
+impl Params for CountParams {
+    fn describe() -> Vec<(&'static str, &'static str)> {
+        vec![("interval", "seconds between increments (default 1)")]
+    }
+    fn validate(&self) -> Result<(), String> {
+        if !(0.01..=3600.0).contains(&self.interval) {
+            return Err(format!("interval={} is outside 0.01..=3600", self.interval));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrintParams {
+    text: String,
+}
+
+impl Params for PrintParams {
+    fn describe() -> Vec<(&'static str, &'static str)> {
+        vec![("text", "the text to log in the session")]
+    }
+}
+
+async fn count(ctx: OpContext, params: CountParams) -> OpResult {
+    let mut value = 0u64;
+    while !ctx.sleep_or_stop(Duration::from_secs_f64(params.interval)).await {
+        value += 1;
+        ctx.update_data(|data| {
+            data.insert("value".into(), value.into());
+        });
+    }
+    Ok(format!("Stopped counting at {value}"))
+}
+
+async fn print(ctx: OpContext, params: PrintParams) -> OpResult {
+    ctx.log(params.text);
+    Ok("Printed message".into())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    init_tracing(config.common.log_format);
+    let builder = Agent::builder("BarebonesAgent")
+        .process("count", "Increment a counter every `interval` seconds until stopped.", count)
+        .task("print", "Log `text` in the session.", print);
+    match serve_agent(builder, &config.common, &config.instance_id).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! [`OcsClient`]: request/reply to agents, every call bounded by a timeout.
+
+use std::time::Duration;
+
+use async_nats::RequestErrorKind;
+use async_nats::client::Request;
+use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES};
+use ocs_protocol::{Action, AddressRoot, AgentAddress, CodecError, InstanceId, OpName, proto, subject};
+
+/// Why a request got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nobody listens on the agent's subject: it is not running (or not reachable).
+    #[error("no agent answers at {address} (is it running?)")]
+    NoAgent {
+        /// The agent's address.
+        address: String,
+    },
+    /// The agent did not answer in time.
+    #[error("{address} did not answer within {timeout:?}")]
+    TimedOut {
+        /// The agent's address.
+        address: String,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// The request could not be sent.
+    #[error("request to {address} failed: {reason}")]
+    Request {
+        /// The agent's address.
+        address: String,
+        /// The client's error.
+        reason: String,
+    },
+    /// The answer was not a valid reply.
+    #[error("malformed reply from {address}: {source}")]
+    Decode {
+        /// The agent's address.
+        address: String,
+        /// The decoding error.
+        source: CodecError,
+    },
+}
+
+/// Talks to agents by instance id, like OCS's `OCSClient`.
+#[derive(Clone)]
+pub struct OcsClient {
+    client: async_nats::Client,
+    root: AddressRoot,
+}
+
+impl OcsClient {
+    /// A client for agents under `root`.
+    pub fn new(client: async_nats::Client, root: AddressRoot) -> Self {
+        OcsClient { client, root }
+    }
+
+    /// The underlying NATS client.
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The address of `instance_id` under this client's root.
+    pub fn address(&self, instance_id: &InstanceId) -> AgentAddress {
+        AgentAddress::new(&self.root, instance_id)
+    }
+
+    async fn request(&self, address: &AgentAddress, subject: String, payload: Vec<u8>, timeout: Duration) -> Result<bytes::Bytes, ClientError> {
+        let request = Request::new().payload(payload.into()).timeout(Some(timeout));
+        match self.client.send_request(subject, request).await {
+            Ok(message) => Ok(message.payload),
+            Err(err) => Err(match err.kind() {
+                RequestErrorKind::NoResponders => ClientError::NoAgent {
+                    address: address.to_string(),
+                },
+                RequestErrorKind::TimedOut => ClientError::TimedOut {
+                    address: address.to_string(),
+                    timeout,
+                },
+                _ => ClientError::Request {
+                    address: address.to_string(),
+                    reason: err.to_string(),
+                },
+            }),
+        }
+    }
+
+    /// Calls `action` on operation `op_name` of `instance_id`.
+    ///
+    /// `params` is a MessagePack map (start only); `wait_timeout` is the
+    /// seconds a `wait` may take on the agent's side. The whole call is bounded
+    /// by `timeout`, which for `wait` is extended by `wait_timeout`.
+    pub async fn operation(
+        &self,
+        instance_id: &InstanceId,
+        op_name: &OpName,
+        action: Action,
+        params: Vec<u8>,
+        wait_timeout: Option<f64>,
+        timeout: Duration,
+    ) -> Result<proto::OperationReply, ClientError> {
+        let address = self.address(instance_id);
+        let request = proto::OperationRequest {
+            protocol_version: ocs_protocol::PROTOCOL_VERSION,
+            params,
+            timeout: wait_timeout,
+        };
+        let timeout = match (action, wait_timeout) {
+            (Action::Wait, Some(seconds)) if seconds > 0.0 => timeout + Duration::from_secs_f64(seconds.min(1e6)),
+            _ => timeout,
+        };
+        let payload = self
+            .request(&address, subject::operation(&address, action, op_name), codec::encode(&request), timeout)
+            .await?;
+        codec::decode(&payload, MAX_MESSAGE_BYTES).map_err(|source| ClientError::Decode {
+            address: address.to_string(),
+            source,
+        })
+    }
+
+    /// OCS `get_api`: the agent's identity and operations.
+    pub async fn api(&self, instance_id: &InstanceId, timeout: Duration) -> Result<proto::ApiReply, ClientError> {
+        let address = self.address(instance_id);
+        let payload = self.request(&address, subject::api(&address), Vec::new(), timeout).await?;
+        codec::decode(&payload, MAX_MESSAGE_BYTES).map_err(|source| ClientError::Decode {
+            address: address.to_string(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,113 @@
+//! The heartbeat: its own task, its own period, never blocked by operations.
+//!
+//! Operations run on a separate runtime (see `agent.rs`), so a task that
+//! blocks or burns CPU cannot delay this loop. A beat is skipped, not queued,
+//! while NATS is disconnected: async-nats would otherwise buffer it (and block
+//! once its buffer is full) and replay a burst of stale beats on reconnect.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use ocs_protocol::{codec, proto, subject};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::agent::{Identity, Shared};
+
+/// Builds the sequence of heartbeats of one incarnation.
+pub(crate) struct HeartbeatSequence {
+    seq: u64,
+}
+
+impl HeartbeatSequence {
+    pub(crate) fn new() -> Self {
+        HeartbeatSequence { seq: 0 }
+    }
+
+    /// The next heartbeat; `seq` starts at 1 and grows by one per beat.
+    pub(crate) fn next(
+        &mut self,
+        identity: &Identity,
+        op_codes: Vec<proto::OperationCode>,
+        leaving: bool,
+        sent_at_unix_ms: i64,
+    ) -> proto::Heartbeat {
+        self.seq += 1;
+        proto::Heartbeat {
+            protocol_version: ocs_protocol::PROTOCOL_VERSION,
+            agent_address: identity.address.to_string(),
+            agent_class: identity.agent_class.clone(),
+            incarnation: identity.incarnation.to_string(),
+            seq: self.seq,
+            sent_at_unix_ms,
+            op_codes,
+            host: identity.host.clone(),
+            pid: identity.pid,
+            agent_version: identity.version.clone(),
+            interval_ms: identity.interval.as_millis().try_into().unwrap_or(u32::MAX),
+            leaving,
+        }
+    }
+}
+
+/// Beats every interval (and at once when an op code changes) until `stop`,
+/// then sends the final "leaving" beat.
+pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let subject = subject::heartbeat(&shared.identity.address);
+    let mut sequence = HeartbeatSequence::new();
+    let mut ticks = tokio::time::interval(shared.identity.interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut skipped_in_a_row = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+            _ = shared.op_codes_changed.notified() => {}
+        }
+        if !shared.heartbeat_on.load(Ordering::Relaxed) {
+            continue;
+        }
+        if send(&shared, &subject, &mut sequence, false).await {
+            if skipped_in_a_row > 0 {
+                info!(skipped = skipped_in_a_row, "heartbeats resumed");
+            }
+            skipped_in_a_row = 0;
+        } else {
+            if skipped_in_a_row == 0 {
+                warn!("NATS not connected; skipping heartbeats until it returns");
+            }
+            skipped_in_a_row += 1;
+        }
+    }
+    if send(&shared, &subject, &mut sequence, true).await {
+        debug!("sent leaving heartbeat");
+    } else {
+        warn!("could not send the leaving heartbeat");
+    }
+}
+
+async fn send(shared: &Shared, subject: &str, sequence: &mut HeartbeatSequence, leaving: bool) -> bool {
+    if shared.client.connection_state() != State::Connected {
+        return false;
+    }
+    let op_codes = shared
+        .table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .op_codes();
+    let heartbeat = sequence.next(
+        &shared.identity,
+        op_codes,
+        leaving,
+        chrono::Utc::now().timestamp_millis(),
+    );
+    let publish = shared
+        .client
+        .publish(subject.to_owned(), codec::encode(&heartbeat).into());
+    // The bound keeps a full client buffer from stalling the beat loop.
+    let bound = shared.identity.interval.min(Duration::from_secs(1));
+    matches!(tokio::time::timeout(bound, publish).await, Ok(Ok(())))
+}

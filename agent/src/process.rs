@@ -1,0 +1,131 @@
+//! Process plumbing shared by every binary: common options, tracing, signals
+//! and NATS connection settings.
+
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event};
+use clap::{Args, ValueEnum};
+use ocs_protocol::AddressRoot;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Options every service, agent and the `ocs` client take.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// First token of every agent address.
+    #[arg(long, env = "OCS_ADDRESS_ROOT", default_value = "observatory")]
+    pub address_root: AddressRoot,
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` filter (default `info`), text or JSON to stderr.
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// A token cancelled on the first SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                warn!(error = %err, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                trigger.cancel();
+                return;
+            }
+        };
+        let name = tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        info!(signal = name, "shutdown requested");
+        trigger.cancel();
+    });
+    token
+}
+
+/// Ping interval of long-running connections: a frozen or partitioned server
+/// is noticed within about three intervals instead of minutes.
+pub const SERVICE_PING_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Connects a long-running service or agent: retries the first connection and
+/// every reconnect forever, notices dead servers within seconds, and logs
+/// connection changes (never one line per failed attempt).
+pub async fn connect_service(nats_url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .ping_interval(SERVICE_PING_INTERVAL)
+        .connection_timeout(Duration::from_secs(3))
+        .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
+        .event_callback(|event| async move {
+            match event {
+                Event::Connected => info!("connected to NATS"),
+                Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
+                Event::SlowConsumer(sid) => warn!(subscription = sid, "slow consumer: messages dropped"),
+                Event::ServerError(err) => warn!(error = %err, "NATS server error"),
+                Event::LameDuckMode => warn!("NATS server entering lame duck mode"),
+                Event::ClientError(_) | Event::Draining | Event::Closed => {}
+            }
+        })
+        .connect(nats_url)
+        .await
+}
+
+/// Connects a short-lived client (the CLI): one attempt, bounded in time.
+pub async fn connect_client(nats_url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    ConnectOptions::new()
+        .name("ocs-cli")
+        .connection_timeout(Duration::from_secs(3))
+        .connect(nats_url)
+        .await
+}
+
+/// Runs `builder` as the agent `instance_id` until SIGINT or SIGTERM: connects
+/// (retrying), serves, then drains the connection. For agent binaries' `main`.
+pub async fn serve_agent(builder: crate::AgentBuilder, common: &CommonArgs, instance_id: &ocs_protocol::InstanceId) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let address = ocs_protocol::AgentAddress::new(&common.address_root, instance_id);
+    let agent = builder.build(address.clone())?;
+    let shutdown = shutdown_on_signals();
+    info!(nats_url = %common.nats_url, %address, "connecting");
+    let client = connect_service(&common.nats_url, address.as_str())
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", common.nats_url))?;
+    agent.run(client.clone(), shutdown).await?;
+    drain(&client).await;
+    Ok(())
+}
+
+/// Drains the connection (flushing buffered publishes), bounded in time.
+pub async fn drain(client: &async_nats::Client) {
+    if tokio::time::timeout(Duration::from_secs(3), client.drain()).await.is_err() {
+        warn!("draining NATS timed out");
+    }
+}

@@ -1,0 +1,179 @@
+//! JSON views of wire messages in OCS's shapes, for `ocs --json`, the registry's
+//! `main` session data and anyone who wants OCS-compatible dictionaries.
+
+use serde_json::{Map, Value, json};
+
+use crate::codec::{CodecError, from_msgpack};
+use crate::opcode::OpCode;
+use crate::proto;
+
+/// Unix milliseconds as OCS's float seconds; 0 (unset) becomes `null`.
+pub fn unix_ms_to_seconds(unix_ms: i64) -> Value {
+    if unix_ms == 0 {
+        Value::Null
+    } else {
+        json!(unix_ms as f64 / 1000.0)
+    }
+}
+
+/// `OpSession.encoded()`: exactly OCS's keys, with `data` decoded from MessagePack.
+pub fn session(session: &proto::Session) -> Result<Value, CodecError> {
+    let data: Value = from_msgpack(&session.data)?;
+    let messages: Vec<Value> = session
+        .messages
+        .iter()
+        .map(|message| json!([message.timestamp, message.text]))
+        .collect();
+    Ok(json!({
+        "session_id": session.session_id,
+        "op_name": session.op_name,
+        "op_code": session.op_code,
+        "status": session.status,
+        "degraded": session.degraded,
+        "success": session.success,
+        "start_time": session.start_time,
+        "end_time": session.end_time,
+        "data": data,
+        "messages": messages,
+    }))
+}
+
+/// The OCS reply object `{"status", "message", "session"}`; `session` is `{}` when absent.
+pub fn reply(reply: &proto::OperationReply) -> Result<Value, CodecError> {
+    let session = match &reply.session {
+        Some(session_message) => session(session_message)?,
+        None => json!({}),
+    };
+    Ok(json!({
+        "status": reply.status,
+        "message": reply.message,
+        "session": session,
+    }))
+}
+
+/// Op codes as OCS's `{op_name: code}` map, in the order given.
+pub fn op_codes(op_codes: &[proto::OperationCode]) -> Value {
+    let map: Map<String, Value> = op_codes
+        .iter()
+        .map(|op| (op.op_name.clone(), json!(op.op_code)))
+        .collect();
+    Value::Object(map)
+}
+
+/// One registry record in OCS's `RegisteredAgent` shape, plus our additions.
+pub fn agent_record(record: &proto::AgentRecord) -> Value {
+    let state = match proto::AgentState::try_from(record.state) {
+        Ok(proto::AgentState::Alive) => "alive",
+        Ok(proto::AgentState::Expired) => "expired",
+        Ok(proto::AgentState::Left) => "left",
+        _ => "unknown",
+    };
+    json!({
+        "expired": record.expired,
+        "time_expired": unix_ms_to_seconds(record.time_expired_unix_ms),
+        "last_updated": unix_ms_to_seconds(record.last_updated_unix_ms),
+        "op_codes": op_codes(&record.op_codes),
+        "agent_class": record.agent_class,
+        "agent_address": record.agent_address,
+        "state": state,
+        "incarnation": record.incarnation,
+        "host": record.host,
+        "pid": record.pid,
+        "version": record.agent_version,
+        "first_seen": unix_ms_to_seconds(record.first_seen_unix_ms),
+        "heartbeat_interval": record.interval_ms as f64 / 1000.0,
+        "incarnations_seen": record.incarnations_seen,
+    })
+}
+
+/// A heartbeat as a JSON object, for `ocs listen`.
+pub fn heartbeat(heartbeat: &proto::Heartbeat) -> Value {
+    json!({
+        "agent_address": heartbeat.agent_address,
+        "agent_class": heartbeat.agent_class,
+        "incarnation": heartbeat.incarnation,
+        "seq": heartbeat.seq,
+        "sent_at": unix_ms_to_seconds(heartbeat.sent_at_unix_ms),
+        "op_codes": op_codes(&heartbeat.op_codes),
+        "host": heartbeat.host,
+        "pid": heartbeat.pid,
+        "version": heartbeat.agent_version,
+        "heartbeat_interval": heartbeat.interval_ms as f64 / 1000.0,
+        "leaving": heartbeat.leaving,
+    })
+}
+
+/// A registry feed message as a JSON object, for `ocs listen`.
+pub fn agent_operations(message: &proto::AgentOperations) -> Value {
+    let agents: Map<String, Value> = message
+        .agents
+        .iter()
+        .map(|record| (record.agent_address.clone(), agent_record(record)))
+        .collect();
+    json!({
+        "registry_address": message.registry_address,
+        "registry_incarnation": message.registry_incarnation,
+        "snapshot": message.snapshot,
+        "seq": message.seq,
+        "sent_at": unix_ms_to_seconds(message.sent_at_unix_ms),
+        "agents": agents,
+        "forgotten": message.forgotten,
+    })
+}
+
+/// An agent feed message as a JSON object, payload decoded from MessagePack.
+pub fn feed_message(message: &proto::FeedMessage) -> Result<Value, CodecError> {
+    let payload: Value = from_msgpack(&message.payload)?;
+    Ok(json!({
+        "agent_address": message.agent_address,
+        "feed_name": message.feed_name,
+        "seq": message.seq,
+        "sent_at": unix_ms_to_seconds(message.sent_at_unix_ms),
+        "payload": payload,
+    }))
+}
+
+/// The OCS name of a numeric op code, or the number itself if out of range.
+pub fn op_code_name(value: i64) -> String {
+    i32::try_from(value)
+        .ok()
+        .and_then(OpCode::from_value)
+        .map(|code| code.name().to_owned())
+        .unwrap_or_else(|| value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::to_msgpack;
+
+    #[test]
+    fn session_has_exactly_ocs_keys() {
+        let message = proto::Session {
+            session_id: 7,
+            op_name: "acq".into(),
+            op_code: 3,
+            status: "running".into(),
+            start_time: 1669925000.5,
+            data: to_msgpack(&json!({"count": 3})).unwrap(),
+            messages: vec![proto::SessionMessage {
+                timestamp: 1669925000.5,
+                text: "Status is now \"running\".".into(),
+            }],
+            ..Default::default()
+        };
+        let value = session(&message).unwrap();
+        let mut keys: Vec<&str> = value.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "data", "degraded", "end_time", "messages", "op_code", "op_name",
+                "session_id", "start_time", "status", "success"
+            ]
+        );
+        assert_eq!(value["data"], json!({"count": 3}));
+        assert_eq!(value["success"], Value::Null);
+        assert_eq!(value["messages"][0][1], "Status is now \"running\".");
+    }
+}

@@ -1,0 +1,150 @@
+//! Every NATS subject of the system. Nothing else in the workspace formats a subject.
+//!
+//! | Subject | Direction | Message | Encoding |
+//! |---|---|---|---|
+//! | `{root}.{iid}.feeds.heartbeat` | agent → all | [`Heartbeat`](crate::proto::Heartbeat) | protobuf |
+//! | `{root}.*.feeds.heartbeat` | registry, `ocs scan --listen` subscribe | (wildcard of the above) | |
+//! | `{root}.{iid}.feeds.{feed}` | agent → all | [`FeedMessage`](crate::proto::FeedMessage), payload MessagePack | protobuf |
+//! | `{root}.{registry}.feeds.agent_operations` | registry → monitor, clients | [`AgentOperations`](crate::proto::AgentOperations) | protobuf |
+//! | `{root}.{iid}.ops.{action}.{op}` | client → agent, request/reply | [`OperationRequest`](crate::proto::OperationRequest) → [`OperationReply`](crate::proto::OperationReply) | protobuf, params/data MessagePack |
+//! | `{root}.{iid}.api` | client → agent, request/reply | empty → [`ApiReply`](crate::proto::ApiReply) | protobuf |
+//!
+//! The action comes before the operation name in operation subjects so that a
+//! NATS permission such as `observatory.*.ops.status.>` can be granted to every
+//! user while `observatory.*.ops.start.>` stays with operators.
+
+use crate::address::{AddressRoot, AgentAddress, FeedName, OpName};
+use crate::opcode::Action;
+
+/// The feed name of heartbeats.
+pub const HEARTBEAT_FEED: &str = "heartbeat";
+/// The feed name of the registry's aggregated operation states.
+pub const AGENT_OPERATIONS_FEED: &str = "agent_operations";
+
+/// `{address}.feeds.heartbeat`: where an agent publishes its heartbeat.
+pub fn heartbeat(address: &AgentAddress) -> String {
+    format!("{address}.feeds.{HEARTBEAT_FEED}")
+}
+
+/// `{root}.*.feeds.heartbeat`: the heartbeats of every agent under `root`.
+pub fn all_heartbeats(root: &AddressRoot) -> String {
+    format!("{root}.*.feeds.{HEARTBEAT_FEED}")
+}
+
+/// `{address}.feeds.{feed}`: one feed of one agent.
+pub fn feed(address: &AgentAddress, feed: &FeedName) -> String {
+    format!("{address}.feeds.{feed}")
+}
+
+/// `{root}.*.feeds.>`: every feed of every agent under `root`.
+pub fn all_feeds(root: &AddressRoot) -> String {
+    format!("{root}.*.feeds.>")
+}
+
+/// `{registry}.feeds.agent_operations`: the registry's aggregated feed.
+pub fn agent_operations(registry: &AgentAddress) -> String {
+    format!("{registry}.feeds.{AGENT_OPERATIONS_FEED}")
+}
+
+/// `{address}.ops.{action}.{op}`: one action on one operation.
+pub fn operation(address: &AgentAddress, action: Action, op_name: &OpName) -> String {
+    format!("{address}.ops.{}.{op_name}", action.as_str())
+}
+
+/// `{address}.ops.>`: every operation request addressed to one agent.
+pub fn all_operations(address: &AgentAddress) -> String {
+    format!("{address}.ops.>")
+}
+
+/// `{address}.api`: the agent's description of itself (OCS `get_api`).
+pub fn api(address: &AgentAddress) -> String {
+    format!("{address}.api")
+}
+
+/// The instance id in a heartbeat subject `{root}.{iid}.feeds.heartbeat`, if
+/// `subject` is one under `root`.
+pub fn instance_id_of_heartbeat<'s>(root: &AddressRoot, subject: &'s str) -> Option<&'s str> {
+    let rest = subject.strip_prefix(root.as_str())?.strip_prefix('.')?;
+    let instance_id = rest
+        .strip_suffix(HEARTBEAT_FEED)?
+        .strip_suffix(".feeds.")?;
+    (!instance_id.is_empty() && !instance_id.contains('.')).then_some(instance_id)
+}
+
+/// The action and operation name of an operation subject under `address`.
+pub fn parse_operation<'s>(address: &AgentAddress, subject: &'s str) -> Option<(&'s str, &'s str)> {
+    let rest = subject
+        .strip_prefix(address.as_str())?
+        .strip_prefix(".ops.")?;
+    let (action, op_name) = rest.split_once('.')?;
+    (!op_name.contains('.')).then_some((action, op_name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::InstanceId;
+
+    /// A minimal NATS subject matcher (`*` one token, `>` the rest) to check
+    /// that concrete subjects fall under the wildcards we subscribe to.
+    fn matches(pattern: &str, subject: &str) -> bool {
+        let mut pattern_tokens = pattern.split('.');
+        let mut subject_tokens = subject.split('.');
+        loop {
+            match (pattern_tokens.next(), subject_tokens.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(p), Some(s)) if p == s => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    fn faker() -> AgentAddress {
+        AgentAddress::new(&AddressRoot::default(), &InstanceId::new("faker").unwrap())
+    }
+
+    #[test]
+    fn concrete_subjects_match_their_wildcards() {
+        let root = AddressRoot::default();
+        let address = faker();
+        let op = OpName::new("acq").unwrap();
+        assert_eq!(heartbeat(&address), "observatory.faker.feeds.heartbeat");
+        assert!(matches(&all_heartbeats(&root), &heartbeat(&address)));
+        let feed_name = FeedName::new("fake_data").unwrap();
+        assert!(matches(&all_feeds(&root), &feed(&address, &feed_name)));
+        assert!(matches(&all_feeds(&root), &heartbeat(&address)));
+        for action in Action::ALL {
+            let subject = operation(&address, action, &op);
+            assert!(matches(&all_operations(&address), &subject));
+            assert_eq!(
+                parse_operation(&address, &subject),
+                Some((action.as_str(), "acq"))
+            );
+        }
+        assert_eq!(
+            operation(&address, Action::Status, &op),
+            "observatory.faker.ops.status.acq"
+        );
+        assert!(!matches(&all_heartbeats(&root), &api(&address)));
+    }
+
+    #[test]
+    fn heartbeat_subject_parsing() {
+        let root = AddressRoot::default();
+        assert_eq!(
+            instance_id_of_heartbeat(&root, "observatory.faker.feeds.heartbeat"),
+            Some("faker")
+        );
+        for subject in [
+            "observatory..feeds.heartbeat",
+            "other.faker.feeds.heartbeat",
+            "observatory.a.b.feeds.heartbeat",
+            "observatory.faker.feeds.data",
+            "observatoryx.faker.feeds.heartbeat",
+        ] {
+            assert_eq!(instance_id_of_heartbeat(&root, subject), None, "{subject}");
+        }
+    }
+}
