@@ -61,6 +61,11 @@ impl OpContext {
         &self.shared.identity.address
     }
 
+    /// This agent process's incarnation id (new at every start).
+    pub fn incarnation(&self) -> uuid::Uuid {
+        self.shared.identity.incarnation
+    }
+
     /// The NATS client, for operations that talk to other agents.
     pub fn client(&self) -> &async_nats::Client {
         &self.shared.client

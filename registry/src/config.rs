@@ -1,0 +1,61 @@
+//! `ocs-registry` settings: command line and environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use ocs_agent::process::CommonArgs;
+use ocs_protocol::InstanceId;
+
+use crate::table::TableConfig;
+
+/// The registry: tracks agents by their heartbeats and publishes the `agent_operations` feed.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ocs-registry", version)]
+pub struct Config {
+    /// NATS, address root and logging.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The registry's own instance id.
+    #[arg(long, env = "INSTANCE_ID", default_value = "registry")]
+    pub instance_id: InstanceId,
+    /// Seconds without a heartbeat after which an agent is expired (at least
+    /// three of the agent's own heartbeat intervals).
+    #[arg(long, env = "OCS_REGISTRY_AGENT_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
+    pub agent_timeout: Duration,
+    /// Seconds between full snapshots on the agent_operations feed.
+    #[arg(long, env = "OCS_REGISTRY_WAIT_TIME", default_value = "30", value_parser = parse_seconds)]
+    pub wait_time: Duration,
+    /// Seconds after which an expired or departed agent is forgotten.
+    #[arg(long, env = "OCS_REGISTRY_FORGET_AFTER", default_value = "86400", value_parser = parse_seconds)]
+    pub forget_after: Duration,
+    /// Most agents tracked; heartbeats from further new addresses are dropped.
+    #[arg(long, env = "OCS_REGISTRY_MAX_AGENTS", default_value_t = 100_000)]
+    pub max_agents: usize,
+    /// Largest heartbeat accepted, in bytes.
+    #[arg(long, env = "OCS_REGISTRY_MAX_HEARTBEAT_BYTES", default_value_t = 64 * 1024)]
+    pub max_heartbeat_bytes: usize,
+    /// Address of the HTTP endpoints (/metrics, /healthz).
+    #[arg(long, env = "OCS_REGISTRY_LISTEN", default_value = "127.0.0.1:9463")]
+    pub listen: SocketAddr,
+}
+
+/// Parses a positive number of seconds.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds <= 1e9) {
+        return Err(format!("{text} must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+impl Config {
+    /// The table limits from these settings.
+    pub fn table(&self) -> TableConfig {
+        TableConfig {
+            agent_timeout: self.agent_timeout,
+            forget_after: self.forget_after,
+            max_agents: self.max_agents,
+        }
+    }
+}

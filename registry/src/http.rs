@@ -1,0 +1,42 @@
+//! `/metrics` and `/healthz` of the registry. Read-only.
+
+use std::sync::Arc;
+
+use async_nats::connection::State;
+use axum::Router;
+use axum::extract::State as AxumState;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::metrics::RegistryMetrics;
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<RegistryMetrics>,
+    client: async_nats::Client,
+}
+
+/// The router: `/metrics` (OpenMetrics text) and `/healthz` (200 while
+/// connected to NATS, 503 otherwise).
+pub fn router(metrics: Arc<RegistryMetrics>, client: async_nats::Client) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .with_state(HttpState { metrics, client })
+}
+
+async fn metrics_handler(AxumState(state): AxumState<HttpState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+}
+
+async fn healthz(AxumState(state): AxumState<HttpState>) -> impl IntoResponse {
+    if state.client.connection_state() == State::Connected {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not connected to NATS\n")
+    }
+}

@@ -1,0 +1,132 @@
+//! The registry's own Prometheus metrics, in an explicit `prometheus_client` registry.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why a heartbeat was dropped.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DropReason {
+    /// Larger than `--max-heartbeat-bytes`.
+    oversized,
+    /// Not a protobuf heartbeat.
+    undecodable,
+    /// A protocol version this registry does not read.
+    unsupported_version,
+    /// A field out of its domain (address, incarnation, op code...).
+    invalid,
+    /// The payload's address differs from the subject's.
+    address_mismatch,
+    /// Not newer than the last accepted heartbeat of the incarnation.
+    stale,
+    /// A new address while the table is full.
+    table_full,
+}
+
+impl DropReason {
+    /// Every reason, to pre-create the series.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::oversized,
+        DropReason::undecodable,
+        DropReason::unsupported_version,
+        DropReason::invalid,
+        DropReason::address_mismatch,
+        DropReason::stale,
+        DropReason::table_full,
+    ];
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: DropReason,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StateLabel {
+    pub(crate) state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    pub(crate) kind: &'static str,
+}
+
+/// Counters and gauges the service updates.
+pub struct RegistryMetrics {
+    pub(crate) registry: Registry,
+    pub(crate) heartbeats_received: Counter,
+    pub(crate) heartbeats_dropped: Family<ReasonLabel, Counter>,
+    pub(crate) agents: Family<StateLabel, Gauge>,
+    pub(crate) expiries: Counter,
+    pub(crate) forgotten: Counter,
+    pub(crate) feed_messages: Family<KindLabel, Counter>,
+    pub(crate) feed_failures: Counter,
+    pub(crate) nats_connected: Gauge,
+}
+
+impl RegistryMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ocs_registry");
+        let metrics = RegistryMetrics {
+            heartbeats_received: Counter::default(),
+            heartbeats_dropped: Family::default(),
+            agents: Family::default(),
+            expiries: Counter::default(),
+            forgotten: Counter::default(),
+            feed_messages: Family::default(),
+            feed_failures: Counter::default(),
+            nats_connected: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("heartbeats_received", "Heartbeats received, before validation", metrics.heartbeats_received.clone());
+        registry.register("heartbeats_dropped", "Heartbeats dropped, by reason", metrics.heartbeats_dropped.clone());
+        registry.register("agents", "Agents tracked, by state (alive, expired, left)", metrics.agents.clone());
+        registry.register("expiries", "Agents marked expired after missing heartbeats", metrics.expiries.clone());
+        registry.register("forgotten_agents", "Agents forgotten after --forget-after", metrics.forgotten.clone());
+        registry.register("feed_messages_published", "agent_operations feed messages published, by kind", metrics.feed_messages.clone());
+        registry.register("feed_publish_failures", "agent_operations feed messages that could not be published", metrics.feed_failures.clone());
+        registry.register("nats_connected", "1 while connected to NATS", metrics.nats_connected.clone());
+        for reason in DropReason::ALL {
+            let _ = metrics.heartbeats_dropped.get_or_create(&ReasonLabel { reason });
+        }
+        for kind in ["change", "snapshot"] {
+            let _ = metrics.feed_messages.get_or_create(&KindLabel { kind });
+        }
+        RegistryMetrics { registry, ..metrics }
+    }
+
+    /// Counts one dropped heartbeat.
+    pub(crate) fn dropped(&self, reason: DropReason) {
+        self.heartbeats_dropped.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Sets the agents-by-state gauges.
+    pub(crate) fn set_agent_counts(&self, (alive, expired, left): (usize, usize, usize)) {
+        for (state, count) in [("alive", alive), ("expired", expired), ("left", left)] {
+            self.agents.get_or_create(&StateLabel { state }).set(count as i64);
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// A counter value, for tests and benchmarks.
+    pub fn dropped_count(&self, reason: DropReason) -> u64 {
+        self.heartbeats_dropped.get_or_create(&ReasonLabel { reason }).get()
+    }
+}
+
+impl Default for RegistryMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

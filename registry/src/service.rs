@@ -1,0 +1,316 @@
+//! The registry's `main` process: heartbeats in, expiries and the
+//! `agent_operations` feed out. Only moves messages; decisions are in [`AgentTable`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use futures::{FutureExt, StreamExt};
+use ocs_agent::{OpContext, OpResult};
+use ocs_protocol::codec::{self, CodecError};
+use ocs_protocol::{AddressRoot, AgentAddress, json, proto, subject};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{info, warn};
+
+use crate::metrics::{DropReason, KindLabel, RegistryMetrics};
+use crate::table::{AgentTable, Observation, TableConfig};
+
+/// Records per feed message; keeps a snapshot of any size under NATS's 1 MiB payload limit.
+pub const RECORDS_PER_MESSAGE: usize = 1000;
+/// Heartbeats handled before expiries are checked and changes published.
+const BATCH: usize = 1024;
+
+/// What the `main` process needs to know.
+pub(crate) struct Settings {
+    pub(crate) root: AddressRoot,
+    pub(crate) address: AgentAddress,
+    pub(crate) table: TableConfig,
+    pub(crate) wait_time: Duration,
+    pub(crate) max_heartbeat_bytes: usize,
+}
+
+/// Logs the first drop of each reason with its context, then a count at most once a minute,
+/// so a flood of bad input cannot flood the log.
+struct DropLog {
+    last: HashMap<DropReason, (Instant, u64)>,
+}
+
+impl DropLog {
+    fn note(&mut self, reason: DropReason, subject: &str, detail: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        match self.last.get_mut(&reason) {
+            None => {
+                warn!(?reason, subject, %detail, "dropping heartbeat (further drops of this kind are summarised)");
+                self.last.insert(reason, (now, 0));
+            }
+            Some((since, suppressed)) => {
+                *suppressed += 1;
+                if now.duration_since(*since) >= Duration::from_secs(60) {
+                    warn!(?reason, dropped = *suppressed, last_subject = subject, %detail, "heartbeats dropped in the last minute");
+                    *since = now;
+                    *suppressed = 0;
+                }
+            }
+        }
+    }
+}
+
+struct Registry {
+    settings: Arc<Settings>,
+    metrics: Arc<RegistryMetrics>,
+    table: Arc<Mutex<AgentTable>>,
+    client: async_nats::Client,
+    feed_subject: String,
+    incarnation: String,
+    seq: u64,
+    changed: BTreeSet<String>,
+    forgotten: Vec<String>,
+    drops: DropLog,
+}
+
+fn lock(table: &Mutex<AgentTable>) -> MutexGuard<'_, AgentTable> {
+    // Table methods finish their change before returning, so a poisoned lock holds a consistent table.
+    table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_unix_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The `main` process: runs until stopped.
+pub(crate) async fn main_process(ctx: OpContext, settings: Arc<Settings>, metrics: Arc<RegistryMetrics>) -> OpResult {
+    let table = Arc::new(Mutex::new(AgentTable::new(settings.table.clone())));
+    let view = table.clone();
+    ctx.set_data_source(Arc::new(move || {
+        let records = lock(&view).records();
+        serde_json::Value::Object(
+            records
+                .iter()
+                .map(|record| (record.agent_address.clone(), json::agent_record(record)))
+                .collect(),
+        )
+    }));
+    let client = ctx.client().clone();
+    let mut heartbeats = client
+        .subscribe(subject::all_heartbeats(&settings.root))
+        .await
+        .map_err(|err| format!("cannot subscribe to heartbeats: {err}"))?;
+    let mut registry = Registry {
+        feed_subject: subject::agent_operations(&settings.address),
+        incarnation: ctx.incarnation().to_string(),
+        settings: settings.clone(),
+        metrics,
+        table,
+        client: client.clone(),
+        seq: 0,
+        changed: BTreeSet::new(),
+        forgotten: Vec::new(),
+        drops: DropLog { last: HashMap::new() },
+    };
+    info!(subject = %subject::all_heartbeats(&settings.root), timeout = ?settings.table.agent_timeout, "registry main process running");
+
+    let mut snapshots = tokio::time::interval_at(Instant::now() + settings.wait_time, settings.wait_time);
+    snapshots.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
+    housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut was_connected = client.connection_state() == State::Connected;
+    loop {
+        let connected = client.connection_state() == State::Connected;
+        registry.metrics.nats_connected.set(i64::from(connected));
+        if connected && !was_connected {
+            // Nobody could be heard while we were cut off: silence is not evidence of death.
+            lock(&registry.table).grant_fresh_timeouts(Instant::now());
+            info!("reconnected to NATS; every agent gets a fresh timeout");
+            registry.publish_snapshot().await;
+        }
+        was_connected = connected;
+        // While disconnected, expiries wait: the registry cannot tell a dead agent from its own outage.
+        let next_deadline = if connected { lock(&registry.table).next_deadline() } else { None };
+        tokio::select! {
+            biased;
+            _ = ctx.stopping() => break,
+            _ = sleep_until(next_deadline), if next_deadline.is_some() => {
+                // Heartbeats already queued arrived before the deadline; count them first.
+                registry.drain_ready(&mut heartbeats);
+                registry.expire_and_forget();
+            }
+            message = heartbeats.next() => {
+                let Some(message) = message else {
+                    return Err("heartbeat subscription closed".into());
+                };
+                registry.handle(&message);
+                registry.drain_ready(&mut heartbeats);
+            }
+            _ = snapshots.tick() => registry.publish_snapshot().await,
+            _ = housekeeping.tick() => {
+                let counts = lock(&registry.table).counts();
+                registry.metrics.set_agent_counts(counts);
+            }
+        }
+        registry.publish_changes().await;
+    }
+    Ok("Stopped registry main process".into())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Registry {
+    fn drain_ready(&mut self, heartbeats: &mut async_nats::Subscriber) {
+        for _ in 0..BATCH {
+            match heartbeats.next().now_or_never() {
+                Some(Some(message)) => self.handle(&message),
+                _ => break,
+            }
+        }
+    }
+
+    fn drop_heartbeat(&mut self, reason: DropReason, subject: &str, detail: &dyn std::fmt::Display) {
+        self.metrics.dropped(reason);
+        self.drops.note(reason, subject, detail);
+    }
+
+    /// Validates one heartbeat and records it. O(log n) per message.
+    fn handle(&mut self, message: &async_nats::Message) {
+        self.metrics.heartbeats_received.inc();
+        let subject = message.subject.as_str();
+        let Some(instance_id) = subject::instance_id_of_heartbeat(&self.settings.root, subject) else {
+            return self.drop_heartbeat(DropReason::address_mismatch, subject, &"subject is not a heartbeat subject under the address root");
+        };
+        let heartbeat = match codec::decode_heartbeat(&message.payload, self.settings.max_heartbeat_bytes) {
+            Ok(heartbeat) => heartbeat,
+            Err(err) => {
+                let reason = match err {
+                    CodecError::TooLarge { .. } => DropReason::oversized,
+                    CodecError::Protobuf(_) => DropReason::undecodable,
+                    CodecError::UnsupportedVersion { .. } => DropReason::unsupported_version,
+                    _ => DropReason::invalid,
+                };
+                return self.drop_heartbeat(reason, subject, &err);
+            }
+        };
+        let address_matches = heartbeat
+            .agent_address
+            .split_once('.')
+            .is_some_and(|(root, iid)| root == self.settings.root.as_str() && iid == instance_id);
+        if !address_matches {
+            let detail = format!("payload claims {}", heartbeat.agent_address);
+            return self.drop_heartbeat(DropReason::address_mismatch, subject, &detail);
+        }
+        let observation = lock(&self.table).observe(&heartbeat, Instant::now(), now_unix_ms());
+        match observation {
+            Observation::New | Observation::Changed => {
+                if observation == Observation::New {
+                    info!(agent = %heartbeat.agent_address, class = %heartbeat.agent_class, "new agent");
+                }
+                self.changed.insert(heartbeat.agent_address);
+            }
+            Observation::Refreshed => {}
+            Observation::Stale => self.drop_heartbeat(DropReason::stale, subject, &format!("seq {}", heartbeat.seq)),
+            Observation::TableFull => self.drop_heartbeat(DropReason::table_full, subject, &"table full"),
+        }
+    }
+
+    fn expire_and_forget(&mut self) {
+        let now = Instant::now();
+        let (expired, forgotten) = {
+            let mut table = lock(&self.table);
+            (table.expire_due(now, now_unix_ms()), table.forget_due(now))
+        };
+        for address in expired {
+            warn!(agent = %address, "agent expired");
+            self.metrics.expiries.inc();
+            self.changed.insert(address);
+        }
+        for address in forgotten {
+            info!(agent = %address, "agent forgotten");
+            self.metrics.forgotten.inc();
+            self.changed.remove(&address);
+            self.forgotten.push(address);
+        }
+    }
+
+    fn envelope(&mut self, agents: Vec<proto::AgentRecord>, forgotten: Vec<String>) -> proto::AgentOperations {
+        self.seq += 1;
+        proto::AgentOperations {
+            protocol_version: ocs_protocol::PROTOCOL_VERSION,
+            registry_address: self.settings.address.to_string(),
+            snapshot: false,
+            agents,
+            forgotten,
+            seq: self.seq,
+            sent_at_unix_ms: now_unix_ms(),
+            registry_incarnation: self.incarnation.clone(),
+            snapshot_id: 0,
+            snapshot_part: 0,
+            snapshot_parts: 0,
+        }
+    }
+
+    async fn publish(&self, message: &proto::AgentOperations, kind: &'static str) -> bool {
+        let published = self.client.connection_state() == State::Connected
+            && matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(1),
+                    self.client.publish(self.feed_subject.clone(), codec::encode(message).into()),
+                )
+                .await,
+                Ok(Ok(()))
+            );
+        if published {
+            self.metrics.feed_messages.get_or_create(&KindLabel { kind }).inc();
+        } else {
+            self.metrics.feed_failures.inc();
+        }
+        published
+    }
+
+    /// Publishes the records that changed since the last call, at once.
+    async fn publish_changes(&mut self) {
+        if self.changed.is_empty() && self.forgotten.is_empty() {
+            return;
+        }
+        let changed: Vec<String> = std::mem::take(&mut self.changed).into_iter().collect();
+        let records: Vec<proto::AgentRecord> = {
+            let table = lock(&self.table);
+            changed.iter().filter_map(|address| table.record(address)).collect()
+        };
+        let mut forgotten = std::mem::take(&mut self.forgotten);
+        let mut chunks = records.chunks(RECORDS_PER_MESSAGE).peekable();
+        if chunks.peek().is_none() {
+            let message = self.envelope(Vec::new(), forgotten);
+            self.publish(&message, "change").await;
+            return;
+        }
+        while let Some(chunk) = chunks.next() {
+            let message = self.envelope(chunk.to_vec(), std::mem::take(&mut forgotten));
+            // A failed change is repaired by the next snapshot, which lists every agent.
+            self.publish(&message, "change").await;
+        }
+    }
+
+    /// Publishes every record, in parts if needed, so late subscribers catch up.
+    async fn publish_snapshot(&mut self) {
+        let records = lock(&self.table).records();
+        let parts: Vec<&[proto::AgentRecord]> = if records.is_empty() {
+            vec![&[]]
+        } else {
+            records.chunks(RECORDS_PER_MESSAGE).collect()
+        };
+        let snapshot_id = self.seq + 1;
+        let count = parts.len() as u32;
+        for (part, chunk) in parts.into_iter().enumerate() {
+            let mut message = self.envelope(chunk.to_vec(), Vec::new());
+            message.snapshot = true;
+            message.snapshot_id = snapshot_id;
+            message.snapshot_part = part as u32;
+            message.snapshot_parts = count;
+            self.publish(&message, "snapshot").await;
+        }
+    }
+}

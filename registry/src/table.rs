@@ -1,0 +1,439 @@
+//! [`AgentTable`]: every agent the registry has heard, and when each expires.
+//!
+//! No I/O and no clock of its own: callers pass the monotonic `now`
+//! (`tokio::time::Instant`, pausable in tests) for liveness and the wall-clock
+//! time in unix milliseconds for display. An agent's own clock is never used.
+//!
+//! Deadlines live in ordered sets so the service can sleep exactly until the
+//! next one: expiry is detected at the deadline, not at the next poll.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use ocs_protocol::{OpCode, proto};
+use tokio::time::Instant;
+
+/// Limits and timings of the table.
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    /// An agent expires when no heartbeat arrives for this long (or three of
+    /// its own intervals, if that is longer).
+    pub agent_timeout: Duration,
+    /// An expired agent is forgotten after this long.
+    pub forget_after: Duration,
+    /// Most agents tracked at once; heartbeats from further new addresses are dropped.
+    pub max_agents: usize,
+}
+
+/// The liveness of one agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentState {
+    /// Heartbeating.
+    Alive,
+    /// No heartbeat within the timeout.
+    Expired,
+    /// Said goodbye with a "leaving" heartbeat.
+    Left,
+}
+
+impl AgentState {
+    fn to_proto(self) -> proto::AgentState {
+        match self {
+            AgentState::Alive => proto::AgentState::Alive,
+            AgentState::Expired => proto::AgentState::Expired,
+            AgentState::Left => proto::AgentState::Left,
+        }
+    }
+}
+
+/// What a heartbeat did to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observation {
+    /// A new address.
+    New,
+    /// Something subscribers care about changed (op codes, state, incarnation, class).
+    Changed,
+    /// Only the liveness timestamps moved.
+    Refreshed,
+    /// Dropped: not newer than the last accepted heartbeat of this incarnation.
+    Stale,
+    /// Dropped: the table is full and this is a new address.
+    TableFull,
+}
+
+struct Entry {
+    agent_class: String,
+    incarnation: String,
+    seq: u64,
+    host: String,
+    pid: u32,
+    agent_version: String,
+    interval_ms: u32,
+    op_codes: Vec<proto::OperationCode>,
+    state: AgentState,
+    deadline: Instant,
+    first_seen_unix_ms: i64,
+    last_updated_unix_ms: i64,
+    time_expired_unix_ms: Option<i64>,
+    incarnations_seen: u64,
+}
+
+/// The registry's agents.
+pub struct AgentTable {
+    config: TableConfig,
+    agents: HashMap<String, Entry>,
+    /// `(deadline, address)` of alive agents.
+    expiries: BTreeSet<(Instant, String)>,
+    /// `(deadline, address)` of expired or departed agents.
+    forgets: BTreeSet<(Instant, String)>,
+}
+
+fn all_expired(op_codes: &[proto::OperationCode]) -> Vec<proto::OperationCode> {
+    op_codes
+        .iter()
+        .map(|op| proto::OperationCode {
+            op_name: op.op_name.clone(),
+            op_code: OpCode::Expired.value(),
+        })
+        .collect()
+}
+
+impl AgentTable {
+    /// An empty table.
+    pub fn new(config: TableConfig) -> Self {
+        AgentTable {
+            config,
+            agents: HashMap::new(),
+            expiries: BTreeSet::new(),
+            forgets: BTreeSet::new(),
+        }
+    }
+
+    /// Number of agents tracked.
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// Whether no agent is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    fn timeout_for(&self, interval_ms: u32) -> Duration {
+        self.config
+            .agent_timeout
+            .max(Duration::from_millis(u64::from(interval_ms)) * 3)
+    }
+
+    /// Unschedules whatever deadline `address` has.
+    fn unschedule(&mut self, address: &str, entry_deadline: Instant, state: AgentState) {
+        let key = (entry_deadline, address.to_owned());
+        match state {
+            AgentState::Alive => self.expiries.remove(&key),
+            AgentState::Expired | AgentState::Left => self.forgets.remove(&key),
+        };
+    }
+
+    /// Records a validated heartbeat received at `now`.
+    pub fn observe(&mut self, heartbeat: &proto::Heartbeat, now: Instant, now_unix_ms: i64) -> Observation {
+        let address = heartbeat.agent_address.as_str();
+        let timeout = self.timeout_for(heartbeat.interval_ms);
+        let (observation, previous) = match self.agents.get(address) {
+            None if self.agents.len() >= self.config.max_agents => return Observation::TableFull,
+            None => (Observation::New, None),
+            Some(entry) => {
+                let same_incarnation = entry.incarnation == heartbeat.incarnation;
+                if same_incarnation && heartbeat.seq <= entry.seq {
+                    return Observation::Stale;
+                }
+                let changed = !same_incarnation
+                    || entry.state != AgentState::Alive
+                    || heartbeat.leaving
+                    || entry.op_codes != heartbeat.op_codes
+                    || entry.agent_class != heartbeat.agent_class;
+                let observation = if changed { Observation::Changed } else { Observation::Refreshed };
+                (observation, Some((entry.deadline, entry.state, entry.first_seen_unix_ms, entry.incarnations_seen, same_incarnation)))
+            }
+        };
+        if let Some((deadline, state, ..)) = previous {
+            self.unschedule(address, deadline, state);
+        }
+        let (first_seen_unix_ms, incarnations_seen) = match previous {
+            None => (now_unix_ms, 1),
+            Some((_, _, first_seen, seen, true)) => (first_seen, seen),
+            Some((_, _, first_seen, seen, false)) => (first_seen, seen + 1),
+        };
+        let (state, deadline, op_codes, time_expired_unix_ms) = if heartbeat.leaving {
+            (AgentState::Left, now + self.config.forget_after, all_expired(&heartbeat.op_codes), Some(now_unix_ms))
+        } else {
+            (AgentState::Alive, now + timeout, heartbeat.op_codes.clone(), None)
+        };
+        match state {
+            AgentState::Alive => self.expiries.insert((deadline, address.to_owned())),
+            AgentState::Expired | AgentState::Left => self.forgets.insert((deadline, address.to_owned())),
+        };
+        self.agents.insert(
+            address.to_owned(),
+            Entry {
+                agent_class: heartbeat.agent_class.clone(),
+                incarnation: heartbeat.incarnation.clone(),
+                seq: heartbeat.seq,
+                host: heartbeat.host.clone(),
+                pid: heartbeat.pid,
+                agent_version: heartbeat.agent_version.clone(),
+                interval_ms: heartbeat.interval_ms,
+                op_codes,
+                state,
+                deadline,
+                first_seen_unix_ms,
+                last_updated_unix_ms: now_unix_ms,
+                time_expired_unix_ms,
+                incarnations_seen,
+            },
+        );
+        observation
+    }
+
+    /// The earliest pending deadline (an expiry or a forgetting).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let expiry = self.expiries.first().map(|(at, _)| *at);
+        let forget = self.forgets.first().map(|(at, _)| *at);
+        match (expiry, forget) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Expires every alive agent whose deadline is at or before `now`;
+    /// returns their addresses. `time_expired` is the moment of expiry.
+    pub fn expire_due(&mut self, now: Instant, now_unix_ms: i64) -> Vec<String> {
+        let mut expired = Vec::new();
+        while let Some((deadline, _)) = self.expiries.first() {
+            if *deadline > now {
+                break;
+            }
+            let (_, address) = self.expiries.pop_first().expect("checked non-empty");
+            let forget_at = now + self.config.forget_after;
+            if let Some(entry) = self.agents.get_mut(&address) {
+                entry.state = AgentState::Expired;
+                entry.time_expired_unix_ms = Some(now_unix_ms);
+                entry.op_codes = all_expired(&entry.op_codes);
+                entry.deadline = forget_at;
+                self.forgets.insert((forget_at, address.clone()));
+            }
+            expired.push(address);
+        }
+        expired
+    }
+
+    /// Forgets every agent expired or gone for longer than `forget_after`.
+    pub fn forget_due(&mut self, now: Instant) -> Vec<String> {
+        let mut forgotten = Vec::new();
+        while let Some((deadline, _)) = self.forgets.first() {
+            if *deadline > now {
+                break;
+            }
+            let (_, address) = self.forgets.pop_first().expect("checked non-empty");
+            self.agents.remove(&address);
+            forgotten.push(address);
+        }
+        forgotten
+    }
+
+    /// Gives every alive agent at least a full timeout from `now`: after the
+    /// registry could not hear anyone (a NATS outage), silence is not evidence.
+    pub fn grant_fresh_timeouts(&mut self, now: Instant) {
+        let alive: Vec<(Instant, String)> = std::mem::take(&mut self.expiries).into_iter().collect();
+        for (deadline, address) in alive {
+            let Some(entry) = self.agents.get_mut(&address) else { continue };
+            let timeout = self.config.agent_timeout.max(Duration::from_millis(u64::from(entry.interval_ms)) * 3);
+            entry.deadline = deadline.max(now + timeout);
+            self.expiries.insert((entry.deadline, address));
+        }
+    }
+
+    /// The state of `address`, if tracked.
+    pub fn state(&self, address: &str) -> Option<AgentState> {
+        self.agents.get(address).map(|entry| entry.state)
+    }
+
+    /// Counts of agents by state: `(alive, expired, left)`.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        self.agents.values().fold((0, 0, 0), |(a, e, l), entry| match entry.state {
+            AgentState::Alive => (a + 1, e, l),
+            AgentState::Expired => (a, e + 1, l),
+            AgentState::Left => (a, e, l + 1),
+        })
+    }
+
+    /// The wire record of `address`.
+    pub fn record(&self, address: &str) -> Option<proto::AgentRecord> {
+        self.agents.get(address).map(|entry| to_record(address, entry))
+    }
+
+    /// Every record, sorted by address.
+    pub fn records(&self) -> Vec<proto::AgentRecord> {
+        let mut records: Vec<proto::AgentRecord> = self
+            .agents
+            .iter()
+            .map(|(address, entry)| to_record(address, entry))
+            .collect();
+        records.sort_by(|a, b| a.agent_address.cmp(&b.agent_address));
+        records
+    }
+}
+
+fn to_record(address: &str, entry: &Entry) -> proto::AgentRecord {
+    proto::AgentRecord {
+        agent_address: address.to_owned(),
+        agent_class: entry.agent_class.clone(),
+        expired: entry.state != AgentState::Alive,
+        state: entry.state.to_proto().into(),
+        time_expired_unix_ms: entry.time_expired_unix_ms.unwrap_or(0),
+        last_updated_unix_ms: entry.last_updated_unix_ms,
+        first_seen_unix_ms: entry.first_seen_unix_ms,
+        op_codes: entry.op_codes.clone(),
+        incarnation: entry.incarnation.clone(),
+        host: entry.host.clone(),
+        pid: entry.pid,
+        agent_version: entry.agent_version.clone(),
+        interval_ms: entry.interval_ms,
+        incarnations_seen: entry.incarnations_seen,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    const FORGET: Duration = Duration::from_secs(60);
+    const INCARNATION_A: &str = "2f1e8f36-8b0e-4d4f-9a57-3c2a0b7b1c11";
+    const INCARNATION_B: &str = "6f7a1c0e-1d2b-4c3a-8e9f-0a1b2c3d4e5f";
+
+    fn table() -> AgentTable {
+        AgentTable::new(TableConfig {
+            agent_timeout: TIMEOUT,
+            forget_after: FORGET,
+            max_agents: 3,
+        })
+    }
+
+    fn beat(address: &str, incarnation: &str, seq: u64, ops: &[(&str, OpCode)]) -> proto::Heartbeat {
+        proto::Heartbeat {
+            protocol_version: 1,
+            agent_address: address.into(),
+            agent_class: "FakeDataAgent".into(),
+            incarnation: incarnation.into(),
+            seq,
+            op_codes: ops
+                .iter()
+                .map(|(name, code)| proto::OperationCode {
+                    op_name: (*name).into(),
+                    op_code: code.value(),
+                })
+                .collect(),
+            interval_ms: 1000,
+            ..Default::default()
+        }
+    }
+
+    const FAKER: &str = "observatory.faker";
+
+    #[test]
+    fn expires_exactly_at_the_deadline_and_records_that_moment() {
+        let mut table = table();
+        let t0 = Instant::now();
+        let acq = [("acq", OpCode::Running)];
+        assert_eq!(table.observe(&beat(FAKER, INCARNATION_A, 1, &acq), t0, 1000), Observation::New);
+        assert_eq!(table.observe(&beat(FAKER, INCARNATION_A, 2, &acq), t0 + Duration::from_secs(1), 2000), Observation::Refreshed);
+        assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(6)));
+        assert!(table.expire_due(t0 + Duration::from_millis(5999), 6999).is_empty());
+        assert_eq!(table.expire_due(t0 + Duration::from_secs(6), 7000), [FAKER]);
+        let record = table.record(FAKER).unwrap();
+        assert!(record.expired);
+        assert_eq!(record.time_expired_unix_ms, 7000);
+        assert_eq!(record.op_codes[0].op_code, OpCode::Expired.value());
+        // Expiry happens once: time_expired is not rewritten later.
+        assert!(table.expire_due(t0 + Duration::from_secs(20), 21000).is_empty());
+        assert_eq!(table.record(FAKER).unwrap().time_expired_unix_ms, 7000);
+    }
+
+    #[test]
+    fn stale_heartbeats_are_dropped_and_new_incarnations_replace_op_codes() {
+        let mut table = table();
+        let t0 = Instant::now();
+        let two_ops = [("acq", OpCode::Running), ("old_op", OpCode::None)];
+        table.observe(&beat(FAKER, INCARNATION_A, 5, &two_ops), t0, 0);
+        assert_eq!(table.observe(&beat(FAKER, INCARNATION_A, 5, &two_ops), t0, 0), Observation::Stale);
+        assert_eq!(table.observe(&beat(FAKER, INCARNATION_A, 3, &two_ops), t0, 0), Observation::Stale);
+        let one_op = [("acq", OpCode::None)];
+        assert_eq!(table.observe(&beat(FAKER, INCARNATION_B, 1, &one_op), t0, 0), Observation::Changed);
+        let record = table.record(FAKER).unwrap();
+        assert_eq!(record.op_codes.len(), 1, "op codes are replaced, not merged");
+        assert_eq!(record.incarnation, INCARNATION_B);
+        assert_eq!(record.incarnations_seen, 2);
+    }
+
+    #[test]
+    fn an_expired_agent_returns_on_its_next_heartbeat() {
+        let mut table = table();
+        let t0 = Instant::now();
+        table.observe(&beat(FAKER, INCARNATION_A, 1, &[]), t0, 0);
+        table.expire_due(t0 + TIMEOUT, 5000);
+        assert_eq!(table.observe(&beat(FAKER, INCARNATION_A, 9, &[]), t0 + TIMEOUT * 2, 10000), Observation::Changed);
+        let record = table.record(FAKER).unwrap();
+        assert!(!record.expired);
+        assert_eq!(record.time_expired_unix_ms, 0);
+        assert_eq!(table.next_deadline(), Some(t0 + TIMEOUT * 3));
+    }
+
+    #[test]
+    fn leaving_marks_at_once_and_forgetting_follows() {
+        let mut table = table();
+        let t0 = Instant::now();
+        table.observe(&beat(FAKER, INCARNATION_A, 1, &[("acq", OpCode::Running)]), t0, 0);
+        let mut leaving = beat(FAKER, INCARNATION_A, 2, &[("acq", OpCode::Succeeded)]);
+        leaving.leaving = true;
+        assert_eq!(table.observe(&leaving, t0 + Duration::from_millis(10), 10), Observation::Changed);
+        assert_eq!(table.state(FAKER), Some(AgentState::Left));
+        assert!(table.expire_due(t0 + TIMEOUT * 2, 0).is_empty(), "a departed agent does not expire again");
+        assert!(table.forget_due(t0 + FORGET).is_empty());
+        assert_eq!(table.forget_due(t0 + FORGET + Duration::from_millis(10)), [FAKER]);
+        assert!(table.is_empty());
+        assert_eq!(table.next_deadline(), None);
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let mut table = table();
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert_eq!(table.observe(&beat(&format!("observatory.a{i}"), INCARNATION_A, 1, &[]), t0, 0), Observation::New);
+        }
+        assert_eq!(table.observe(&beat("observatory.a3", INCARNATION_A, 1, &[]), t0, 0), Observation::TableFull);
+        assert_eq!(table.observe(&beat("observatory.a0", INCARNATION_A, 2, &[]), t0, 0), Observation::Refreshed);
+        assert_eq!(table.len(), 3);
+    }
+
+    #[test]
+    fn slow_agents_get_three_intervals() {
+        let mut table = table();
+        let t0 = Instant::now();
+        let mut slow = beat(FAKER, INCARNATION_A, 1, &[]);
+        slow.interval_ms = 10_000;
+        table.observe(&slow, t0, 0);
+        assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn fresh_timeouts_after_an_outage() {
+        let mut table = table();
+        let t0 = Instant::now();
+        table.observe(&beat(FAKER, INCARNATION_A, 1, &[]), t0, 0);
+        let reconnected = t0 + Duration::from_secs(4);
+        table.grant_fresh_timeouts(reconnected);
+        assert!(table.expire_due(t0 + TIMEOUT, 0).is_empty());
+        assert_eq!(table.expire_due(reconnected + TIMEOUT, 0), [FAKER]);
+    }
+}
