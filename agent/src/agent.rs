@@ -284,12 +284,14 @@ impl Agent {
         });
         // Operations get a runtime of their own: one that blocks or spins
         // cannot starve the heartbeat or the request loop.
-        let operations_runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(builder.operation_threads)
-            .thread_name("ocs-operation")
-            .enable_all()
-            .build()?;
-        let operations = operations_runtime.handle().clone();
+        let operations_runtime = OperationsRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(builder.operation_threads)
+                .thread_name("ocs-operation")
+                .enable_all()
+                .build()?,
+        ));
+        let operations = operations_runtime.handle();
 
         let ops_subject = subject::all_operations(&address);
         let api_subject = subject::api(&address);
@@ -343,9 +345,29 @@ impl Agent {
         if tokio::time::timeout(Duration::from_secs(2), client.flush()).await.is_err() {
             warn!("flushing NATS timed out");
         }
-        operations_runtime.shutdown_background();
+        drop(operations_runtime);
         info!("agent stopped");
         Ok(())
+    }
+}
+
+/// The runtime operations run on. Dropping a runtime inside async code
+/// panics, and `Agent::run` may be dropped mid-flight (a cancelled task), so
+/// it is always shut down in the background: operations still running are
+/// abandoned, which is what shutdown wants after the grace period.
+struct OperationsRuntime(Option<tokio::runtime::Runtime>);
+
+impl OperationsRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle().clone()
+    }
+}
+
+impl Drop for OperationsRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
