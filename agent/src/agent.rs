@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
-use ocs_protocol::{
-    Action, AgentAddress, FeedName, OpName, ResponseCode, proto, subject,
-};
+use ocs_protocol::{Action, AgentAddress, FeedName, OpName, ResponseCode, proto, subject};
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -72,7 +70,9 @@ impl Shared {
     fn table(&self) -> std::sync::MutexGuard<'_, OpTable> {
         // A panic while holding the lock leaves the table consistent: every
         // method completes its change before returning.
-        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -111,7 +111,14 @@ impl AgentBuilder {
         }
     }
 
-    fn register<P: Params>(mut self, name: &str, kind: OpKind, docstring: &str, blocking: bool, run: Arc<dyn Fn(OpContext, P) -> OpFuture + Send + Sync>) -> Self {
+    fn register<P: Params>(
+        mut self,
+        name: &str,
+        kind: OpKind,
+        docstring: &str,
+        blocking: bool,
+        run: Arc<dyn Fn(OpContext, P) -> OpFuture + Send + Sync>,
+    ) -> Self {
         if let Err(err) = OpName::new(name) {
             self.errors.push(err.to_string());
             return self;
@@ -144,7 +151,9 @@ impl AgentBuilder {
         F: Fn(OpContext, P) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = OpResult> + Send + 'static,
     {
-        let run = Arc::new(move |ctx: OpContext, params: P| -> OpFuture { Box::pin(function(ctx, params)) });
+        let run = Arc::new(move |ctx: OpContext, params: P| -> OpFuture {
+            Box::pin(function(ctx, params))
+        });
         self.register(name, OpKind::Task, docstring, false, run)
     }
 
@@ -175,7 +184,9 @@ impl AgentBuilder {
         F: Fn(OpContext, P) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = OpResult> + Send + 'static,
     {
-        let run = Arc::new(move |ctx: OpContext, params: P| -> OpFuture { Box::pin(function(ctx, params)) });
+        let run = Arc::new(move |ctx: OpContext, params: P| -> OpFuture {
+            Box::pin(function(ctx, params))
+        });
         self.register(name, OpKind::Process, docstring, false, run)
     }
 
@@ -183,7 +194,9 @@ impl AgentBuilder {
     pub fn startup(mut self, op_name: &str, params: impl Serialize) -> Self {
         match to_msgpack(&params) {
             Ok(bytes) => self.startup.push((op_name.to_owned(), bytes)),
-            Err(err) => self.errors.push(format!("startup params of {op_name:?}: {err}")),
+            Err(err) => self
+                .errors
+                .push(format!("startup params of {op_name:?}: {err}")),
         }
         self
     }
@@ -225,14 +238,18 @@ impl AgentBuilder {
     pub fn build(mut self, address: AgentAddress) -> Result<Agent, AgentError> {
         for (op_name, _) in &self.startup {
             if self.table.status(op_name).status == ResponseCode::Error {
-                self.errors.push(format!("startup operation {op_name:?} is not registered"));
+                self.errors
+                    .push(format!("startup operation {op_name:?} is not registered"));
             }
         }
         if self.interval.is_zero() {
-            self.errors.push("heartbeat interval must be positive".to_owned());
+            self.errors
+                .push("heartbeat interval must be positive".to_owned());
         }
         if !self.errors.is_empty() {
-            return Err(AgentError::Definition(std::mem::take(&mut self.errors).join("; ")));
+            return Err(AgentError::Definition(
+                std::mem::take(&mut self.errors).join("; "),
+            ));
         }
         Ok(Agent {
             builder: self,
@@ -255,14 +272,21 @@ impl Agent {
     /// Serves operation requests and heartbeats until `shutdown` is cancelled,
     /// then stops running operations within the grace period, sends the
     /// "leaving" heartbeat and flushes.
-    pub async fn run(self, client: async_nats::Client, shutdown: CancellationToken) -> Result<(), AgentError> {
+    pub async fn run(
+        self,
+        client: async_nats::Client,
+        shutdown: CancellationToken,
+    ) -> Result<(), AgentError> {
         let Agent { builder, address } = self;
         let feeds = builder
             .feeds
             .iter()
             .map(|name| {
                 let feed_name = FeedName::new(name.as_str()).expect("validated by the builder");
-                (name.clone(), (subject::feed(&address, &feed_name), AtomicU64::new(0)))
+                (
+                    name.clone(),
+                    (subject::feed(&address, &feed_name), AtomicU64::new(0)),
+                )
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -342,7 +366,10 @@ impl Agent {
         let _ = tokio::time::timeout(Duration::from_millis(500), requests.wait()).await;
         heartbeat_stop.cancel();
         let _ = heartbeat.await;
-        if tokio::time::timeout(Duration::from_secs(2), client.flush()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), client.flush())
+            .await
+            .is_err()
+        {
             warn!("flushing NATS timed out");
         }
         drop(operations_runtime);
@@ -359,7 +386,11 @@ struct OperationsRuntime(Option<tokio::runtime::Runtime>);
 
 impl OperationsRuntime {
     fn handle(&self) -> tokio::runtime::Handle {
-        self.0.as_ref().expect("present until dropped").handle().clone()
+        self.0
+            .as_ref()
+            .expect("present until dropped")
+            .handle()
+            .clone()
     }
 }
 
@@ -371,7 +402,10 @@ impl Drop for OperationsRuntime {
     }
 }
 
-async fn subscribe(client: &async_nats::Client, subject: &str) -> Result<async_nats::Subscriber, AgentError> {
+async fn subscribe(
+    client: &async_nats::Client,
+    subject: &str,
+) -> Result<async_nats::Subscriber, AgentError> {
     client
         .subscribe(subject.to_owned())
         .await
@@ -390,7 +424,12 @@ fn hostname() -> String {
 }
 
 /// Starts an operation and spawns it on the operations runtime.
-fn start_operation(shared: &Arc<Shared>, operations: &tokio::runtime::Handle, op_name: &str, params: &[u8]) -> Reply {
+fn start_operation(
+    shared: &Arc<Shared>,
+    operations: &tokio::runtime::Handle,
+    op_name: &str,
+    params: &[u8],
+) -> Reply {
     let started = match shared.table().start(op_name, params, now_unix()) {
         Ok(started) => started,
         Err(reply) => return reply,
@@ -453,13 +492,19 @@ async fn operation_reply(
     shutdown: &CancellationToken,
     message: &async_nats::Message,
 ) -> Reply {
-    let Some((action, op_name)) = subject::parse_operation(&shared.identity.address, &message.subject) else {
-        return error_reply(format!("malformed operation subject {:?}", message.subject.as_str()));
+    let Some((action, op_name)) =
+        subject::parse_operation(&shared.identity.address, &message.subject)
+    else {
+        return error_reply(format!(
+            "malformed operation subject {:?}",
+            message.subject.as_str()
+        ));
     };
     let Some(action) = Action::parse(action) else {
         return error_reply(format!("No implementation for \"{op_name}\""));
     };
-    let request: proto::OperationRequest = match codec::decode(&message.payload, MAX_MESSAGE_BYTES) {
+    let request: proto::OperationRequest = match codec::decode(&message.payload, MAX_MESSAGE_BYTES)
+    {
         Ok(request) => request,
         Err(err) => return error_reply(format!("malformed request: {err}")),
     };
@@ -476,8 +521,15 @@ async fn operation_reply(
 }
 
 /// OCS `wait`: until the session is done, the timeout passes, or the agent shuts down.
-async fn wait(shared: &Shared, shutdown: &CancellationToken, op_name: &str, timeout: Option<f64>) -> Reply {
-    let deadline = timeout.map(|seconds| tokio::time::Instant::now() + Duration::from_secs_f64(seconds.clamp(0.0, 1e9)));
+async fn wait(
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    op_name: &str,
+    timeout: Option<f64>,
+) -> Reply {
+    let deadline = timeout.map(|seconds| {
+        tokio::time::Instant::now() + Duration::from_secs_f64(seconds.clamp(0.0, 1e9))
+    });
     loop {
         let expired = deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline);
         let mut finished = match shared.table().wait_state(op_name, expired) {
@@ -525,10 +577,18 @@ async fn handle_api_request(shared: Arc<Shared>, message: async_nats::Message) {
         incarnation: identity.incarnation.to_string(),
         operations: shared.table().describe(),
         feeds: shared.feeds.keys().cloned().collect(),
-        uptime_ms: identity.started.elapsed().as_millis().try_into().unwrap_or(u64::MAX),
+        uptime_ms: identity
+            .started
+            .elapsed()
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX),
     };
-    if let Err(err) = shared.client.publish(reply_to, codec::encode(&api).into()).await {
+    if let Err(err) = shared
+        .client
+        .publish(reply_to, codec::encode(&api).into())
+        .await
+    {
         warn!(error = %err, "cannot send api reply");
     }
 }
-

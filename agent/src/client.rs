@@ -5,7 +5,9 @@ use std::time::Duration;
 use async_nats::RequestErrorKind;
 use async_nats::client::Request;
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES};
-use ocs_protocol::{Action, AddressRoot, AgentAddress, CodecError, InstanceId, OpName, proto, subject};
+use ocs_protocol::{
+    Action, AddressRoot, AgentAddress, CodecError, InstanceId, OpName, proto, subject,
+};
 
 /// Why a request got no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +67,16 @@ impl OcsClient {
         AgentAddress::new(&self.root, instance_id)
     }
 
-    async fn request(&self, address: &AgentAddress, subject: String, payload: Vec<u8>, timeout: Duration) -> Result<bytes::Bytes, ClientError> {
-        let request = Request::new().payload(payload.into()).timeout(Some(timeout));
+    async fn request(
+        &self,
+        address: &AgentAddress,
+        subject: String,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, ClientError> {
+        let request = Request::new()
+            .payload(payload.into())
+            .timeout(Some(timeout));
         match self.client.send_request(subject, request).await {
             Ok(message) => Ok(message.payload),
             Err(err) => Err(match err.kind() {
@@ -106,11 +116,18 @@ impl OcsClient {
             timeout: wait_timeout,
         };
         let timeout = match (action, wait_timeout) {
-            (Action::Wait, Some(seconds)) if seconds > 0.0 => timeout + Duration::from_secs_f64(seconds.min(1e6)),
+            (Action::Wait, Some(seconds)) if seconds > 0.0 => {
+                timeout + Duration::from_secs_f64(seconds.min(1e6))
+            }
             _ => timeout,
         };
         let payload = self
-            .request(&address, subject::operation(&address, action, op_name), codec::encode(&request), timeout)
+            .request(
+                &address,
+                subject::operation(&address, action, op_name),
+                codec::encode(&request),
+                timeout,
+            )
             .await?;
         codec::decode(&payload, MAX_MESSAGE_BYTES).map_err(|source| ClientError::Decode {
             address: address.to_string(),
@@ -119,9 +136,15 @@ impl OcsClient {
     }
 
     /// OCS `get_api`: the agent's identity and operations.
-    pub async fn api(&self, instance_id: &InstanceId, timeout: Duration) -> Result<proto::ApiReply, ClientError> {
+    pub async fn api(
+        &self,
+        instance_id: &InstanceId,
+        timeout: Duration,
+    ) -> Result<proto::ApiReply, ClientError> {
         let address = self.address(instance_id);
-        let payload = self.request(&address, subject::api(&address), Vec::new(), timeout).await?;
+        let payload = self
+            .request(&address, subject::api(&address), Vec::new(), timeout)
+            .await?;
         codec::decode(&payload, MAX_MESSAGE_BYTES).map_err(|source| ClientError::Decode {
             address: address.to_string(),
             source,

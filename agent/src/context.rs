@@ -95,7 +95,11 @@ impl OpContext {
     }
 
     fn with_session<R>(&self, change: impl FnOnce(&mut Session) -> R) -> Option<R> {
-        let mut table = self.shared.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut table = self
+            .shared
+            .table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         table.with_session(&self.op_name, self.session_id, change)
     }
 
@@ -158,7 +162,11 @@ impl OpContext {
     }
 
     /// Publishes `payload` (any serde value, as a MessagePack map) on one of the agent's feeds.
-    pub async fn publish<T: Serialize + ?Sized>(&self, feed: &str, payload: &T) -> Result<(), PublishError> {
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        feed: &str,
+        payload: &T,
+    ) -> Result<(), PublishError> {
         let (subject, seq) = self
             .shared
             .feeds

@@ -94,7 +94,12 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn send(shared: &Shared, subject: &str, sequence: &mut HeartbeatSequence, leaving: bool) -> bool {
+async fn send(
+    shared: &Shared,
+    subject: &str,
+    sequence: &mut HeartbeatSequence,
+    leaving: bool,
+) -> bool {
     if shared.client.connection_state() != State::Connected {
         return false;
     }

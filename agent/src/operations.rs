@@ -87,7 +87,11 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn new(status: ResponseCode, message: impl Into<String>, session: Option<proto::Session>) -> Self {
+    fn new(
+        status: ResponseCode,
+        message: impl Into<String>,
+        session: Option<proto::Session>,
+    ) -> Self {
         Reply {
             status,
             message: message.into(),
@@ -159,9 +163,18 @@ impl OpTable {
     }
 
     /// OCS `start`, checks in OCS's order.
-    pub(crate) fn start(&mut self, op_name: &str, params: &[u8], now_unix: f64) -> Result<Started, Reply> {
+    // The refusal is the reply itself and goes straight onto the wire; boxing it buys nothing.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn start(
+        &mut self,
+        op_name: &str,
+        params: &[u8],
+        now_unix: f64,
+    ) -> Result<Started, Reply> {
         let Some(slot) = self.slot(op_name) else {
-            return Err(Reply::error(format!("No task or process called \"{op_name}\"")));
+            return Err(Reply::error(format!(
+                "No task or process called \"{op_name}\""
+            )));
         };
         if let Some(session) = slot.session.as_ref().filter(|session| !session.is_done()) {
             return Err(Reply::new(
@@ -213,7 +226,11 @@ impl OpTable {
         }
         session.set_status(SessionStatus::Stopping, now_unix);
         slot.stop.cancel();
-        let verb = if action == Action::Stop { "stop" } else { "abort" };
+        let verb = if action == Action::Stop {
+            "stop"
+        } else {
+            "abort"
+        };
         Reply::new(
             ResponseCode::Ok,
             format!("Requested {verb} on {} \"{op_name}\".", kind.as_str()),
@@ -225,11 +242,17 @@ impl OpTable {
     pub(crate) fn status(&self, op_name: &str) -> Reply {
         match self.slot(op_name) {
             None => Reply::error(format!("No task or process called \"{op_name}\"")),
-            Some(Slot { session: None, .. }) => Reply::new(ResponseCode::Ok, "No session active.", None),
+            Some(Slot { session: None, .. }) => {
+                Reply::new(ResponseCode::Ok, "No session active.", None)
+            }
             Some(Slot {
                 session: Some(session),
                 ..
-            }) => Reply::new(ResponseCode::Ok, "Session active.", Some(session.to_proto())),
+            }) => Reply::new(
+                ResponseCode::Ok,
+                "Session active.",
+                Some(session.to_proto()),
+            ),
         }
     }
 
@@ -276,9 +299,18 @@ impl OpTable {
     }
 
     /// Ends a session with the operation's verdict and wakes waiters.
-    pub(crate) fn finish(&mut self, op_name: &str, session_id: u64, success: bool, message: String, now_unix: f64) {
+    pub(crate) fn finish(
+        &mut self,
+        op_name: &str,
+        session_id: u64,
+        success: bool,
+        message: String,
+        now_unix: f64,
+    ) {
         let ended = self
-            .with_session(op_name, session_id, |session| session.finish(success, message, now_unix))
+            .with_session(op_name, session_id, |session| {
+                session.finish(success, message, now_unix)
+            })
             .is_some();
         if ended && let Some(slot) = self.slot(op_name) {
             slot.finished.send_modify(|count| *count += 1);
@@ -291,7 +323,11 @@ impl OpTable {
             .iter()
             .map(|slot| proto::OperationCode {
                 op_name: slot.spec.name.clone(),
-                op_code: slot.session.as_ref().map_or(OpCode::None, Session::op_code).value(),
+                op_code: slot
+                    .session
+                    .as_ref()
+                    .map_or(OpCode::None, Session::op_code)
+                    .value(),
             })
             .collect()
     }
@@ -301,7 +337,11 @@ impl OpTable {
         let running: Vec<(String, Action)> = self
             .slots
             .iter()
-            .filter(|slot| slot.session.as_ref().is_some_and(|session| !session.is_done()))
+            .filter(|slot| {
+                slot.session
+                    .as_ref()
+                    .is_some_and(|session| !session.is_done())
+            })
             .map(|slot| (slot.spec.name.clone(), slot.spec.kind.stop_action()))
             .collect();
         for (op_name, action) in &running {
@@ -312,9 +352,11 @@ impl OpTable {
 
     /// Whether any session is not yet done.
     pub(crate) fn any_running(&self) -> bool {
-        self.slots
-            .iter()
-            .any(|slot| slot.session.as_ref().is_some_and(|session| !session.is_done()))
+        self.slots.iter().any(|slot| {
+            slot.session
+                .as_ref()
+                .is_some_and(|session| !session.is_done())
+        })
     }
 
     /// The `ocs api` description of every operation.
@@ -357,7 +399,11 @@ mod tests {
                 if params == b"bad" {
                     return Err("Param error: bad".to_owned());
                 }
-                Ok(Box::new(|_ctx: OpContext| -> OpFuture { Box::pin(async { Ok(String::new()) }) }) as Launch)
+                Ok(
+                    Box::new(|_ctx: OpContext| -> OpFuture {
+                        Box::pin(async { Ok(String::new()) })
+                    }) as Launch,
+                )
             }),
         }
     }
@@ -378,14 +424,39 @@ mod tests {
     #[test]
     fn start_replies() {
         let mut table = table();
-        check(&table.start("nope", b"", 0.0).err().unwrap(), ResponseCode::Error, "No task or process called \"nope\"", false);
-        check(&table.start("count", b"bad", 0.0).err().unwrap(), ResponseCode::Error, "Param error: bad", false);
+        check(
+            &table.start("nope", b"", 0.0).err().unwrap(),
+            ResponseCode::Error,
+            "No task or process called \"nope\"",
+            false,
+        );
+        check(
+            &table.start("count", b"bad", 0.0).err().unwrap(),
+            ResponseCode::Error,
+            "Param error: bad",
+            false,
+        );
         let started = table.start("count", b"", 0.0).ok().unwrap();
-        check(&started.reply, ResponseCode::Ok, "Started task \"count\".", true);
+        check(
+            &started.reply,
+            ResponseCode::Ok,
+            "Started task \"count\".",
+            true,
+        );
         assert_eq!(started.session_id, 0);
-        check(&table.start("count", b"", 0.0).err().unwrap(), ResponseCode::Error, "Operation \"count\" already in progress.", true);
+        check(
+            &table.start("count", b"", 0.0).err().unwrap(),
+            ResponseCode::Error,
+            "Operation \"count\" already in progress.",
+            true,
+        );
         let started = table.start("acq", b"", 0.0).ok().unwrap();
-        check(&started.reply, ResponseCode::Ok, "Started process \"acq\".", true);
+        check(
+            &started.reply,
+            ResponseCode::Ok,
+            "Started process \"acq\".",
+            true,
+        );
         assert_eq!(started.session_id, 1, "session ids are agent-wide");
         table.finish("count", 0, true, "ok".into(), 1.0);
         let restarted = table.start("count", b"", 2.0).ok().unwrap();
@@ -395,43 +466,118 @@ mod tests {
     #[test]
     fn stop_and_abort_replies() {
         let mut table = table();
-        check(&table.request_stop("nope", Action::Stop, 0.0), ResponseCode::Error, "No operation called \"nope\".", false);
-        check(&table.request_stop("count", Action::Stop, 0.0), ResponseCode::Error, "Cannot \"stop\" \"count\" because it is a \"task\".", false);
-        check(&table.request_stop("acq", Action::Abort, 0.0), ResponseCode::Error, "Cannot \"abort\" \"acq\" because it is a \"process\".", false);
-        check(&table.request_stop("acq", Action::Stop, 0.0), ResponseCode::Error, "No session active.", false);
+        check(
+            &table.request_stop("nope", Action::Stop, 0.0),
+            ResponseCode::Error,
+            "No operation called \"nope\".",
+            false,
+        );
+        check(
+            &table.request_stop("count", Action::Stop, 0.0),
+            ResponseCode::Error,
+            "Cannot \"stop\" \"count\" because it is a \"task\".",
+            false,
+        );
+        check(
+            &table.request_stop("acq", Action::Abort, 0.0),
+            ResponseCode::Error,
+            "Cannot \"abort\" \"acq\" because it is a \"process\".",
+            false,
+        );
+        check(
+            &table.request_stop("acq", Action::Stop, 0.0),
+            ResponseCode::Error,
+            "No session active.",
+            false,
+        );
         let started = table.start("acq", b"", 0.0).ok().unwrap();
         let reply = table.request_stop("acq", Action::Stop, 1.0);
-        check(&reply, ResponseCode::Ok, "Requested stop on process \"acq\".", true);
+        check(
+            &reply,
+            ResponseCode::Ok,
+            "Requested stop on process \"acq\".",
+            true,
+        );
         assert_eq!(reply.session.unwrap().status, "stopping");
         assert!(started.stop.is_cancelled());
-        check(&table.request_stop("acq", Action::Stop, 1.0), ResponseCode::Error, "The operation is already stopping", false);
+        check(
+            &table.request_stop("acq", Action::Stop, 1.0),
+            ResponseCode::Error,
+            "The operation is already stopping",
+            false,
+        );
         table.finish("acq", started.session_id, true, "stopped".into(), 2.0);
-        check(&table.request_stop("acq", Action::Stop, 1.0), ResponseCode::Error, "The operation is already done", false);
+        check(
+            &table.request_stop("acq", Action::Stop, 1.0),
+            ResponseCode::Error,
+            "The operation is already done",
+            false,
+        );
         table.start("count", b"", 0.0).ok().unwrap();
-        check(&table.request_stop("count", Action::Abort, 0.0), ResponseCode::Ok, "Requested abort on task \"count\".", true);
+        check(
+            &table.request_stop("count", Action::Abort, 0.0),
+            ResponseCode::Ok,
+            "Requested abort on task \"count\".",
+            true,
+        );
     }
 
     #[test]
     fn status_and_wait_replies() {
         let mut table = table();
-        check(&table.status("nope"), ResponseCode::Error, "No task or process called \"nope\"", false);
-        check(&table.status("count"), ResponseCode::Ok, "No session active.", false);
+        check(
+            &table.status("nope"),
+            ResponseCode::Error,
+            "No task or process called \"nope\"",
+            false,
+        );
+        check(
+            &table.status("count"),
+            ResponseCode::Ok,
+            "No session active.",
+            false,
+        );
         let reply = |state: WaitState| match state {
             WaitState::Reply(reply) => reply,
             WaitState::Running(_) => panic!("expected a reply"),
         };
-        check(&reply(table.wait_state("nope", false)), ResponseCode::Error, "Unknown operation \"nope\".", false);
-        check(&reply(table.wait_state("count", false)), ResponseCode::Ok, "Idle.", false);
+        check(
+            &reply(table.wait_state("nope", false)),
+            ResponseCode::Error,
+            "Unknown operation \"nope\".",
+            false,
+        );
+        check(
+            &reply(table.wait_state("count", false)),
+            ResponseCode::Ok,
+            "Idle.",
+            false,
+        );
         let started = table.start("count", b"", 0.0).ok().unwrap();
         let WaitState::Running(mut finished) = table.wait_state("count", false) else {
             panic!("expected running");
         };
-        check(&reply(table.wait_state("count", true)), ResponseCode::Timeout, "Operation \"count\" still running; wait timed out.", true);
+        check(
+            &reply(table.wait_state("count", true)),
+            ResponseCode::Timeout,
+            "Operation \"count\" still running; wait timed out.",
+            true,
+        );
         table.finish("count", started.session_id, false, "boom".into(), 1.0);
         assert!(finished.has_changed().unwrap());
         finished.mark_unchanged();
-        check(&reply(table.wait_state("count", true)), ResponseCode::Ok, "Operation \"count\" is currently not running (FAILED).", true);
-        check(&table.status("count"), ResponseCode::Ok, "Session active.", true);
+        check(
+            &reply(table.wait_state("count", true)),
+            ResponseCode::Ok,
+            "Operation \"count\" is currently not running (FAILED).",
+            true,
+        );
+        check(
+            &table.status("count"),
+            ResponseCode::Ok,
+            "Session active.",
+            true,
+        );
         let codes = table.op_codes();
         assert_eq!((codes[0].op_name.as_str(), codes[0].op_code), ("count", 6));
         assert_eq!((codes[1].op_name.as_str(), codes[1].op_code), ("acq", 1));

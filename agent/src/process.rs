@@ -50,15 +50,16 @@ pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(err) => {
-                warn!(error = %err, "cannot listen for SIGTERM");
-                let _ = tokio::signal::ctrl_c().await;
-                trigger.cancel();
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(err) => {
+                    warn!(error = %err, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    trigger.cancel();
+                    return;
+                }
+            };
         let name = tokio::select! {
             _ = tokio::signal::ctrl_c() => "SIGINT",
             _ = terminate.recv() => "SIGTERM",
@@ -76,19 +77,26 @@ pub const SERVICE_PING_INTERVAL: Duration = Duration::from_secs(2);
 /// Connects a long-running service or agent: retries the first connection and
 /// every reconnect forever, notices dead servers within seconds, and logs
 /// connection changes (never one line per failed attempt).
-pub async fn connect_service(nats_url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+pub async fn connect_service(
+    nats_url: &str,
+    name: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
     ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .ping_interval(SERVICE_PING_INTERVAL)
         .connection_timeout(Duration::from_secs(3))
-        .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 100).min(1000))
+        })
         .event_callback(|event| async move {
             match event {
                 Event::Connected => info!("connected to NATS"),
                 Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
-                Event::SlowConsumer(sid) => warn!(subscription = sid, "slow consumer: messages dropped"),
+                Event::SlowConsumer(sid) => {
+                    warn!(subscription = sid, "slow consumer: messages dropped")
+                }
                 Event::ServerError(err) => warn!(error = %err, "NATS server error"),
                 Event::LameDuckMode => warn!("NATS server entering lame duck mode"),
                 Event::ClientError(_) | Event::Draining | Event::Closed => {}
@@ -99,7 +107,9 @@ pub async fn connect_service(nats_url: &str, name: &str) -> Result<async_nats::C
 }
 
 /// Connects a short-lived client (the CLI): one attempt, bounded in time.
-pub async fn connect_client(nats_url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+pub async fn connect_client(
+    nats_url: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
     ConnectOptions::new()
         .name("ocs-cli")
         .connection_timeout(Duration::from_secs(3))
@@ -109,7 +119,11 @@ pub async fn connect_client(nats_url: &str) -> Result<async_nats::Client, async_
 
 /// Runs `builder` as the agent `instance_id` until SIGINT or SIGTERM: connects
 /// (retrying), serves, then drains the connection. For agent binaries' `main`.
-pub async fn serve_agent(builder: crate::AgentBuilder, common: &CommonArgs, instance_id: &ocs_protocol::InstanceId) -> anyhow::Result<()> {
+pub async fn serve_agent(
+    builder: crate::AgentBuilder,
+    common: &CommonArgs,
+    instance_id: &ocs_protocol::InstanceId,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let address = ocs_protocol::AgentAddress::new(&common.address_root, instance_id);
     let agent = builder.build(address.clone())?;
@@ -125,7 +139,10 @@ pub async fn serve_agent(builder: crate::AgentBuilder, common: &CommonArgs, inst
 
 /// Drains the connection (flushing buffered publishes), bounded in time.
 pub async fn drain(client: &async_nats::Client) {
-    if tokio::time::timeout(Duration::from_secs(3), client.drain()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(3), client.drain())
+        .await
+        .is_err()
+    {
         warn!("draining NATS timed out");
     }
 }

@@ -62,7 +62,10 @@ impl Session {
             data: SessionData::Value(Value::Object(Default::default())),
             messages: VecDeque::new(),
         };
-        session.add_message(now_unix, format!("Status is now \"{}\".", SessionStatus::Starting.as_str()));
+        session.add_message(
+            now_unix,
+            format!("Status is now \"{}\".", SessionStatus::Starting.as_str()),
+        );
         session
     }
 
@@ -116,8 +119,10 @@ impl Session {
     /// rather than failing the whole reply.
     pub(crate) fn to_proto(&self) -> proto::Session {
         let data = to_msgpack(&self.data.current()).unwrap_or_else(|err| {
-            to_msgpack(&serde_json::json!({ "error": format!("session data not encodable: {err}") }))
-                .unwrap_or_default()
+            to_msgpack(
+                &serde_json::json!({ "error": format!("session data not encodable: {err}") }),
+            )
+            .unwrap_or_default()
         });
         proto::Session {
             session_id: self.session_id,

@@ -202,7 +202,12 @@ mod tests {
     #[test]
     fn rejects_dots_spaces_wildcards_and_empty() {
         let cases = [
-            ("", NameError::Empty { kind: "instance id" }),
+            (
+                "",
+                NameError::Empty {
+                    kind: "instance id",
+                },
+            ),
             (
                 "a.b",
                 NameError::BadCharacter {
@@ -217,10 +222,7 @@ mod tests {
         }
         for name in ["a b", "*", ">", "a*", "x>y", "tab\t", "é"] {
             assert!(
-                matches!(
-                    InstanceId::new(name),
-                    Err(NameError::BadCharacter { .. })
-                ),
+                matches!(InstanceId::new(name), Err(NameError::BadCharacter { .. })),
                 "{name:?}"
             );
         }

@@ -204,7 +204,10 @@ mod tests {
         let mut bad_op = heartbeat();
         bad_op.op_codes[0].op_name = "a b".into();
         for message in [bad_code, bad_address, bad_incarnation, zero_seq, bad_op] {
-            assert!(decode_heartbeat(&encode(&message), 1000).is_err(), "{message:?}");
+            assert!(
+                decode_heartbeat(&encode(&message), 1000).is_err(),
+                "{message:?}"
+            );
         }
     }
 
@@ -216,7 +219,10 @@ mod tests {
         }
         let bytes = to_msgpack(&Params { target: 3 }).unwrap();
         // fixmap(1), fixstr "target", 3: fields are named, not positional.
-        assert_eq!(bytes, [0x81, 0xa6, b't', b'a', b'r', b'g', b'e', b't', 0x03]);
+        assert_eq!(
+            bytes,
+            [0x81, 0xa6, b't', b'a', b'r', b'g', b'e', b't', 0x03]
+        );
         let empty: serde_json::Value = from_msgpack(&[]).unwrap();
         assert_eq!(empty, serde_json::json!({}));
     }

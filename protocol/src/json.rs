@@ -163,13 +163,26 @@ mod tests {
             ..Default::default()
         };
         let value = session(&message).unwrap();
-        let mut keys: Vec<&str> = value.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
         keys.sort();
         assert_eq!(
             keys,
             [
-                "data", "degraded", "end_time", "messages", "op_code", "op_name",
-                "session_id", "start_time", "status", "success"
+                "data",
+                "degraded",
+                "end_time",
+                "messages",
+                "op_code",
+                "op_name",
+                "session_id",
+                "start_time",
+                "status",
+                "success"
             ]
         );
         assert_eq!(value["data"], json!({"count": 3}));

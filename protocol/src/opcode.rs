@@ -202,7 +202,9 @@ impl Action {
 
     /// Parses a subject token.
     pub fn parse(text: &str) -> Option<Action> {
-        Action::ALL.into_iter().find(|action| action.as_str() == text)
+        Action::ALL
+            .into_iter()
+            .find(|action| action.as_str() == text)
     }
 }
 

@@ -65,9 +65,7 @@ pub fn api(address: &AgentAddress) -> String {
 /// `subject` is one under `root`.
 pub fn instance_id_of_heartbeat<'s>(root: &AddressRoot, subject: &'s str) -> Option<&'s str> {
     let rest = subject.strip_prefix(root.as_str())?.strip_prefix('.')?;
-    let instance_id = rest
-        .strip_suffix(HEARTBEAT_FEED)?
-        .strip_suffix(".feeds.")?;
+    let instance_id = rest.strip_suffix(HEARTBEAT_FEED)?.strip_suffix(".feeds.")?;
     (!instance_id.is_empty() && !instance_id.contains('.')).then_some(instance_id)
 }
 

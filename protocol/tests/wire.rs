@@ -19,8 +19,14 @@ fn heartbeat() -> proto::Heartbeat {
         seq: 42,
         sent_at_unix_ms: 1_795_000_000_000,
         op_codes: vec![
-            proto::OperationCode { op_name: "acq".into(), op_code: 3 },
-            proto::OperationCode { op_name: "count".into(), op_code: 1 },
+            proto::OperationCode {
+                op_name: "acq".into(),
+                op_code: 3,
+            },
+            proto::OperationCode {
+                op_name: "count".into(),
+                op_code: 1,
+            },
         ],
         host: "daq1".into(),
         pid: 4242,
@@ -39,7 +45,10 @@ const FEED_GOLDEN: &str = "080112146f627365727661746f72792e726567697374727918012
 fn heartbeat_golden_bytes() {
     let bytes = codec::encode(&heartbeat());
     assert_eq!(hex(&bytes), HEARTBEAT_GOLDEN);
-    assert_eq!(codec::decode_heartbeat(&bytes, MAX_MESSAGE_BYTES).unwrap(), heartbeat());
+    assert_eq!(
+        codec::decode_heartbeat(&bytes, MAX_MESSAGE_BYTES).unwrap(),
+        heartbeat()
+    );
 }
 
 #[test]
@@ -64,7 +73,10 @@ fn operation_request_and_reply_golden_bytes() {
             start_time: 1_795_000_000.5,
             end_time: None,
             data: to_msgpack(&serde_json::json!({"n": 1})).unwrap(),
-            messages: vec![proto::SessionMessage { timestamp: 1_795_000_000.5, text: "Status is now \"running\".".into() }],
+            messages: vec![proto::SessionMessage {
+                timestamp: 1_795_000_000.5,
+                text: "Status is now \"running\".".into(),
+            }],
         }),
     };
     assert_eq!(hex(&codec::encode(&reply)), REPLY_GOLDEN);
@@ -84,7 +96,10 @@ fn agent_operations_golden_bytes() {
             time_expired_unix_ms: 1_795_000_005_000,
             last_updated_unix_ms: 1_795_000_000_000,
             first_seen_unix_ms: 1_794_999_000_000,
-            op_codes: vec![proto::OperationCode { op_name: "acq".into(), op_code: 7 }],
+            op_codes: vec![proto::OperationCode {
+                op_name: "acq".into(),
+                op_code: 7,
+            }],
             incarnation: "2f1e8f36-8b0e-4d4f-9a57-3c2a0b7b1c11".into(),
             host: "daq1".into(),
             pid: 4242,
@@ -126,7 +141,10 @@ fn unknown_fields_from_newer_peers_are_ignored() {
     let mut bytes = codec::encode(&heartbeat());
     // Field 99, varint 1: a field a future version might add.
     bytes.extend_from_slice(&[0x98, 0x06, 0x01]);
-    assert_eq!(codec::decode_heartbeat(&bytes, MAX_MESSAGE_BYTES).unwrap(), heartbeat());
+    assert_eq!(
+        codec::decode_heartbeat(&bytes, MAX_MESSAGE_BYTES).unwrap(),
+        heartbeat()
+    );
 }
 
 /// MessagePack params are maps with named fields: readers that gain a field

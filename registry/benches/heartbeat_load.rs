@@ -30,10 +30,18 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { agents: 1000, steady: 30, silence: 100, timeout: 5.0 };
+    let mut args = Args {
+        agents: 1000,
+        steady: 30,
+        silence: 100,
+        timeout: 5.0,
+    };
     let mut iter = std::env::args().skip(1);
     while let Some(flag) = iter.next() {
-        let mut value = || iter.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        let mut value = || {
+            iter.next()
+                .unwrap_or_else(|| panic!("{flag} needs a value"))
+        };
         match flag.as_str() {
             "--agents" => args.agents = value().parse().expect("--agents N"),
             "--steady" => args.steady = value().parse().expect("--steady SECONDS"),
@@ -64,14 +72,25 @@ fn cpu_and_rss(pid: u32) -> (u64, u64) {
 }
 
 fn clock_ticks_per_second() -> f64 {
-    let output = Command::new("getconf").arg("CLK_TCK").output().expect("getconf");
-    String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(100.0)
+    let output = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
 }
 
 async fn metric(port: u16, name: &str) -> f64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut body = String::new();
     stream.read_to_string(&mut body).await.unwrap();
     body.lines()
@@ -81,7 +100,10 @@ async fn metric(port: u16, name: &str) -> f64 {
 }
 
 async fn metric_or_zero(port: u16, name: &str) -> f64 {
-    if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    if tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         return 0.0;
     }
     metric(port, name).await
@@ -114,7 +136,10 @@ fn heartbeat(agent: &mut Simulated) -> Vec<u8> {
         op_codes: ops
             .iter()
             .enumerate()
-            .map(|(i, op)| proto::OperationCode { op_name: (*op).into(), op_code: if i == 0 { 3 } else { 1 } })
+            .map(|(i, op)| proto::OperationCode {
+                op_name: (*op).into(),
+                op_code: if i == 0 { 3 } else { 1 },
+            })
             .collect(),
         host: "loadgen".into(),
         pid: 1,
@@ -134,21 +159,42 @@ async fn main() {
     };
     let mut command = Command::new(env!("CARGO_BIN_EXE_ocs-registry"));
     command
-        .args(["--nats-url", &nats.url(), "--listen", &format!("127.0.0.1:{http_port}")])
-        .args(["--agent-timeout", &args.timeout.to_string(), "--max-agents", "1000000"])
+        .args([
+            "--nats-url",
+            &nats.url(),
+            "--listen",
+            &format!("127.0.0.1:{http_port}"),
+        ])
+        .args([
+            "--agent-timeout",
+            &args.timeout.to_string(),
+            "--max-agents",
+            "1000000",
+        ])
         .env("RUST_LOG", "error");
     let registry = Process::spawn("ocs-registry", command);
     let pid = registry.pid();
-    let client = async_nats::ConnectOptions::new().client_capacity(65_536).connect(nats.url()).await.unwrap();
+    let client = async_nats::ConnectOptions::new()
+        .client_capacity(65_536)
+        .connect(nats.url())
+        .await
+        .unwrap();
 
     // Feed recorder: when each address was first reported expired.
     let expired_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let mut feed = client.subscribe("observatory.registry.feeds.agent_operations").await.unwrap();
+    let mut feed = client
+        .subscribe("observatory.registry.feeds.agent_operations")
+        .await
+        .unwrap();
     let sink = expired_at.clone();
     tokio::spawn(async move {
         while let Some(message) = feed.next().await {
             let now = Instant::now();
-            let Ok(decoded) = codec::decode::<proto::AgentOperations>(&message.payload, MAX_MESSAGE_BYTES) else { continue };
+            let Ok(decoded) =
+                codec::decode::<proto::AgentOperations>(&message.payload, MAX_MESSAGE_BYTES)
+            else {
+                continue;
+            };
             let mut sink = sink.lock().unwrap();
             for record in decoded.agents.iter().filter(|r| r.expired) {
                 sink.entry(record.agent_address.clone()).or_insert(now);
@@ -158,7 +204,10 @@ async fn main() {
 
     // The registry's own heartbeats reach its counter too; count them to subtract.
     let own_beats = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut own = client.subscribe("observatory.registry.feeds.heartbeat").await.unwrap();
+    let mut own = client
+        .subscribe("observatory.registry.feeds.heartbeat")
+        .await
+        .unwrap();
     let counter = own_beats.clone();
     tokio::spawn(async move {
         while own.next().await.is_some() {
@@ -181,7 +230,9 @@ async fn main() {
             seq: 0,
         })
         .collect();
-    let silenced: Vec<usize> = (0..args.silence).map(|k| k * args.agents / args.silence.max(1)).collect();
+    let silenced: Vec<usize> = (0..args.silence)
+        .map(|k| k * args.agents / args.silence.max(1))
+        .collect();
     let mut last_sent: HashMap<usize, Instant> = HashMap::new();
     let mut silent = vec![false; args.agents];
 
@@ -219,7 +270,10 @@ async fn main() {
                 continue;
             }
             let payload = heartbeat(&mut agents[index]);
-            client.publish(agents[index].subject.clone(), payload.into()).await.unwrap();
+            client
+                .publish(agents[index].subject.clone(), payload.into())
+                .await
+                .unwrap();
             sent += 1;
             last_sent.insert(index, Instant::now());
         }
@@ -247,19 +301,42 @@ async fn main() {
         .filter_map(|index| {
             let deadline = last_sent[index] + timeout;
             let at = expired_at.get(&agents[*index].address)?;
-            Some(at.saturating_duration_since(deadline).as_secs_f64() * 1000.0 - deadline.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+            Some(
+                at.saturating_duration_since(deadline).as_secs_f64() * 1000.0
+                    - deadline.saturating_duration_since(*at).as_secs_f64() * 1000.0,
+            )
         })
         .collect();
     latencies_ms.sort_by(f64::total_cmp);
     let missed = silenced.len() - latencies_ms.len();
     let false_expiries = expired_at
         .keys()
-        .filter(|address| !silenced.iter().any(|index| &agents[*index].address == *address))
+        .filter(|address| {
+            !silenced
+                .iter()
+                .any(|index| &agents[*index].address == *address)
+        })
         .count();
-    println!("agents={} rate=1Hz steady={}s timeout={}s silenced={}", args.agents, args.steady, args.timeout, silenced.len());
-    println!("heartbeats sent={sent} received_by_registry={received} lost={} dropped_by_registry={dropped}", sent as f64 - received);
-    println!("registry cpu={cpu_percent:.1}% of one core  rss={} KiB  peak_rss={} KiB", end_rss, peak_rss.max(end_rss));
-    println!("alive at end={alive} (expected {})", args.agents - silenced.len() + 1);
+    println!(
+        "agents={} rate=1Hz steady={}s timeout={}s silenced={}",
+        args.agents,
+        args.steady,
+        args.timeout,
+        silenced.len()
+    );
+    println!(
+        "heartbeats sent={sent} received_by_registry={received} lost={} dropped_by_registry={dropped}",
+        sent as f64 - received
+    );
+    println!(
+        "registry cpu={cpu_percent:.1}% of one core  rss={} KiB  peak_rss={} KiB",
+        end_rss,
+        peak_rss.max(end_rss)
+    );
+    println!(
+        "alive at end={alive} (expected {})",
+        args.agents - silenced.len() + 1
+    );
     println!("false_expiries={false_expiries}  missed_expiries={missed}");
     println!(
         "expiry detection latency after the deadline: p50={:.1} ms p99={:.1} ms max={:.1} ms (n={})",

@@ -42,7 +42,9 @@ pub struct Config {
 
 /// Parses a positive number of seconds.
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
     if !(seconds > 0.0 && seconds <= 1e9) {
         return Err(format!("{text} must be a positive number of seconds"));
     }

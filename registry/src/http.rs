@@ -28,7 +28,10 @@ pub fn router(metrics: Arc<RegistryMetrics>, client: async_nats::Client) -> Rout
 
 async fn metrics_handler(AxumState(state): AxumState<HttpState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

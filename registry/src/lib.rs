@@ -60,7 +60,9 @@ pub async fn run(
         .process(
             "main",
             "Track agents by their heartbeats and publish the agent_operations feed.",
-            move |ctx, _: NoParams| service::main_process(ctx, settings.clone(), main_metrics.clone()),
+            move |ctx, _: NoParams| {
+                service::main_process(ctx, settings.clone(), main_metrics.clone())
+            },
         )
         .startup("main", serde_json::json!({}))
         .build(address)?;

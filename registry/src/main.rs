@@ -30,7 +30,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let client = connect_service(&config.common.nats_url, &name)
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.common.nats_url))?;
-    ocs_registry::run(config, client.clone(), listener, Arc::new(RegistryMetrics::new()), shutdown).await?;
+    ocs_registry::run(
+        config,
+        client.clone(),
+        listener,
+        Arc::new(RegistryMetrics::new()),
+        shutdown,
+    )
+    .await?;
     drain(&client).await;
     Ok(())
 }

@@ -82,32 +82,73 @@ impl RegistryMetrics {
             nats_connected: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("heartbeats_received", "Heartbeats received, before validation", metrics.heartbeats_received.clone());
-        registry.register("heartbeats_dropped", "Heartbeats dropped, by reason", metrics.heartbeats_dropped.clone());
-        registry.register("agents", "Agents tracked, by state (alive, expired, left)", metrics.agents.clone());
-        registry.register("expiries", "Agents marked expired after missing heartbeats", metrics.expiries.clone());
-        registry.register("forgotten_agents", "Agents forgotten after --forget-after", metrics.forgotten.clone());
-        registry.register("feed_messages_published", "agent_operations feed messages published, by kind", metrics.feed_messages.clone());
-        registry.register("feed_publish_failures", "agent_operations feed messages that could not be published", metrics.feed_failures.clone());
-        registry.register("nats_connected", "1 while connected to NATS", metrics.nats_connected.clone());
+        registry.register(
+            "heartbeats_received",
+            "Heartbeats received, before validation",
+            metrics.heartbeats_received.clone(),
+        );
+        registry.register(
+            "heartbeats_dropped",
+            "Heartbeats dropped, by reason",
+            metrics.heartbeats_dropped.clone(),
+        );
+        registry.register(
+            "agents",
+            "Agents tracked, by state (alive, expired, left)",
+            metrics.agents.clone(),
+        );
+        registry.register(
+            "expiries",
+            "Agents marked expired after missing heartbeats",
+            metrics.expiries.clone(),
+        );
+        registry.register(
+            "forgotten_agents",
+            "Agents forgotten after --forget-after",
+            metrics.forgotten.clone(),
+        );
+        registry.register(
+            "feed_messages_published",
+            "agent_operations feed messages published, by kind",
+            metrics.feed_messages.clone(),
+        );
+        registry.register(
+            "feed_publish_failures",
+            "agent_operations feed messages that could not be published",
+            metrics.feed_failures.clone(),
+        );
+        registry.register(
+            "nats_connected",
+            "1 while connected to NATS",
+            metrics.nats_connected.clone(),
+        );
         for reason in DropReason::ALL {
-            let _ = metrics.heartbeats_dropped.get_or_create(&ReasonLabel { reason });
+            let _ = metrics
+                .heartbeats_dropped
+                .get_or_create(&ReasonLabel { reason });
         }
         for kind in ["change", "snapshot"] {
             let _ = metrics.feed_messages.get_or_create(&KindLabel { kind });
         }
-        RegistryMetrics { registry, ..metrics }
+        RegistryMetrics {
+            registry,
+            ..metrics
+        }
     }
 
     /// Counts one dropped heartbeat.
     pub(crate) fn dropped(&self, reason: DropReason) {
-        self.heartbeats_dropped.get_or_create(&ReasonLabel { reason }).inc();
+        self.heartbeats_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Sets the agents-by-state gauges.
     pub(crate) fn set_agent_counts(&self, (alive, expired, left): (usize, usize, usize)) {
         for (state, count) in [("alive", alive), ("expired", expired), ("left", left)] {
-            self.agents.get_or_create(&StateLabel { state }).set(count as i64);
+            self.agents
+                .get_or_create(&StateLabel { state })
+                .set(count as i64);
         }
     }
 
@@ -121,7 +162,9 @@ impl RegistryMetrics {
 
     /// A counter value, for tests and benchmarks.
     pub fn dropped_count(&self, reason: DropReason) -> u64 {
-        self.heartbeats_dropped.get_or_create(&ReasonLabel { reason }).get()
+        self.heartbeats_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .get()
     }
 }
 

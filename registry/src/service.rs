@@ -71,7 +71,9 @@ struct Registry {
 
 fn lock(table: &Mutex<AgentTable>) -> MutexGuard<'_, AgentTable> {
     // Table methods finish their change before returning, so a poisoned lock holds a consistent table.
-    table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    table
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn now_unix_ms() -> i64 {
@@ -79,7 +81,11 @@ fn now_unix_ms() -> i64 {
 }
 
 /// The `main` process: runs until stopped.
-pub(crate) async fn main_process(ctx: OpContext, settings: Arc<Settings>, metrics: Arc<RegistryMetrics>) -> OpResult {
+pub(crate) async fn main_process(
+    ctx: OpContext,
+    settings: Arc<Settings>,
+    metrics: Arc<RegistryMetrics>,
+) -> OpResult {
     let table = Arc::new(Mutex::new(AgentTable::new(settings.table.clone())));
     let view = table.clone();
     ctx.set_data_source(Arc::new(move || {
@@ -106,11 +112,14 @@ pub(crate) async fn main_process(ctx: OpContext, settings: Arc<Settings>, metric
         seq: 0,
         changed: BTreeSet::new(),
         forgotten: Vec::new(),
-        drops: DropLog { last: HashMap::new() },
+        drops: DropLog {
+            last: HashMap::new(),
+        },
     };
     info!(subject = %subject::all_heartbeats(&settings.root), timeout = ?settings.table.agent_timeout, "registry main process running");
 
-    let mut snapshots = tokio::time::interval_at(Instant::now() + settings.wait_time, settings.wait_time);
+    let mut snapshots =
+        tokio::time::interval_at(Instant::now() + settings.wait_time, settings.wait_time);
     snapshots.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -126,7 +135,11 @@ pub(crate) async fn main_process(ctx: OpContext, settings: Arc<Settings>, metric
         }
         was_connected = connected;
         // While disconnected, expiries wait: the registry cannot tell a dead agent from its own outage.
-        let next_deadline = if connected { lock(&registry.table).next_deadline() } else { None };
+        let next_deadline = if connected {
+            lock(&registry.table).next_deadline()
+        } else {
+            None
+        };
         tokio::select! {
             biased;
             _ = ctx.stopping() => break,
@@ -170,7 +183,12 @@ impl Registry {
         }
     }
 
-    fn drop_heartbeat(&mut self, reason: DropReason, subject: &str, detail: &dyn std::fmt::Display) {
+    fn drop_heartbeat(
+        &mut self,
+        reason: DropReason,
+        subject: &str,
+        detail: &dyn std::fmt::Display,
+    ) {
         self.metrics.dropped(reason);
         self.drops.note(reason, subject, detail);
     }
@@ -179,21 +197,27 @@ impl Registry {
     fn handle(&mut self, message: &async_nats::Message) {
         self.metrics.heartbeats_received.inc();
         let subject = message.subject.as_str();
-        let Some(instance_id) = subject::instance_id_of_heartbeat(&self.settings.root, subject) else {
-            return self.drop_heartbeat(DropReason::address_mismatch, subject, &"subject is not a heartbeat subject under the address root");
+        let Some(instance_id) = subject::instance_id_of_heartbeat(&self.settings.root, subject)
+        else {
+            return self.drop_heartbeat(
+                DropReason::address_mismatch,
+                subject,
+                &"subject is not a heartbeat subject under the address root",
+            );
         };
-        let heartbeat = match codec::decode_heartbeat(&message.payload, self.settings.max_heartbeat_bytes) {
-            Ok(heartbeat) => heartbeat,
-            Err(err) => {
-                let reason = match err {
-                    CodecError::TooLarge { .. } => DropReason::oversized,
-                    CodecError::Protobuf(_) => DropReason::undecodable,
-                    CodecError::UnsupportedVersion { .. } => DropReason::unsupported_version,
-                    _ => DropReason::invalid,
-                };
-                return self.drop_heartbeat(reason, subject, &err);
-            }
-        };
+        let heartbeat =
+            match codec::decode_heartbeat(&message.payload, self.settings.max_heartbeat_bytes) {
+                Ok(heartbeat) => heartbeat,
+                Err(err) => {
+                    let reason = match err {
+                        CodecError::TooLarge { .. } => DropReason::oversized,
+                        CodecError::Protobuf(_) => DropReason::undecodable,
+                        CodecError::UnsupportedVersion { .. } => DropReason::unsupported_version,
+                        _ => DropReason::invalid,
+                    };
+                    return self.drop_heartbeat(reason, subject, &err);
+                }
+            };
         let address_matches = heartbeat
             .agent_address
             .split_once('.')
@@ -211,8 +235,14 @@ impl Registry {
                 self.changed.insert(heartbeat.agent_address);
             }
             Observation::Refreshed => {}
-            Observation::Stale => self.drop_heartbeat(DropReason::stale, subject, &format!("seq {}", heartbeat.seq)),
-            Observation::TableFull => self.drop_heartbeat(DropReason::table_full, subject, &"table full"),
+            Observation::Stale => self.drop_heartbeat(
+                DropReason::stale,
+                subject,
+                &format!("seq {}", heartbeat.seq),
+            ),
+            Observation::TableFull => {
+                self.drop_heartbeat(DropReason::table_full, subject, &"table full")
+            }
         }
     }
 
@@ -235,7 +265,11 @@ impl Registry {
         }
     }
 
-    fn envelope(&mut self, agents: Vec<proto::AgentRecord>, forgotten: Vec<String>) -> proto::AgentOperations {
+    fn envelope(
+        &mut self,
+        agents: Vec<proto::AgentRecord>,
+        forgotten: Vec<String>,
+    ) -> proto::AgentOperations {
         self.seq += 1;
         proto::AgentOperations {
             protocol_version: ocs_protocol::PROTOCOL_VERSION,
@@ -257,13 +291,17 @@ impl Registry {
             && matches!(
                 tokio::time::timeout(
                     Duration::from_secs(1),
-                    self.client.publish(self.feed_subject.clone(), codec::encode(message).into()),
+                    self.client
+                        .publish(self.feed_subject.clone(), codec::encode(message).into()),
                 )
                 .await,
                 Ok(Ok(()))
             );
         if published {
-            self.metrics.feed_messages.get_or_create(&KindLabel { kind }).inc();
+            self.metrics
+                .feed_messages
+                .get_or_create(&KindLabel { kind })
+                .inc();
         } else {
             self.metrics.feed_failures.inc();
         }
@@ -278,16 +316,18 @@ impl Registry {
         let changed: Vec<String> = std::mem::take(&mut self.changed).into_iter().collect();
         let records: Vec<proto::AgentRecord> = {
             let table = lock(&self.table);
-            changed.iter().filter_map(|address| table.record(address)).collect()
+            changed
+                .iter()
+                .filter_map(|address| table.record(address))
+                .collect()
         };
         let mut forgotten = std::mem::take(&mut self.forgotten);
-        let mut chunks = records.chunks(RECORDS_PER_MESSAGE).peekable();
-        if chunks.peek().is_none() {
+        if records.is_empty() {
             let message = self.envelope(Vec::new(), forgotten);
             self.publish(&message, "change").await;
             return;
         }
-        while let Some(chunk) = chunks.next() {
+        for chunk in records.chunks(RECORDS_PER_MESSAGE) {
             let message = self.envelope(chunk.to_vec(), std::mem::take(&mut forgotten));
             // A failed change is repaired by the next snapshot, which lists every agent.
             self.publish(&message, "change").await;

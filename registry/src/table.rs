@@ -135,7 +135,12 @@ impl AgentTable {
     }
 
     /// Records a validated heartbeat received at `now`.
-    pub fn observe(&mut self, heartbeat: &proto::Heartbeat, now: Instant, now_unix_ms: i64) -> Observation {
+    pub fn observe(
+        &mut self,
+        heartbeat: &proto::Heartbeat,
+        now: Instant,
+        now_unix_ms: i64,
+    ) -> Observation {
         let address = heartbeat.agent_address.as_str();
         let timeout = self.timeout_for(heartbeat.interval_ms);
         let (observation, previous) = match self.agents.get(address) {
@@ -151,8 +156,21 @@ impl AgentTable {
                     || heartbeat.leaving
                     || entry.op_codes != heartbeat.op_codes
                     || entry.agent_class != heartbeat.agent_class;
-                let observation = if changed { Observation::Changed } else { Observation::Refreshed };
-                (observation, Some((entry.deadline, entry.state, entry.first_seen_unix_ms, entry.incarnations_seen, same_incarnation)))
+                let observation = if changed {
+                    Observation::Changed
+                } else {
+                    Observation::Refreshed
+                };
+                (
+                    observation,
+                    Some((
+                        entry.deadline,
+                        entry.state,
+                        entry.first_seen_unix_ms,
+                        entry.incarnations_seen,
+                        same_incarnation,
+                    )),
+                )
             }
         };
         if let Some((deadline, state, ..)) = previous {
@@ -164,13 +182,25 @@ impl AgentTable {
             Some((_, _, first_seen, seen, false)) => (first_seen, seen + 1),
         };
         let (state, deadline, op_codes, time_expired_unix_ms) = if heartbeat.leaving {
-            (AgentState::Left, now + self.config.forget_after, all_expired(&heartbeat.op_codes), Some(now_unix_ms))
+            (
+                AgentState::Left,
+                now + self.config.forget_after,
+                all_expired(&heartbeat.op_codes),
+                Some(now_unix_ms),
+            )
         } else {
-            (AgentState::Alive, now + timeout, heartbeat.op_codes.clone(), None)
+            (
+                AgentState::Alive,
+                now + timeout,
+                heartbeat.op_codes.clone(),
+                None,
+            )
         };
         match state {
             AgentState::Alive => self.expiries.insert((deadline, address.to_owned())),
-            AgentState::Expired | AgentState::Left => self.forgets.insert((deadline, address.to_owned())),
+            AgentState::Expired | AgentState::Left => {
+                self.forgets.insert((deadline, address.to_owned()))
+            }
         };
         self.agents.insert(
             address.to_owned(),
@@ -243,10 +273,16 @@ impl AgentTable {
     /// Gives every alive agent at least a full timeout from `now`: after the
     /// registry could not hear anyone (a NATS outage), silence is not evidence.
     pub fn grant_fresh_timeouts(&mut self, now: Instant) {
-        let alive: Vec<(Instant, String)> = std::mem::take(&mut self.expiries).into_iter().collect();
+        let alive: Vec<(Instant, String)> =
+            std::mem::take(&mut self.expiries).into_iter().collect();
         for (deadline, address) in alive {
-            let Some(entry) = self.agents.get_mut(&address) else { continue };
-            let timeout = self.config.agent_timeout.max(Duration::from_millis(u64::from(entry.interval_ms)) * 3);
+            let Some(entry) = self.agents.get_mut(&address) else {
+                continue;
+            };
+            let timeout = self
+                .config
+                .agent_timeout
+                .max(Duration::from_millis(u64::from(entry.interval_ms)) * 3);
             entry.deadline = deadline.max(now + timeout);
             self.expiries.insert((entry.deadline, address));
         }
@@ -259,16 +295,20 @@ impl AgentTable {
 
     /// Counts of agents by state: `(alive, expired, left)`.
     pub fn counts(&self) -> (usize, usize, usize) {
-        self.agents.values().fold((0, 0, 0), |(a, e, l), entry| match entry.state {
-            AgentState::Alive => (a + 1, e, l),
-            AgentState::Expired => (a, e + 1, l),
-            AgentState::Left => (a, e, l + 1),
-        })
+        self.agents
+            .values()
+            .fold((0, 0, 0), |(a, e, l), entry| match entry.state {
+                AgentState::Alive => (a + 1, e, l),
+                AgentState::Expired => (a, e + 1, l),
+                AgentState::Left => (a, e, l + 1),
+            })
     }
 
     /// The wire record of `address`.
     pub fn record(&self, address: &str) -> Option<proto::AgentRecord> {
-        self.agents.get(address).map(|entry| to_record(address, entry))
+        self.agents
+            .get(address)
+            .map(|entry| to_record(address, entry))
     }
 
     /// Every record, sorted by address.
@@ -319,7 +359,12 @@ mod tests {
         })
     }
 
-    fn beat(address: &str, incarnation: &str, seq: u64, ops: &[(&str, OpCode)]) -> proto::Heartbeat {
+    fn beat(
+        address: &str,
+        incarnation: &str,
+        seq: u64,
+        ops: &[(&str, OpCode)],
+    ) -> proto::Heartbeat {
         proto::Heartbeat {
             protocol_version: 1,
             agent_address: address.into(),
@@ -345,17 +390,35 @@ mod tests {
         let mut table = table();
         let t0 = Instant::now();
         let acq = [("acq", OpCode::Running)];
-        assert_eq!(table.observe(&beat(FAKER, INCARNATION_A, 1, &acq), t0, 1000), Observation::New);
-        assert_eq!(table.observe(&beat(FAKER, INCARNATION_A, 2, &acq), t0 + Duration::from_secs(1), 2000), Observation::Refreshed);
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 1, &acq), t0, 1000),
+            Observation::New
+        );
+        assert_eq!(
+            table.observe(
+                &beat(FAKER, INCARNATION_A, 2, &acq),
+                t0 + Duration::from_secs(1),
+                2000
+            ),
+            Observation::Refreshed
+        );
         assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(6)));
-        assert!(table.expire_due(t0 + Duration::from_millis(5999), 6999).is_empty());
+        assert!(
+            table
+                .expire_due(t0 + Duration::from_millis(5999), 6999)
+                .is_empty()
+        );
         assert_eq!(table.expire_due(t0 + Duration::from_secs(6), 7000), [FAKER]);
         let record = table.record(FAKER).unwrap();
         assert!(record.expired);
         assert_eq!(record.time_expired_unix_ms, 7000);
         assert_eq!(record.op_codes[0].op_code, OpCode::Expired.value());
         // Expiry happens once: time_expired is not rewritten later.
-        assert!(table.expire_due(t0 + Duration::from_secs(20), 21000).is_empty());
+        assert!(
+            table
+                .expire_due(t0 + Duration::from_secs(20), 21000)
+                .is_empty()
+        );
         assert_eq!(table.record(FAKER).unwrap().time_expired_unix_ms, 7000);
     }
 
@@ -365,12 +428,25 @@ mod tests {
         let t0 = Instant::now();
         let two_ops = [("acq", OpCode::Running), ("old_op", OpCode::None)];
         table.observe(&beat(FAKER, INCARNATION_A, 5, &two_ops), t0, 0);
-        assert_eq!(table.observe(&beat(FAKER, INCARNATION_A, 5, &two_ops), t0, 0), Observation::Stale);
-        assert_eq!(table.observe(&beat(FAKER, INCARNATION_A, 3, &two_ops), t0, 0), Observation::Stale);
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 5, &two_ops), t0, 0),
+            Observation::Stale
+        );
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 3, &two_ops), t0, 0),
+            Observation::Stale
+        );
         let one_op = [("acq", OpCode::None)];
-        assert_eq!(table.observe(&beat(FAKER, INCARNATION_B, 1, &one_op), t0, 0), Observation::Changed);
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_B, 1, &one_op), t0, 0),
+            Observation::Changed
+        );
         let record = table.record(FAKER).unwrap();
-        assert_eq!(record.op_codes.len(), 1, "op codes are replaced, not merged");
+        assert_eq!(
+            record.op_codes.len(),
+            1,
+            "op codes are replaced, not merged"
+        );
         assert_eq!(record.incarnation, INCARNATION_B);
         assert_eq!(record.incarnations_seen, 2);
     }
@@ -381,7 +457,10 @@ mod tests {
         let t0 = Instant::now();
         table.observe(&beat(FAKER, INCARNATION_A, 1, &[]), t0, 0);
         table.expire_due(t0 + TIMEOUT, 5000);
-        assert_eq!(table.observe(&beat(FAKER, INCARNATION_A, 9, &[]), t0 + TIMEOUT * 2, 10000), Observation::Changed);
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 9, &[]), t0 + TIMEOUT * 2, 10000),
+            Observation::Changed
+        );
         let record = table.record(FAKER).unwrap();
         assert!(!record.expired);
         assert_eq!(record.time_expired_unix_ms, 0);
@@ -392,14 +471,27 @@ mod tests {
     fn leaving_marks_at_once_and_forgetting_follows() {
         let mut table = table();
         let t0 = Instant::now();
-        table.observe(&beat(FAKER, INCARNATION_A, 1, &[("acq", OpCode::Running)]), t0, 0);
+        table.observe(
+            &beat(FAKER, INCARNATION_A, 1, &[("acq", OpCode::Running)]),
+            t0,
+            0,
+        );
         let mut leaving = beat(FAKER, INCARNATION_A, 2, &[("acq", OpCode::Succeeded)]);
         leaving.leaving = true;
-        assert_eq!(table.observe(&leaving, t0 + Duration::from_millis(10), 10), Observation::Changed);
+        assert_eq!(
+            table.observe(&leaving, t0 + Duration::from_millis(10), 10),
+            Observation::Changed
+        );
         assert_eq!(table.state(FAKER), Some(AgentState::Left));
-        assert!(table.expire_due(t0 + TIMEOUT * 2, 0).is_empty(), "a departed agent does not expire again");
+        assert!(
+            table.expire_due(t0 + TIMEOUT * 2, 0).is_empty(),
+            "a departed agent does not expire again"
+        );
         assert!(table.forget_due(t0 + FORGET).is_empty());
-        assert_eq!(table.forget_due(t0 + FORGET + Duration::from_millis(10)), [FAKER]);
+        assert_eq!(
+            table.forget_due(t0 + FORGET + Duration::from_millis(10)),
+            [FAKER]
+        );
         assert!(table.is_empty());
         assert_eq!(table.next_deadline(), None);
     }
@@ -409,10 +501,23 @@ mod tests {
         let mut table = table();
         let t0 = Instant::now();
         for i in 0..3 {
-            assert_eq!(table.observe(&beat(&format!("observatory.a{i}"), INCARNATION_A, 1, &[]), t0, 0), Observation::New);
+            assert_eq!(
+                table.observe(
+                    &beat(&format!("observatory.a{i}"), INCARNATION_A, 1, &[]),
+                    t0,
+                    0
+                ),
+                Observation::New
+            );
         }
-        assert_eq!(table.observe(&beat("observatory.a3", INCARNATION_A, 1, &[]), t0, 0), Observation::TableFull);
-        assert_eq!(table.observe(&beat("observatory.a0", INCARNATION_A, 2, &[]), t0, 0), Observation::Refreshed);
+        assert_eq!(
+            table.observe(&beat("observatory.a3", INCARNATION_A, 1, &[]), t0, 0),
+            Observation::TableFull
+        );
+        assert_eq!(
+            table.observe(&beat("observatory.a0", INCARNATION_A, 2, &[]), t0, 0),
+            Observation::Refreshed
+        );
         assert_eq!(table.len(), 3);
     }
 

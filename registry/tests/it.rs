@@ -28,24 +28,44 @@ struct Registry {
 impl Registry {
     async fn start(nats: &NatsServer, extra: &[&str]) -> Registry {
         let url = nats.url();
-        let mut args = vec!["ocs-registry", "--nats-url", url.as_str(), "--listen", "127.0.0.1:0"];
+        let mut args = vec![
+            "ocs-registry",
+            "--nats-url",
+            url.as_str(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
         args.extend(extra);
         let config = Config::parse_from(args);
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let http = listener.local_addr().unwrap();
-        let client = ocs_agent::process::connect_service(&url, "registry-under-test").await.unwrap();
+        let client = ocs_agent::process::connect_service(&url, "registry-under-test")
+            .await
+            .unwrap();
         let metrics = Arc::new(RegistryMetrics::new());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-            async move { ocs_registry::run(config, client, listener, metrics, shutdown).await.unwrap() }
+            async move {
+                ocs_registry::run(config, client, listener, metrics, shutdown)
+                    .await
+                    .unwrap()
+            }
         });
-        Registry { shutdown, task, metrics, http }
+        Registry {
+            shutdown,
+            task,
+            metrics,
+            http,
+        }
     }
 
     async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -59,7 +79,12 @@ fn agent(nats: &NatsServer, binary: &str, instance_id: &str, extra: &[&str]) -> 
 }
 
 fn faker(nats: &NatsServer, instance_id: &str) -> Process {
-    agent(nats, "ocs-fake-data-agent", instance_id, &["--mode", "idle"])
+    agent(
+        nats,
+        "ocs-fake-data-agent",
+        instance_id,
+        &["--mode", "idle"],
+    )
 }
 
 async fn client(nats: &NatsServer) -> OcsClient {
@@ -70,10 +95,19 @@ async fn client(nats: &NatsServer) -> OcsClient {
 /// The registry's `main` session data: address → OCS record.
 async fn registry_agents(client: &OcsClient) -> Option<serde_json::Map<String, Value>> {
     let reply = client
-        .operation(&InstanceId::new("registry").unwrap(), &OpName::new("main").unwrap(), Action::Status, Vec::new(), None, Duration::from_secs(2))
+        .operation(
+            &InstanceId::new("registry").unwrap(),
+            &OpName::new("main").unwrap(),
+            Action::Status,
+            Vec::new(),
+            None,
+            Duration::from_secs(2),
+        )
         .await
         .ok()?;
-    json::reply(&reply).ok()?["session"]["data"].as_object().cloned()
+    json::reply(&reply).ok()?["session"]["data"]
+        .as_object()
+        .cloned()
 }
 
 async fn record(client: &OcsClient, address: &str) -> Option<Value> {
@@ -84,15 +118,21 @@ async fn record(client: &OcsClient, address: &str) -> Option<Value> {
 type FeedLog = Arc<Mutex<Vec<(Instant, proto::AgentOperations)>>>;
 
 async fn record_feed(nats: &NatsServer) -> FeedLog {
-    let client = ocs_agent::process::connect_service(&nats.url(), "feed-recorder").await.unwrap();
-    let mut feed = client.subscribe("observatory.registry.feeds.agent_operations").await.unwrap();
+    let client = ocs_agent::process::connect_service(&nats.url(), "feed-recorder")
+        .await
+        .unwrap();
+    let mut feed = client
+        .subscribe("observatory.registry.feeds.agent_operations")
+        .await
+        .unwrap();
     client.flush().await.unwrap();
     let log: FeedLog = Arc::default();
     let sink = log.clone();
     tokio::spawn(async move {
         let _client = client;
         while let Some(message) = feed.next().await {
-            let decoded: proto::AgentOperations = codec::decode(&message.payload, MAX_MESSAGE_BYTES).unwrap();
+            let decoded: proto::AgentOperations =
+                codec::decode(&message.payload, MAX_MESSAGE_BYTES).unwrap();
             sink.lock().unwrap().push((Instant::now(), decoded));
         }
     });
@@ -100,7 +140,11 @@ async fn record_feed(nats: &NatsServer) -> FeedLog {
 }
 
 /// The first feed record of `address` matching `predicate`, with its arrival time.
-fn feed_record(log: &FeedLog, address: &str, predicate: impl Fn(&proto::AgentRecord) -> bool) -> Option<(Instant, proto::AgentRecord)> {
+fn feed_record(
+    log: &FeedLog,
+    address: &str,
+    predicate: impl Fn(&proto::AgentRecord) -> bool,
+) -> Option<(Instant, proto::AgentRecord)> {
     log.lock().unwrap().iter().find_map(|(at, message)| {
         message
             .agents
@@ -129,7 +173,10 @@ async fn agents_appear_and_operations_change_their_op_codes() {
     let client = client(&nats).await;
     let _faker = faker(&nats, "faker");
     let started = Instant::now();
-    let first = eventually(Duration::from_secs(5), "faker in the registry", || record(&client, FAKER)).await;
+    let first = eventually(Duration::from_secs(5), "faker in the registry", || {
+        record(&client, FAKER)
+    })
+    .await;
     println!("faker registered {:?} after spawn", started.elapsed());
     assert_eq!(first["agent_class"], "FakeDataAgent");
     assert_eq!(first["expired"], false);
@@ -138,19 +185,53 @@ async fn agents_appear_and_operations_change_their_op_codes() {
     let faker_id = InstanceId::new("faker").unwrap();
     let count = OpName::new("count").unwrap();
     let params = to_msgpack(&serde_json::json!({"target": 2, "interval": 0.3})).unwrap();
-    let reply = client.operation(&faker_id, &count, Action::Start, params, None, Duration::from_secs(2)).await.unwrap();
+    let reply = client
+        .operation(
+            &faker_id,
+            &count,
+            Action::Start,
+            params,
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
     assert_eq!(reply.status, 0, "{}", reply.message);
-    eventually(Duration::from_secs(3), "count RUNNING in status", || async {
-        record(&client, FAKER).await.filter(|r| op_codes(r)["count"] == 3)
-    })
+    eventually(
+        Duration::from_secs(3),
+        "count RUNNING in status",
+        || async {
+            record(&client, FAKER)
+                .await
+                .filter(|r| op_codes(r)["count"] == 3)
+        },
+    )
     .await;
-    eventually(Duration::from_secs(5), "count SUCCEEDED in status", || async {
-        record(&client, FAKER).await.filter(|r| op_codes(r)["count"] == 5)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "count SUCCEEDED in status",
+        || async {
+            record(&client, FAKER)
+                .await
+                .filter(|r| op_codes(r)["count"] == 5)
+        },
+    )
     .await;
-    let code_of = |record: &proto::AgentRecord| record.op_codes.iter().find(|op| op.op_name == "count").map(|op| op.op_code);
-    assert!(feed_record(&feed, FAKER, |r| code_of(r) == Some(3)).is_some(), "feed carried RUNNING");
-    assert!(feed_record(&feed, FAKER, |r| code_of(r) == Some(5)).is_some(), "feed carried SUCCEEDED");
+    let code_of = |record: &proto::AgentRecord| {
+        record
+            .op_codes
+            .iter()
+            .find(|op| op.op_name == "count")
+            .map(|op| op.op_code)
+    };
+    assert!(
+        feed_record(&feed, FAKER, |r| code_of(r) == Some(3)).is_some(),
+        "feed carried RUNNING"
+    );
+    assert!(
+        feed_record(&feed, FAKER, |r| code_of(r) == Some(5)).is_some(),
+        "feed carried SUCCEEDED"
+    );
     registry.stop().await;
 }
 
@@ -162,7 +243,10 @@ async fn a_killed_agent_expires_at_its_deadline_and_the_feed_says_so_at_once() {
     let feed = record_feed(&nats).await;
     let client = client(&nats).await;
     let mut faker = faker(&nats, "faker");
-    eventually(Duration::from_secs(5), "faker registered", || record(&client, FAKER)).await;
+    eventually(Duration::from_secs(5), "faker registered", || {
+        record(&client, FAKER)
+    })
+    .await;
     faker.kill();
     let killed = Instant::now();
     let (arrived, expired) = eventually(Duration::from_secs(8), "EXPIRED on the feed", || async {
@@ -173,8 +257,14 @@ async fn a_killed_agent_expires_at_its_deadline_and_the_feed_says_so_at_once() {
     // Judged on the registry's own clock: expiry happened at the deadline, not at a later poll.
     let silence_ms = expired.time_expired_unix_ms - expired.last_updated_unix_ms;
     println!("expired {after_kill:?} after kill; {silence_ms} ms after the last heartbeat");
-    assert!((3000..=3200).contains(&silence_ms), "time_expired - last_updated = {silence_ms} ms");
-    assert!(after_kill <= Duration::from_millis(4500), "feed carried EXPIRED {after_kill:?} after the kill");
+    assert!(
+        (3000..=3200).contains(&silence_ms),
+        "time_expired - last_updated = {silence_ms} ms"
+    );
+    assert!(
+        after_kill <= Duration::from_millis(4500),
+        "feed carried EXPIRED {after_kill:?} after the kill"
+    );
     assert!(expired.op_codes.iter().all(|op| op.op_code == 7));
     let status = record(&client, FAKER).await.unwrap();
     assert_eq!(status["expired"], true);
@@ -194,12 +284,17 @@ async fn a_new_incarnation_replaces_the_old_operations() {
     let registry = Registry::start(&nats, &["--agent-timeout", "5"]).await;
     let client = client(&nats).await;
     let mut faker = faker(&nats, "faker");
-    let first = eventually(Duration::from_secs(5), "faker registered", || record(&client, FAKER)).await;
+    let first = eventually(Duration::from_secs(5), "faker registered", || {
+        record(&client, FAKER)
+    })
+    .await;
     faker.kill();
     // Same address, different agent class and operations: a restart with a new version.
     let _barebones = agent(&nats, "ocs-barebones-agent", "faker", &[]);
     let second = eventually(Duration::from_secs(5), "new incarnation", || async {
-        record(&client, FAKER).await.filter(|r| r["incarnation"] != first["incarnation"])
+        record(&client, FAKER)
+            .await
+            .filter(|r| r["incarnation"] != first["incarnation"])
     })
     .await;
     assert_eq!(second["expired"], false);
@@ -207,7 +302,11 @@ async fn a_new_incarnation_replaces_the_old_operations() {
     assert_eq!(second["incarnations_seen"], 2);
     let mut ops: Vec<String> = op_codes(&second).into_keys().collect();
     ops.sort();
-    assert_eq!(ops, ["count", "print"], "operations of the old incarnation are gone");
+    assert_eq!(
+        ops,
+        ["count", "print"],
+        "operations of the old incarnation are gone"
+    );
     registry.stop().await;
 }
 
@@ -218,12 +317,16 @@ async fn sigterm_sends_leaving_at_once_and_exits_zero() {
     let client = client(&nats).await;
     let mut faker = agent(&nats, "ocs-fake-data-agent", "faker", &[]);
     eventually(Duration::from_secs(5), "acq running", || async {
-        record(&client, FAKER).await.filter(|r| op_codes(r)["acq"] == 3)
+        record(&client, FAKER)
+            .await
+            .filter(|r| op_codes(r)["acq"] == 3)
     })
     .await;
     faker.signal("TERM");
     let left = eventually(Duration::from_secs(5), "leaving recorded", || async {
-        record(&client, FAKER).await.filter(|r| r["state"] == "left")
+        record(&client, FAKER)
+            .await
+            .filter(|r| r["state"] == "left")
     })
     .await;
     assert_eq!(left["expired"], true);
@@ -238,27 +341,50 @@ async fn a_nats_restart_shorter_than_the_timeout_expires_nobody() {
     let feed = record_feed(&nats).await;
     let client = client(&nats).await;
     let _faker = agent(&nats, "ocs-fake-data-agent", "faker", &[]);
-    eventually(Duration::from_secs(5), "faker registered", || record(&client, FAKER)).await;
+    eventually(Duration::from_secs(5), "faker registered", || {
+        record(&client, FAKER)
+    })
+    .await;
     nats.kill();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     nats.restart();
     // Well past the timeout counted from the outage.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let status = eventually(Duration::from_secs(10), "registry reachable again", || record(&client, FAKER)).await;
+    let status = eventually(Duration::from_secs(10), "registry reachable again", || {
+        record(&client, FAKER)
+    })
+    .await;
     assert_eq!(status["expired"], false);
     assert_eq!(op_codes(&status)["acq"], 3, "the operation kept running");
-    assert!(feed_record(&feed, FAKER, |r| r.expired).is_none(), "no EXPIRED on the feed");
-    assert_eq!(registry.metrics.encode().lines().find(|l| l.starts_with("ocs_registry_expiries_total")), Some("ocs_registry_expiries_total 0"));
+    assert!(
+        feed_record(&feed, FAKER, |r| r.expired).is_none(),
+        "no EXPIRED on the feed"
+    );
+    assert_eq!(
+        registry
+            .metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with("ocs_registry_expiries_total")),
+        Some("ocs_registry_expiries_total 0")
+    );
     registry.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_heartbeats_are_counted_and_dropped_and_memory_stays_bounded() {
     let nats = NatsServer::start();
-    let registry = Registry::start(&nats, &["--max-agents", "50", "--max-heartbeat-bytes", "4096"]).await;
+    let registry = Registry::start(
+        &nats,
+        &["--max-agents", "50", "--max-heartbeat-bytes", "4096"],
+    )
+    .await;
     let client = client(&nats).await;
     let _faker = faker(&nats, "faker");
-    eventually(Duration::from_secs(5), "faker registered", || record(&client, FAKER)).await;
+    eventually(Duration::from_secs(5), "faker registered", || {
+        record(&client, FAKER)
+    })
+    .await;
     let bus = client.nats();
     let valid = |address: &str, seq: u64| proto::Heartbeat {
         protocol_version: 1,
@@ -270,18 +396,36 @@ async fn bad_heartbeats_are_counted_and_dropped_and_memory_stays_bounded() {
         ..Default::default()
     };
     let subject = |iid: &str| format!("observatory.{iid}.feeds.heartbeat");
-    bus.publish(subject("junk"), vec![0xff, 0x01, 0x02].into()).await.unwrap();
-    bus.publish(subject("huge"), vec![0u8; 8000].into()).await.unwrap();
-    bus.publish(subject("spoof"), codec::encode(&valid(FAKER, 1)).into()).await.unwrap();
+    bus.publish(subject("junk"), vec![0xff, 0x01, 0x02].into())
+        .await
+        .unwrap();
+    bus.publish(subject("huge"), vec![0u8; 8000].into())
+        .await
+        .unwrap();
+    bus.publish(subject("spoof"), codec::encode(&valid(FAKER, 1)).into())
+        .await
+        .unwrap();
     let mut future = valid("observatory.future", 1);
     future.protocol_version = 2;
-    bus.publish(subject("future"), codec::encode(&future).into()).await.unwrap();
+    bus.publish(subject("future"), codec::encode(&future).into())
+        .await
+        .unwrap();
     let mut invalid = valid("observatory.invalid", 1);
-    invalid.op_codes.push(proto::OperationCode { op_name: "x".into(), op_code: 42 });
-    bus.publish(subject("invalid"), codec::encode(&invalid).into()).await.unwrap();
+    invalid.op_codes.push(proto::OperationCode {
+        op_name: "x".into(),
+        op_code: 42,
+    });
+    bus.publish(subject("invalid"), codec::encode(&invalid).into())
+        .await
+        .unwrap();
     for i in 0..500 {
         let iid = format!("bogus{i}");
-        bus.publish(subject(&iid), codec::encode(&valid(&format!("observatory.{iid}"), 1)).into()).await.unwrap();
+        bus.publish(
+            subject(&iid),
+            codec::encode(&valid(&format!("observatory.{iid}"), 1)).into(),
+        )
+        .await
+        .unwrap();
     }
     bus.flush().await.unwrap();
     let metrics = &registry.metrics;
@@ -289,15 +433,28 @@ async fn bad_heartbeats_are_counted_and_dropped_and_memory_stays_bounded() {
         (metrics.dropped_count(DropReason::table_full) >= 450).then_some(())
     })
     .await;
-    for reason in [DropReason::undecodable, DropReason::oversized, DropReason::address_mismatch, DropReason::unsupported_version, DropReason::invalid] {
+    for reason in [
+        DropReason::undecodable,
+        DropReason::oversized,
+        DropReason::address_mismatch,
+        DropReason::unsupported_version,
+        DropReason::invalid,
+    ] {
         assert_eq!(metrics.dropped_count(reason), 1, "{reason:?}");
     }
     let agents = registry_agents(&client).await.unwrap();
     assert_eq!(agents.len(), 50, "the table is bounded");
-    assert_eq!(agents[FAKER]["agent_class"], "FakeDataAgent", "the spoof changed nothing");
+    assert_eq!(
+        agents[FAKER]["agent_class"], "FakeDataAgent",
+        "the spoof changed nothing"
+    );
     let body = reqwest_get(registry.http, "/metrics").await;
     assert!(body.contains("ocs_registry_heartbeats_dropped_total{reason=\"table_full\"}"));
-    assert!(reqwest_get(registry.http, "/healthz").await.starts_with("ok"));
+    assert!(
+        reqwest_get(registry.http, "/healthz")
+            .await
+            .starts_with("ok")
+    );
     registry.stop().await;
 }
 
@@ -305,10 +462,18 @@ async fn bad_heartbeats_are_counted_and_dropped_and_memory_stays_bounded() {
 async fn reqwest_get(address: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }
 
 fn ocs(nats_url: &str, args: &[&str]) -> (i32, String, String) {
@@ -330,54 +495,110 @@ async fn the_cli_prints_status_and_fails_clearly() {
     let registry = Registry::start(&nats, &[]).await;
     let client = client(&nats).await;
     let _faker = faker(&nats, "faker");
-    eventually(Duration::from_secs(5), "faker registered", || record(&client, FAKER)).await;
+    eventually(Duration::from_secs(5), "faker registered", || {
+        record(&client, FAKER)
+    })
+    .await;
     let url = nats.url();
 
     let (code, stdout, _) = ocs(&url, &["registry", "main", "status"]);
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.starts_with("OK : Session active."), "{stdout}");
-    let faker_row = stdout.lines().find(|l| l.contains(FAKER)).expect("a row for the faker");
-    assert!(faker_row.contains("FakeDataAgent") && faker_row.contains("alive") && faker_row.contains("count=NONE"), "{faker_row}");
+    let faker_row = stdout
+        .lines()
+        .find(|l| l.contains(FAKER))
+        .expect("a row for the faker");
+    assert!(
+        faker_row.contains("FakeDataAgent")
+            && faker_row.contains("alive")
+            && faker_row.contains("count=NONE"),
+        "{faker_row}"
+    );
 
     let (code, stdout, _) = ocs(&url, &["registry", "main", "status", "--json"]);
     assert_eq!(code, 0);
     let reply: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(reply["status"], 0);
-    assert_eq!(reply["session"]["data"][FAKER]["agent_class"], "FakeDataAgent");
-    let mut keys: Vec<&str> = reply["session"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        reply["session"]["data"][FAKER]["agent_class"],
+        "FakeDataAgent"
+    );
+    let mut keys: Vec<&str> = reply["session"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort();
-    assert_eq!(keys, ["data", "degraded", "end_time", "messages", "op_code", "op_name", "session_id", "start_time", "status", "success"]);
+    assert_eq!(
+        keys,
+        [
+            "data",
+            "degraded",
+            "end_time",
+            "messages",
+            "op_code",
+            "op_name",
+            "session_id",
+            "start_time",
+            "status",
+            "success"
+        ]
+    );
 
     let (code, stdout, _) = ocs(&url, &["faker", "nope", "status", "--json"]);
     assert_eq!(code, 1);
-    assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["message"], "No task or process called \"nope\"");
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap()["message"],
+        "No task or process called \"nope\""
+    );
 
     let (code, _, _) = ocs(&url, &["faker", "delay_task", "start", "delay=5"]);
     assert_eq!(code, 0);
     let (code, stdout, _) = ocs(&url, &["faker", "delay_task", "wait", "--timeout", "0.3"]);
     assert_eq!(code, 3, "{stdout}");
-    assert!(stdout.starts_with("TIMEOUT : Operation \"delay_task\" still running; wait timed out."));
+    assert!(
+        stdout.starts_with("TIMEOUT : Operation \"delay_task\" still running; wait timed out.")
+    );
 
     let (code, stdout, _) = ocs(&url, &["scan"]);
     assert_eq!(code, 0);
-    assert!(stdout.starts_with("List of Registered Agents: (2)"), "{stdout}");
+    assert!(
+        stdout.starts_with("List of Registered Agents: (2)"),
+        "{stdout}"
+    );
 
     let (code, _, stderr) = ocs(&url, &["nobody", "main", "status"]);
     assert_eq!(code, 2);
-    assert_eq!(stderr.trim(), "error: no agent answers at observatory.nobody (is it running?)");
+    assert_eq!(
+        stderr.trim(),
+        "error: no agent answers at observatory.nobody (is it running?)"
+    );
 
     // An agent that takes requests but never answers.
-    let mute = client.nats().subscribe("observatory.mute.ops.>").await.unwrap();
+    let mute = client
+        .nats()
+        .subscribe("observatory.mute.ops.>")
+        .await
+        .unwrap();
     client.nats().flush().await.unwrap();
     let (code, _, stderr) = ocs(&url, &["mute", "main", "status", "--timeout", "0.5"]);
     assert_eq!(code, 2);
-    assert!(stderr.trim().starts_with("error: observatory.mute did not answer within"), "{stderr}");
+    assert!(
+        stderr
+            .trim()
+            .starts_with("error: observatory.mute did not answer within"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1);
     drop(mute);
 
     let (code, _, stderr) = ocs("nats://127.0.0.1:1", &["registry", "main", "status"]);
     assert_eq!(code, 2);
-    assert!(stderr.starts_with("error: cannot connect to NATS at nats://127.0.0.1:1"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot connect to NATS at nats://127.0.0.1:1"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim().lines().count(), 1);
     registry.stop().await;
 }

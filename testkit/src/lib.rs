@@ -117,13 +117,15 @@ impl Drop for NatsServer {
     }
 }
 
+// The child is returned to `NatsServer`, which kills and reaps it on drop.
+#[allow(clippy::zombie_processes)]
 fn spawn_server(dir: &Path, port: Option<u16>) -> (Child, u16, u16) {
     let ports_dir = dir.join("ports");
     let _ = std::fs::remove_dir_all(&ports_dir);
     std::fs::create_dir_all(&ports_dir).expect("create ports dir");
     let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
     let binary = nats_server_binary();
-    let child = Command::new(&binary)
+    let mut child = Command::new(&binary)
         .args(["-a", "127.0.0.1", "-p", &port_arg, "-m", "-1", "-js", "-sd"])
         .arg(dir.join("jetstream"))
         .arg("--ports_file_dir")
@@ -141,11 +143,17 @@ fn spawn_server(dir: &Path, port: Option<u16>) -> (Child, u16, u16) {
             let port_of = |key: &str| -> Option<u16> {
                 ports[key][0].as_str()?.rsplit(':').next()?.parse().ok()
             };
-            if let (Some(client_port), Some(monitor_port)) = (port_of("nats"), port_of("monitoring")) {
+            if let (Some(client_port), Some(monitor_port)) =
+                (port_of("nats"), port_of("monitoring"))
+            {
                 return (child, client_port, monitor_port);
             }
         }
-        assert!(Instant::now() < deadline, "nats-server did not write {} in time", ports_file.display());
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nats-server did not write {} in time", ports_file.display());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -199,7 +207,12 @@ impl Process {
             .arg(self.pid().to_string())
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -{signal} {} ({}) failed", self.pid(), self.name);
+        assert!(
+            status.success(),
+            "kill -{signal} {} ({}) failed",
+            self.pid(),
+            self.name
+        );
     }
 
     /// SIGKILL, then reap.
@@ -244,7 +257,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -57,7 +57,10 @@ impl Params for PrintParams {
 
 async fn count(ctx: OpContext, params: CountParams) -> OpResult {
     let mut value = 0u64;
-    while !ctx.sleep_or_stop(Duration::from_secs_f64(params.interval)).await {
+    while !ctx
+        .sleep_or_stop(Duration::from_secs_f64(params.interval))
+        .await
+    {
         value += 1;
         ctx.update_data(|data| {
             data.insert("value".into(), value.into());
@@ -76,7 +79,11 @@ async fn main() -> ExitCode {
     let config = Config::parse();
     init_tracing(config.common.log_format);
     let builder = Agent::builder("BarebonesAgent")
-        .process("count", "Increment a counter every `interval` seconds until stopped.", count)
+        .process(
+            "count",
+            "Increment a counter every `interval` seconds until stopped.",
+            count,
+        )
         .task("print", "Log `text` in the session.", print);
     match serve_agent(builder, &config.common, &config.instance_id).await {
         Ok(()) => ExitCode::SUCCESS,

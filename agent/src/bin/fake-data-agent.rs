@@ -77,7 +77,10 @@ impl Params for CountParams {
     }
     fn validate(&self) -> Result<(), String> {
         if !(0.001..=3600.0).contains(&self.interval) {
-            return Err(format!("interval={} is outside 0.001..=3600", self.interval));
+            return Err(format!(
+                "interval={} is outside 0.001..=3600",
+                self.interval
+            ));
         }
         Ok(())
     }
@@ -151,17 +154,24 @@ async fn acq(ctx: OpContext, params: AcqParams, num_channels: usize, sample_rate
             dropped += 1;
         }
         samples += 1;
-        ctx.set_data(json!({"fields": data, "timestamp": t, "samples": samples, "dropped": dropped}));
+        ctx.set_data(
+            json!({"fields": data, "timestamp": t, "samples": samples, "dropped": dropped}),
+        );
         if params.test_mode || ctx.sleep_or_stop(period).await {
             break;
         }
     }
-    Ok(format!("Acquisition exited cleanly after {samples} samples."))
+    Ok(format!(
+        "Acquisition exited cleanly after {samples} samples."
+    ))
 }
 
 async fn count(ctx: OpContext, params: CountParams) -> OpResult {
     for value in 1..=params.target {
-        if ctx.sleep_or_stop(Duration::from_secs_f64(params.interval)).await {
+        if ctx
+            .sleep_or_stop(Duration::from_secs_f64(params.interval))
+            .await
+        {
             return Err(format!("Aborted at {value}").into());
         }
         ctx.update_data(|data| {
@@ -216,9 +226,21 @@ async fn main() -> ExitCode {
             "Publish fake temperatures on the false_temperatures feed until stopped.",
             move |ctx, params| acq(ctx, params, num_channels, sample_rate),
         )
-        .task("count", "Count up to `target`, one step per `interval` seconds.", count)
-        .task("set_heartbeat", "Turn this agent's heartbeat on or off (to simulate a hung agent).", set_heartbeat)
-        .task("delay_task", "Take `delay` seconds, then succeed or fail as asked.", delay_task);
+        .task(
+            "count",
+            "Count up to `target`, one step per `interval` seconds.",
+            count,
+        )
+        .task(
+            "set_heartbeat",
+            "Turn this agent's heartbeat on or off (to simulate a hung agent).",
+            set_heartbeat,
+        )
+        .task(
+            "delay_task",
+            "Take `delay` seconds, then succeed or fail as asked.",
+            delay_task,
+        );
     if config.mode == Mode::Acq {
         builder = builder.startup("acq", json!({}));
     }

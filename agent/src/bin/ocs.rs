@@ -114,11 +114,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Operation(args) => {
-            let call = OperationCall::try_parse_from(args).map_err(|err| anyhow!("{}", err.to_string().trim_end()))?;
+            let call = OperationCall::try_parse_from(args)
+                .map_err(|err| anyhow!("{}", err.to_string().trim_end()))?;
             let client = OcsClient::new(connect().await?, cli.common.address_root.clone());
             operation(&client, call).await
         }
-        Command::Scan { listen, details, registry, timeout, json } => {
+        Command::Scan {
+            listen,
+            details,
+            registry,
+            timeout,
+            json,
+        } => {
             let client = OcsClient::new(connect().await?, cli.common.address_root.clone());
             let agents = match listen {
                 Some(seconds) => listen_for_heartbeats(&client, &cli.common, seconds).await?,
@@ -127,7 +134,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_scan(&agents, listen.is_some(), details, json);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Api { instance_id, timeout, json } => {
+        Command::Api {
+            instance_id,
+            timeout,
+            json,
+        } => {
             let client = OcsClient::new(connect().await?, cli.common.address_root.clone());
             let api = client.api(&instance_id, seconds(timeout)?).await?;
             print_api(&api, json)?;
@@ -142,7 +153,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn seconds(value: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|_| anyhow!("invalid timeout {value}: must be a non-negative number of seconds"))
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| anyhow!("invalid timeout {value}: must be a non-negative number of seconds"))
 }
 
 fn parse_params(params: &[String]) -> anyhow::Result<Map<String, Value>> {
@@ -152,24 +164,40 @@ fn parse_params(params: &[String]) -> anyhow::Result<Map<String, Value>> {
             let (key, value) = pair
                 .split_once('=')
                 .ok_or_else(|| anyhow!("param {pair:?} is not of the form key=value"))?;
-            let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+            let value =
+                serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
             Ok((key.to_owned(), value))
         })
         .collect()
 }
 
 async fn operation(client: &OcsClient, call: OperationCall) -> anyhow::Result<ExitCode> {
-    let action = Action::parse(&call.action)
-        .ok_or_else(|| anyhow!("unknown action {:?}: use start, stop, abort, wait or status", call.action))?;
+    let action = Action::parse(&call.action).ok_or_else(|| {
+        anyhow!(
+            "unknown action {:?}: use start, stop, abort, wait or status",
+            call.action
+        )
+    })?;
     let params = parse_params(&call.params)?;
     if action != Action::Start && !params.is_empty() {
         bail!("params are only accepted by start");
     }
-    let params = if params.is_empty() { Vec::new() } else { to_msgpack(&params)? };
+    let params = if params.is_empty() {
+        Vec::new()
+    } else {
+        to_msgpack(&params)?
+    };
     let wait_timeout = (action == Action::Wait).then_some(call.timeout);
     let request_timeout = seconds(call.timeout)?;
     let reply = client
-        .operation(&call.instance_id, &call.op_name, action, params, wait_timeout, request_timeout)
+        .operation(
+            &call.instance_id,
+            &call.op_name,
+            action,
+            params,
+            wait_timeout,
+            request_timeout,
+        )
         .await?;
     let value = json::reply(&reply)?;
     if call.json {
@@ -196,7 +224,11 @@ fn status_name(status: i64) -> &'static str {
 }
 
 fn print_reply(reply: &Value) {
-    println!("{} : {}", status_name(reply["status"].as_i64().unwrap_or(-1)), reply["message"].as_str().unwrap_or(""));
+    println!(
+        "{} : {}",
+        status_name(reply["status"].as_i64().unwrap_or(-1)),
+        reply["message"].as_str().unwrap_or("")
+    );
     let session = &reply["session"];
     if session.as_object().is_none_or(Map::is_empty) {
         return;
@@ -214,7 +246,10 @@ fn print_reply(reply: &Value) {
     );
     if let Some(agents) = registry_data(&session["data"]) {
         print_agent_table(&agents);
-    } else if session["data"].as_object().is_some_and(|data| !data.is_empty()) {
+    } else if session["data"]
+        .as_object()
+        .is_some_and(|data| !data.is_empty())
+    {
         println!("  data: {}", session["data"]);
     }
     if let Some(messages) = session["messages"].as_array() {
@@ -232,42 +267,76 @@ fn print_reply(reply: &Value) {
 /// The registry's `main` session data: a map of address → record.
 fn registry_data(data: &Value) -> Option<BTreeMap<String, Value>> {
     let map = data.as_object()?;
-    let is_registry = !map.is_empty() && map.values().all(|record| record.get("agent_address").is_some() && record.get("op_codes").is_some());
+    let is_registry = !map.is_empty()
+        && map.values().all(|record| {
+            record.get("agent_address").is_some() && record.get("op_codes").is_some()
+        });
     is_registry.then(|| map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 fn print_agent_table(agents: &BTreeMap<String, Value>) {
     let now = now_seconds();
     let width = agents.keys().map(String::len).max().unwrap_or(7).max(7);
-    println!("  {:<width$}  {:<20}  {:<7}  {:>8}  OPERATIONS", "ADDRESS", "CLASS", "STATE", "HB AGE");
+    println!(
+        "  {:<width$}  {:<20}  {:<7}  {:>8}  OPERATIONS",
+        "ADDRESS", "CLASS", "STATE", "HB AGE"
+    );
     for (address, record) in agents {
-        let age = record["last_updated"].as_f64().map_or("-".to_owned(), |t| format!("{:.1}s", (now - t).max(0.0)));
+        let age = record["last_updated"]
+            .as_f64()
+            .map_or("-".to_owned(), |t| format!("{:.1}s", (now - t).max(0.0)));
         let ops: Vec<String> = record["op_codes"]
             .as_object()
-            .map(|ops| ops.iter().map(|(op, code)| format!("{op}={}", json::op_code_name(code.as_i64().unwrap_or(0)))).collect())
+            .map(|ops| {
+                ops.iter()
+                    .map(|(op, code)| {
+                        format!("{op}={}", json::op_code_name(code.as_i64().unwrap_or(0)))
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         println!(
             "  {address:<width$}  {:<20}  {:<7}  {age:>8}  {}",
             record["agent_class"].as_str().unwrap_or("?"),
-            record["state"].as_str().unwrap_or(if record["expired"] == Value::Bool(true) { "expired" } else { "alive" }),
+            record["state"]
+                .as_str()
+                .unwrap_or(if record["expired"] == Value::Bool(true) {
+                    "expired"
+                } else {
+                    "alive"
+                }),
             ops.join(" ")
         );
     }
 }
 
-async fn registered_agents(client: &OcsClient, registry: &InstanceId, timeout: f64) -> anyhow::Result<BTreeMap<String, Value>> {
+async fn registered_agents(
+    client: &OcsClient,
+    registry: &InstanceId,
+    timeout: f64,
+) -> anyhow::Result<BTreeMap<String, Value>> {
     let main = OpName::new("main")?;
     let reply = client
         .operation(registry, &main, Action::Status, Vec::new(), None, seconds(timeout)?)
         .await
         .with_context(|| format!("cannot reach the registry at {}; the registry must be running for \"scan\" (or use --listen)", client.address(registry)))?;
     let value = json::reply(&reply)?;
-    let data = value["session"]["data"].as_object().cloned().unwrap_or_default();
+    let data = value["session"]["data"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     Ok(data.into_iter().collect())
 }
 
-async fn listen_for_heartbeats(client: &OcsClient, common: &CommonArgs, seconds_to_listen: f64) -> anyhow::Result<BTreeMap<String, Value>> {
-    let mut heartbeats = client.nats().subscribe(subject::all_heartbeats(&common.address_root)).await?;
+async fn listen_for_heartbeats(
+    client: &OcsClient,
+    common: &CommonArgs,
+    seconds_to_listen: f64,
+) -> anyhow::Result<BTreeMap<String, Value>> {
+    let mut heartbeats = client
+        .nats()
+        .subscribe(subject::all_heartbeats(&common.address_root))
+        .await?;
     let mut agents = BTreeMap::new();
     let deadline = tokio::time::sleep(seconds(seconds_to_listen)?);
     tokio::pin!(deadline);
@@ -295,11 +364,16 @@ fn print_scan(agents: &BTreeMap<String, Value>, listened: bool, details: bool, a
     let heading = if listened { "Detected" } else { "Registered" };
     println!("List of {heading} Agents: ({})", agents.len());
     for (address, record) in agents {
-        let instance_id = address.split_once('.').map_or(address.as_str(), |(_, iid)| iid);
+        let instance_id = address
+            .split_once('.')
+            .map_or(address.as_str(), |(_, iid)| iid);
         println!("  {instance_id}");
         if details && let Some(ops) = record["op_codes"].as_object() {
             for (op, code) in ops {
-                println!("    {op:<20} {}", json::op_code_name(code.as_i64().unwrap_or(0)));
+                println!(
+                    "    {op:<20} {}",
+                    json::op_code_name(code.as_i64().unwrap_or(0))
+                );
             }
         }
     }
@@ -336,14 +410,28 @@ fn print_api(api: &proto::ApiReply, as_json: bool) -> anyhow::Result<()> {
         println!("{value}");
         return Ok(());
     }
-    println!("{} ({}) on {} pid {}, version {}, up {:.0} s", api.agent_address, api.agent_class, api.host, api.pid, api.agent_version, api.uptime_ms as f64 / 1000.0);
+    println!(
+        "{} ({}) on {} pid {}, version {}, up {:.0} s",
+        api.agent_address,
+        api.agent_class,
+        api.host,
+        api.pid,
+        api.agent_version,
+        api.uptime_ms as f64 / 1000.0
+    );
     println!("incarnation {}", api.incarnation);
     if !api.feeds.is_empty() {
         println!("feeds: {}", api.feeds.join(", "));
     }
     for op in &api.operations {
         let code = op.session.as_ref().map_or(1, |session| session.op_code);
-        println!("{} {} [{}]: {}", op.op_type, op.op_name, json::op_code_name(code.into()), op.docstring);
+        println!(
+            "{} {} [{}]: {}",
+            op.op_type,
+            op.op_name,
+            json::op_code_name(code.into()),
+            op.docstring
+        );
         for param in &op.params {
             println!("    {}: {}", param.name, param.description);
         }
@@ -351,7 +439,11 @@ fn print_api(api: &proto::ApiReply, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn listen(client: &async_nats::Client, pattern: &str, duration: Option<f64>) -> anyhow::Result<()> {
+async fn listen(
+    client: &async_nats::Client,
+    pattern: &str,
+    duration: Option<f64>,
+) -> anyhow::Result<()> {
     let mut messages = client.subscribe(pattern.to_owned()).await?;
     let deadline = async {
         match duration {
@@ -369,7 +461,9 @@ async fn listen(client: &async_nats::Client, pattern: &str, duration: Option<f64
         let decoded = decode_feed(&message.subject, &message.payload);
         let line = match decoded {
             Ok(value) => serde_json::json!({"subject": message.subject.as_str(), "message": value}),
-            Err(err) => serde_json::json!({"subject": message.subject.as_str(), "error": err.to_string()}),
+            Err(err) => {
+                serde_json::json!({"subject": message.subject.as_str(), "error": err.to_string()})
+            }
         };
         // A closed pipe (`ocs listen ... | head`) ends the listening quietly.
         if writeln!(std::io::stdout().lock(), "{line}").is_err() {
@@ -380,9 +474,15 @@ async fn listen(client: &async_nats::Client, pattern: &str, duration: Option<f64
 
 fn decode_feed(subject_name: &str, payload: &[u8]) -> Result<Value, ocs_protocol::CodecError> {
     if subject_name.ends_with(&format!(".feeds.{}", subject::HEARTBEAT_FEED)) {
-        Ok(json::heartbeat(&codec::decode_heartbeat(payload, MAX_MESSAGE_BYTES)?))
+        Ok(json::heartbeat(&codec::decode_heartbeat(
+            payload,
+            MAX_MESSAGE_BYTES,
+        )?))
     } else if subject_name.ends_with(&format!(".feeds.{}", subject::AGENT_OPERATIONS_FEED)) {
-        Ok(json::agent_operations(&codec::decode(payload, MAX_MESSAGE_BYTES)?))
+        Ok(json::agent_operations(&codec::decode(
+            payload,
+            MAX_MESSAGE_BYTES,
+        )?))
     } else {
         json::feed_message(&codec::decode(payload, MAX_MESSAGE_BYTES)?)
     }
