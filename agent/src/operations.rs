@@ -328,6 +328,7 @@ impl OpTable {
                     .as_ref()
                     .map_or(OpCode::None, Session::op_code)
                     .value(),
+                op_type: slot.spec.kind.as_str().to_owned(),
             })
             .collect()
     }

@@ -163,6 +163,7 @@ mod tests {
             op_codes: vec![proto::OperationCode {
                 op_name: "acq".into(),
                 op_code: 3,
+                op_type: String::new(),
             }],
             ..Default::default()
         }

@@ -139,6 +139,7 @@ fn heartbeat(agent: &mut Simulated) -> Vec<u8> {
             .map(|(i, op)| proto::OperationCode {
                 op_name: (*op).into(),
                 op_code: if i == 0 { 3 } else { 1 },
+                op_type: if i == 0 { "process" } else { "task" }.into(),
             })
             .collect(),
         host: "loadgen".into(),

@@ -94,6 +94,7 @@ fn all_expired(op_codes: &[proto::OperationCode]) -> Vec<proto::OperationCode> {
         .map(|op| proto::OperationCode {
             op_name: op.op_name.clone(),
             op_code: OpCode::Expired.value(),
+            op_type: op.op_type.clone(),
         })
         .collect()
 }
@@ -376,6 +377,7 @@ mod tests {
                 .map(|(name, code)| proto::OperationCode {
                     op_name: (*name).into(),
                     op_code: code.value(),
+                    op_type: "task".into(),
                 })
                 .collect(),
             interval_ms: 1000,

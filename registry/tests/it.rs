@@ -414,6 +414,7 @@ async fn bad_heartbeats_are_counted_and_dropped_and_memory_stays_bounded() {
     invalid.op_codes.push(proto::OperationCode {
         op_name: "x".into(),
         op_code: 42,
+        op_type: String::new(),
     });
     bus.publish(subject("invalid"), codec::encode(&invalid).into())
         .await
