@@ -41,6 +41,7 @@
 mod agent;
 pub mod client;
 mod context;
+pub mod exposition;
 mod heartbeat;
 mod operations;
 mod params;

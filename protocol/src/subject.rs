@@ -8,6 +8,7 @@
 //! | `{root}.{registry}.feeds.agent_operations` | registry → monitor, clients | [`AgentOperations`](crate::proto::AgentOperations) | protobuf |
 //! | `{root}.{iid}.ops.{action}.{op}` | client → agent, request/reply | [`OperationRequest`](crate::proto::OperationRequest) → [`OperationReply`](crate::proto::OperationReply) | protobuf, params/data MessagePack |
 //! | `{root}.{iid}.api` | client → agent, request/reply | empty → [`ApiReply`](crate::proto::ApiReply) | protobuf |
+//! | `{root}.{registry}.snapshot` | monitor → registry, request/reply | empty → empty; the registry publishes a snapshot on its feed at once | |
 //!
 //! The action comes before the operation name in operation subjects so that a
 //! NATS permission such as `observatory.*.ops.status.>` can be granted to every
@@ -59,6 +60,11 @@ pub fn all_operations(address: &AgentAddress) -> String {
 /// `{address}.api`: the agent's description of itself (OCS `get_api`).
 pub fn api(address: &AgentAddress) -> String {
     format!("{address}.api")
+}
+
+/// `{registry}.snapshot`: asks the registry to publish a full snapshot on its feed now.
+pub fn snapshot_request(registry: &AgentAddress) -> String {
+    format!("{registry}.snapshot")
 }
 
 /// The instance id in a heartbeat subject `{root}.{iid}.feeds.heartbeat`, if

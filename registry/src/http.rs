@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_nats::connection::State;
 use axum::Router;
 use axum::extract::State as AxumState;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -17,7 +17,7 @@ struct HttpState {
     client: async_nats::Client,
 }
 
-/// The router: `/metrics` (OpenMetrics text) and `/healthz` (200 while
+/// The router: `/metrics` (classic text, or OpenMetrics when asked) and `/healthz` (200 while
 /// connected to NATS, 503 otherwise).
 pub fn router(metrics: Arc<RegistryMetrics>, client: async_nats::Client) -> Router {
     Router::new()
@@ -26,14 +26,15 @@ pub fn router(metrics: Arc<RegistryMetrics>, client: async_nats::Client) -> Rout
         .with_state(HttpState { metrics, client })
 }
 
-async fn metrics_handler(AxumState(state): AxumState<HttpState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
+async fn metrics_handler(
+    AxumState(state): AxumState<HttpState>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let (content_type, body) = ocs_agent::exposition::render(&state.metrics.registry, accept);
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
 
 async fn healthz(AxumState(state): AxumState<HttpState>) -> impl IntoResponse {

@@ -152,12 +152,9 @@ impl RegistryMetrics {
         }
     }
 
-    /// The OpenMetrics text exposition.
+    /// The classic text exposition.
     pub fn encode(&self) -> String {
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
+        ocs_agent::exposition::render(&self.registry, None).1
     }
 
     /// A counter value, for tests and benchmarks.

@@ -102,6 +102,11 @@ pub(crate) async fn main_process(
         .subscribe(subject::all_heartbeats(&settings.root))
         .await
         .map_err(|err| format!("cannot subscribe to heartbeats: {err}"))?;
+    let mut snapshot_requests = client
+        .subscribe(subject::snapshot_request(&settings.address))
+        .await
+        .map_err(|err| format!("cannot subscribe to snapshot requests: {err}"))?;
+    let mut last_requested_snapshot: Option<Instant> = None;
     let mut registry = Registry {
         feed_subject: subject::agent_operations(&settings.address),
         incarnation: ctx.incarnation().to_string(),
@@ -156,6 +161,17 @@ pub(crate) async fn main_process(
                 registry.drain_ready(&mut heartbeats);
             }
             _ = snapshots.tick() => registry.publish_snapshot().await,
+            Some(request) = snapshot_requests.next() => {
+                // At most one on-demand snapshot per second, however many consumers restart at once.
+                let now = Instant::now();
+                if last_requested_snapshot.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+                    last_requested_snapshot = Some(now);
+                    registry.publish_snapshot().await;
+                }
+                if let Some(reply) = request.reply {
+                    let _ = client.publish(reply, bytes::Bytes::new()).await;
+                }
+            }
             _ = housekeeping.tick() => {
                 let counts = lock(&registry.table).counts();
                 registry.metrics.set_agent_counts(counts);

@@ -1,0 +1,46 @@
+//! `ocs-operation-monitor` settings: command line and environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use ocs_agent::process::CommonArgs;
+use ocs_protocol::InstanceId;
+
+/// The operation monitor: the registry's agent_operations feed as Prometheus metrics.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ocs-operation-monitor", version)]
+pub struct Config {
+    /// NATS, address root and logging.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Address of the HTTP endpoints (/metrics, /healthz).
+    #[arg(long, env = "OCS_MONITOR_LISTEN", default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+    /// Instance id of the registry whose feed is followed.
+    #[arg(long, env = "OCS_REGISTRY", default_value = "registry")]
+    pub registry: InstanceId,
+    /// Seconds without any feed message after which /healthz fails (about three
+    /// of the registry's snapshot intervals).
+    #[arg(long, env = "OCS_MONITOR_STALE_AFTER", default_value = "95", value_parser = parse_seconds)]
+    pub stale_after: Duration,
+    /// Seconds between probes of the registry.
+    #[arg(long, env = "OCS_MONITOR_PROBE_INTERVAL", default_value = "10", value_parser = parse_seconds)]
+    pub probe_interval: Duration,
+    /// Most agents exported; bounds memory and series.
+    #[arg(long, env = "OCS_MONITOR_MAX_AGENTS", default_value_t = 100_000)]
+    pub max_agents: usize,
+    /// Most operations exported per agent.
+    #[arg(long, env = "OCS_MONITOR_MAX_OPERATIONS", default_value_t = 256)]
+    pub max_operations: usize,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds <= 1e9) {
+        return Err(format!("{text} must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}

@@ -1,0 +1,400 @@
+//! [`Fleet`]: the monitor's view of every agent, built from the registry's
+//! feed. No I/O; callers pass the monotonic `now`.
+//!
+//! Labels come from this state, so its bounds are the cardinality bounds: at
+//! most `max_agents` agents and `max_operations` operations each, every name
+//! checked to be a token and every free-text label value truncated.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ocs_protocol::address::{AgentAddress, validate_token};
+use ocs_protocol::{OpCode, proto};
+use tokio::time::Instant;
+
+/// Longest free-text label value (class, host, version) kept.
+pub const MAX_LABEL_CHARS: usize = 128;
+
+/// Bounds of the fleet.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetLimits {
+    /// Most agents held; records of further new agents are rejected.
+    pub max_agents: usize,
+    /// Most operations kept per agent; the rest are rejected.
+    pub max_operations: usize,
+}
+
+/// Why a record or message was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// The record's address, an operation name or an op code is invalid.
+    InvalidRecord,
+    /// A new agent while the fleet is full.
+    FleetFull,
+    /// More operations than allowed; the excess is dropped.
+    TooManyOperations,
+    /// The message came from another registry than the one followed.
+    WrongRegistry,
+}
+
+/// One operation of one agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// The operation name.
+    pub name: String,
+    /// "task", "process" or "" when unknown.
+    pub op_type: &'static str,
+    /// The op code.
+    pub code: OpCode,
+}
+
+/// One agent as the monitor shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentView {
+    /// `{root}.{instance_id}`.
+    pub address: String,
+    /// Agent class, truncated.
+    pub agent_class: String,
+    /// alive, expired or left.
+    pub state: &'static str,
+    /// Registry wall clock of the last heartbeat, unix seconds.
+    pub last_heartbeat_seconds: f64,
+    /// Host, truncated.
+    pub host: String,
+    /// Agent software version, truncated.
+    pub version: String,
+    /// Incarnation UUID, truncated.
+    pub incarnation: String,
+    /// Distinct incarnations the registry has seen.
+    pub incarnations_seen: u64,
+    /// Operations in the agent's order.
+    pub operations: Vec<Operation>,
+}
+
+impl AgentView {
+    /// Whether the registry counts the agent as expired (including departed).
+    pub fn expired(&self) -> bool {
+        self.state != "alive"
+    }
+}
+
+fn truncated(text: &str) -> String {
+    text.chars().take(MAX_LABEL_CHARS).collect()
+}
+
+struct PendingSnapshot {
+    registry_incarnation: String,
+    snapshot_id: u64,
+    parts: u32,
+    seen: BTreeSet<u32>,
+    listed: BTreeSet<String>,
+}
+
+/// Every agent the followed registry reports.
+pub struct Fleet {
+    registry_address: String,
+    limits: FleetLimits,
+    agents: BTreeMap<String, AgentView>,
+    pending: Option<PendingSnapshot>,
+    last_message: Option<Instant>,
+    last_snapshot: Option<Instant>,
+}
+
+impl Fleet {
+    /// An empty fleet following the registry at `registry_address`.
+    pub fn new(registry_address: &AgentAddress, limits: FleetLimits) -> Self {
+        Fleet {
+            registry_address: registry_address.to_string(),
+            limits,
+            agents: BTreeMap::new(),
+            pending: None,
+            last_message: None,
+            last_snapshot: None,
+        }
+    }
+
+    /// The agents, by address.
+    pub fn agents(&self) -> impl Iterator<Item = &AgentView> {
+        self.agents.values()
+    }
+
+    /// Number of agents held.
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// Whether no agent is held.
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    /// When the last feed message was taken.
+    pub fn last_message(&self) -> Option<Instant> {
+        self.last_message
+    }
+
+    /// When the last complete snapshot was taken.
+    pub fn last_snapshot(&self) -> Option<Instant> {
+        self.last_snapshot
+    }
+
+    /// Applies one feed message; returns the rejections of its records.
+    pub fn apply(&mut self, message: &proto::AgentOperations, now: Instant) -> Vec<Rejection> {
+        if message.registry_address != self.registry_address {
+            return vec![Rejection::WrongRegistry];
+        }
+        self.last_message = Some(now);
+        let mut rejections = Vec::new();
+        for address in &message.forgotten {
+            self.agents.remove(address);
+        }
+        for record in &message.agents {
+            if let Err(rejection) = self.upsert(record) {
+                rejections.push(rejection);
+            }
+        }
+        if message.snapshot {
+            self.note_snapshot_part(message, now);
+        }
+        rejections
+    }
+
+    fn note_snapshot_part(&mut self, message: &proto::AgentOperations, now: Instant) {
+        let parts = message.snapshot_parts.max(1);
+        let same = self.pending.as_ref().is_some_and(|pending| {
+            pending.snapshot_id == message.snapshot_id
+                && pending.registry_incarnation == message.registry_incarnation
+        });
+        if !same {
+            self.pending = Some(PendingSnapshot {
+                registry_incarnation: message.registry_incarnation.clone(),
+                snapshot_id: message.snapshot_id,
+                parts,
+                seen: BTreeSet::new(),
+                listed: BTreeSet::new(),
+            });
+        }
+        let pending = self.pending.as_mut().expect("set above");
+        pending.seen.insert(message.snapshot_part);
+        pending.listed.extend(
+            message
+                .agents
+                .iter()
+                .map(|record| record.agent_address.clone()),
+        );
+        if pending.seen.len() as u32 >= pending.parts {
+            let listed = std::mem::take(&mut pending.listed);
+            self.pending = None;
+            // A complete snapshot is the truth: whatever it does not list is gone.
+            self.agents.retain(|address, _| listed.contains(address));
+            self.last_snapshot = Some(now);
+        }
+    }
+
+    fn upsert(&mut self, record: &proto::AgentRecord) -> Result<(), Rejection> {
+        AgentAddress::parse(&record.agent_address).map_err(|_| Rejection::InvalidRecord)?;
+        if !self.agents.contains_key(&record.agent_address)
+            && self.agents.len() >= self.limits.max_agents
+        {
+            return Err(Rejection::FleetFull);
+        }
+        let mut operations =
+            Vec::with_capacity(record.op_codes.len().min(self.limits.max_operations));
+        for op in &record.op_codes {
+            validate_token("operation name", &op.op_name).map_err(|_| Rejection::InvalidRecord)?;
+            let code = OpCode::from_value(op.op_code).ok_or(Rejection::InvalidRecord)?;
+            let op_type = match op.op_type.as_str() {
+                "task" => "task",
+                "process" => "process",
+                _ => "",
+            };
+            operations.push(Operation {
+                name: op.op_name.clone(),
+                op_type,
+                code,
+            });
+        }
+        let too_many = operations.len() > self.limits.max_operations;
+        operations.truncate(self.limits.max_operations);
+        let state = match proto::AgentState::try_from(record.state) {
+            Ok(proto::AgentState::Alive) => "alive",
+            Ok(proto::AgentState::Left) => "left",
+            _ if record.expired => "expired",
+            _ => "alive",
+        };
+        self.agents.insert(
+            record.agent_address.clone(),
+            AgentView {
+                address: record.agent_address.clone(),
+                agent_class: truncated(&record.agent_class),
+                state,
+                last_heartbeat_seconds: record.last_updated_unix_ms as f64 / 1000.0,
+                host: truncated(&record.host),
+                version: truncated(&record.agent_version),
+                incarnation: truncated(&record.incarnation),
+                incarnations_seen: record.incarnations_seen,
+                operations,
+            },
+        );
+        if too_many {
+            Err(Rejection::TooManyOperations)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ocs_protocol::{AddressRoot, InstanceId};
+
+    fn registry() -> AgentAddress {
+        AgentAddress::new(
+            &AddressRoot::default(),
+            &InstanceId::new("registry").unwrap(),
+        )
+    }
+
+    fn fleet() -> Fleet {
+        Fleet::new(
+            &registry(),
+            FleetLimits {
+                max_agents: 3,
+                max_operations: 2,
+            },
+        )
+    }
+
+    fn record(address: &str, ops: &[(&str, i32)]) -> proto::AgentRecord {
+        proto::AgentRecord {
+            agent_address: address.into(),
+            agent_class: "FakeDataAgent".into(),
+            state: proto::AgentState::Alive as i32,
+            op_codes: ops
+                .iter()
+                .map(|(name, code)| proto::OperationCode {
+                    op_name: (*name).into(),
+                    op_code: *code,
+                    op_type: "process".into(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn message(agents: Vec<proto::AgentRecord>, forgotten: &[&str]) -> proto::AgentOperations {
+        proto::AgentOperations {
+            protocol_version: 1,
+            registry_address: registry().to_string(),
+            agents,
+            forgotten: forgotten.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(
+        agents: Vec<proto::AgentRecord>,
+        id: u64,
+        part: u32,
+        parts: u32,
+    ) -> proto::AgentOperations {
+        proto::AgentOperations {
+            snapshot: true,
+            snapshot_id: id,
+            snapshot_part: part,
+            snapshot_parts: parts,
+            ..message(agents, &[])
+        }
+    }
+
+    #[test]
+    fn changes_replace_records_and_forgotten_agents_disappear() {
+        let mut fleet = fleet();
+        let now = Instant::now();
+        fleet.apply(
+            &message(
+                vec![record("observatory.a", &[("acq", 3), ("old", 1)])],
+                &[],
+            ),
+            now,
+        );
+        fleet.apply(
+            &message(vec![record("observatory.a", &[("acq", 6)])], &[]),
+            now,
+        );
+        let agent = fleet.agents().next().unwrap();
+        assert_eq!(
+            agent.operations,
+            [Operation {
+                name: "acq".into(),
+                op_type: "process",
+                code: OpCode::Failed
+            }]
+        );
+        fleet.apply(&message(vec![], &["observatory.a"]), now);
+        assert!(fleet.is_empty());
+    }
+
+    #[test]
+    fn a_complete_snapshot_drops_unlisted_agents_only_when_all_parts_arrived() {
+        let mut fleet = fleet();
+        let now = Instant::now();
+        fleet.apply(
+            &message(
+                vec![
+                    record("observatory.a", &[]),
+                    record("observatory.gone", &[]),
+                ],
+                &[],
+            ),
+            now,
+        );
+        fleet.apply(&snapshot(vec![record("observatory.a", &[])], 10, 0, 2), now);
+        assert_eq!(fleet.len(), 2, "incomplete snapshot drops nothing");
+        assert_eq!(fleet.last_snapshot(), None);
+        fleet.apply(&snapshot(vec![record("observatory.b", &[])], 10, 1, 2), now);
+        let addresses: Vec<&str> = fleet.agents().map(|a| a.address.as_str()).collect();
+        assert_eq!(addresses, ["observatory.a", "observatory.b"]);
+        assert_eq!(fleet.last_snapshot(), Some(now));
+    }
+
+    #[test]
+    fn bogus_input_is_bounded_and_rejected() {
+        let mut fleet = fleet();
+        let now = Instant::now();
+        let mut bad_code = record("observatory.x", &[("acq", 42)]);
+        bad_code.agent_class = "y".repeat(10_000);
+        let rejections = fleet.apply(
+            &message(
+                vec![
+                    bad_code,
+                    record("not an address", &[]),
+                    record("observatory.a", &[("o1", 1), ("o2", 1), ("o3", 1)]),
+                    record("observatory.b", &[]),
+                    record("observatory.c", &[]),
+                    record("observatory.d", &[]),
+                ],
+                &[],
+            ),
+            now,
+        );
+        assert_eq!(
+            rejections,
+            [
+                Rejection::InvalidRecord,
+                Rejection::InvalidRecord,
+                Rejection::TooManyOperations,
+                Rejection::FleetFull
+            ]
+        );
+        assert_eq!(fleet.len(), 3);
+        assert_eq!(fleet.agents().next().unwrap().operations.len(), 2);
+        let mut foreign = message(vec![record("observatory.e", &[])], &[]);
+        foreign.registry_address = "observatory.other".into();
+        assert_eq!(fleet.apply(&foreign, now), [Rejection::WrongRegistry]);
+        let mut long = record("observatory.a", &[]);
+        long.host = "h".repeat(1000);
+        fleet.apply(&message(vec![long], &[]), now);
+        assert_eq!(fleet.agents().next().unwrap().host.len(), MAX_LABEL_CHARS);
+    }
+}

@@ -1,0 +1,34 @@
+//! `ocs-operation-monitor`: thin entry point; see the library for the logic.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use ocs_agent::process::{connect_service, drain, init_tracing, shutdown_on_signals};
+use ocs_operation_monitor::Config;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    init_tracing(config.common.log_format);
+    match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let shutdown = shutdown_on_signals();
+    let client = connect_service(&config.common.nats_url, "ocs-operation-monitor")
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.common.nats_url))?;
+    ocs_operation_monitor::run(config, client.clone(), listener, shutdown).await?;
+    drain(&client).await;
+    Ok(())
+}

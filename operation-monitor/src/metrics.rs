@@ -1,0 +1,257 @@
+//! The monitor's metrics: the fleet (encoded from [`Fleet`] at scrape time, so
+//! series of forgotten agents and removed operations simply vanish) and the
+//! monitor's own health.
+
+use std::sync::{Arc, Mutex};
+
+use ocs_protocol::OpCode;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+
+use crate::fleet::Fleet;
+
+/// Why a feed message or record was not taken.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RejectReason {
+    /// Not a protobuf `AgentOperations`, or an unknown version.
+    undecodable,
+    /// A record with an invalid address, operation name or op code.
+    invalid_record,
+    /// A new agent while the fleet is at `--max-agents`.
+    fleet_full,
+    /// More operations than `--max-operations`.
+    too_many_operations,
+    /// From another registry than the one followed.
+    wrong_registry,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: RejectReason,
+}
+
+/// Shared handle on the fleet, read at scrape time.
+pub type SharedFleet = Arc<Mutex<Fleet>>;
+
+#[derive(Debug)]
+struct FleetCollector(SharedFleet);
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("agents", &self.len())
+            .finish()
+    }
+}
+
+fn gauge<
+    N: prometheus_client::encoding::EncodeGaugeValue + std::fmt::Debug + Send + Sync + Copy,
+>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (Vec<(&'static str, String)>, N)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for FleetCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let fleet = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let agent_labels = |address: &str, class: &str| {
+            vec![
+                ("agent", address.to_owned()),
+                ("agent_class", class.to_owned()),
+            ]
+        };
+        gauge(
+            &mut encoder,
+            "ocs_operation_code",
+            "OpCode of each operation: 1 none, 2 starting, 3 running, 4 stopping, 5 succeeded, 6 failed, 7 expired, 8 degraded",
+            fleet.agents().flat_map(|agent| {
+                agent.operations.iter().map(move |op| {
+                    let mut labels = agent_labels(&agent.address, &agent.agent_class);
+                    labels.push(("operation", op.name.clone()));
+                    labels.push(("op_type", op.op_type.to_owned()));
+                    (labels, i64::from(op.code.value()))
+                })
+            }),
+        )?;
+        gauge(
+            &mut encoder,
+            "ocs_agent_expired",
+            "1 while the registry counts the agent expired (no heartbeat within the timeout, or departed), else 0",
+            fleet.agents().map(|agent| {
+                (
+                    agent_labels(&agent.address, &agent.agent_class),
+                    i64::from(agent.expired()),
+                )
+            }),
+        )?;
+        gauge(
+            &mut encoder,
+            "ocs_agent_last_heartbeat_timestamp_seconds",
+            "Registry time of the agent's last accepted heartbeat, unix seconds",
+            fleet.agents().map(|agent| {
+                (
+                    agent_labels(&agent.address, &agent.agent_class),
+                    agent.last_heartbeat_seconds,
+                )
+            }),
+        )?;
+        gauge(
+            &mut encoder,
+            "ocs_agent_info",
+            "Identity of each agent's current incarnation; always 1",
+            fleet.agents().map(|agent| {
+                let mut labels = agent_labels(&agent.address, &agent.agent_class);
+                labels.extend([
+                    ("host", agent.host.clone()),
+                    ("version", agent.version.clone()),
+                    ("incarnation", agent.incarnation.clone()),
+                ]);
+                (labels, 1i64)
+            }),
+        )?;
+        let mut incarnations = encoder.encode_descriptor(
+            "ocs_agent_incarnations",
+            "Distinct incarnations (process starts) of the agent the registry has seen",
+            None,
+            MetricType::Counter,
+        )?;
+        for agent in fleet.agents() {
+            let labels = agent_labels(&agent.address, &agent.agent_class);
+            ConstCounter::new(agent.incarnations_seen)
+                .encode(incarnations.encode_family(&labels)?)?;
+        }
+        let mut by_state = [("alive", 0i64), ("expired", 0), ("left", 0)];
+        let mut by_code = [0i64; 8];
+        for agent in fleet.agents() {
+            if let Some(slot) = by_state.iter_mut().find(|(state, _)| *state == agent.state) {
+                slot.1 += 1;
+            }
+            for op in &agent.operations {
+                by_code[(op.code.value() - 1) as usize] += 1;
+            }
+        }
+        gauge(
+            &mut encoder,
+            "ocs_agents",
+            "Agents by state",
+            by_state
+                .iter()
+                .map(|(state, count)| (vec![("state", (*state).to_owned())], *count)),
+        )?;
+        gauge(
+            &mut encoder,
+            "ocs_operations",
+            "Operations by op code",
+            OpCode::ALL.iter().zip(by_code).map(|(code, count)| {
+                (
+                    vec![
+                        ("op_code", code.value().to_string()),
+                        ("state", code.name().to_lowercase()),
+                    ],
+                    count,
+                )
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+/// The monitor's registry and its own counters.
+pub struct MonitorMetrics {
+    pub(crate) registry: Registry,
+    pub(crate) feed_messages: Counter,
+    pub(crate) rejected: Family<ReasonLabel, Counter>,
+    pub(crate) last_feed_message: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub(crate) last_snapshot: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub(crate) registry_reachable: Gauge,
+    pub(crate) nats_connected: Gauge,
+}
+
+impl MonitorMetrics {
+    /// Registers the fleet collector and the monitor's own metrics.
+    pub fn new(fleet: SharedFleet) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(FleetCollector(fleet)));
+        let metrics = MonitorMetrics {
+            feed_messages: Counter::default(),
+            rejected: Family::default(),
+            last_feed_message: Gauge::default(),
+            last_snapshot: Gauge::default(),
+            registry_reachable: Gauge::default(),
+            nats_connected: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "ocs_monitor_feed_messages_received",
+            "agent_operations feed messages received",
+            metrics.feed_messages.clone(),
+        );
+        registry.register(
+            "ocs_monitor_feed_rejected",
+            "Feed messages (undecodable, wrong_registry) and records (the rest) not taken, by reason",
+            metrics.rejected.clone(),
+        );
+        registry.register(
+            "ocs_monitor_last_feed_message_timestamp_seconds",
+            "Unix time of the last feed message taken; 0 before the first",
+            metrics.last_feed_message.clone(),
+        );
+        registry.register(
+            "ocs_monitor_last_snapshot_timestamp_seconds",
+            "Unix time of the last complete snapshot taken; 0 before the first",
+            metrics.last_snapshot.clone(),
+        );
+        registry.register(
+            "ocs_monitor_registry_reachable",
+            "1 if the registry answered the last probe, else 0",
+            metrics.registry_reachable.clone(),
+        );
+        registry.register(
+            "ocs_monitor_nats_connected",
+            "1 while connected to NATS",
+            metrics.nats_connected.clone(),
+        );
+        for reason in [
+            RejectReason::undecodable,
+            RejectReason::invalid_record,
+            RejectReason::fleet_full,
+            RejectReason::too_many_operations,
+            RejectReason::wrong_registry,
+        ] {
+            let _ = metrics.rejected.get_or_create(&ReasonLabel { reason });
+        }
+        MonitorMetrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts a rejection.
+    pub(crate) fn reject(&self, reason: RejectReason) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// The registry, for rendering.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
