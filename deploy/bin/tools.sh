@@ -29,3 +29,28 @@ ensure_nats_server() {
   export PATH=$venv/bin:$PATH
   "$NATS_SERVER_BIN" --version >/dev/null || die "$NATS_SERVER_BIN does not run"
 }
+
+# Installs Debian package $2 unless command $1 is already on PATH.
+ensure_debian_tool() {
+  local tool=$1 package=$2
+  command -v "$tool" >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || die "$tool not found and apt-get unavailable: install $package"
+  local sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  echo "installing $package (for $tool) from Debian" >&2
+  "${sudo[@]}" apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$package" >/dev/null \
+    || die "cannot install $package"
+  command -v "$tool" >/dev/null 2>&1 || die "$package did not provide $tool"
+}
+
+# promtool and prometheus (rule tests, the end-to-end alert test) and amtool.
+ensure_prometheus_tools() {
+  ensure_debian_tool promtool prometheus
+  ensure_debian_tool prometheus prometheus
+  ensure_debian_tool amtool prometheus-alertmanager
+  # The Debian packages start their services where an init system runs; the tests start their own.
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true
+  fi
+}

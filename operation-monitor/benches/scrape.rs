@@ -1,1 +1,170 @@
-fn main() {}
+//! Benchmarks of the operation monitor.
+//!
+//! ```text
+//! cargo build --release --workspace --bins
+//! cargo bench -p ocs-operation-monitor --bench scrape -- --agents 1000,20000 --changes 200
+//! ```
+//!
+//! 1. Scrape: a fleet of N agents with five operations each, fed through the
+//!    real feed path, then `/metrics` fetched over HTTP from the real router;
+//!    reports time per scrape, body size and the process's memory growth.
+//! 2. End to end: a real nats-server, `ocs-registry` and `ocs-fake-data-agent`
+//!    processes and the monitor; times from a `start` request to the new op
+//!    code being visible on `/metrics`, polled every 2 ms.
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ocs_agent::OcsClient;
+use ocs_operation_monitor::fleet::{Fleet, FleetLimits};
+use ocs_operation_monitor::metrics::MonitorMetrics;
+use ocs_protocol::codec::to_msgpack;
+use ocs_protocol::{Action, AddressRoot, AgentAddress, InstanceId, OpName, proto};
+use ocs_testkit::{NatsServer, Process, http_get, workspace_binary};
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn record(i: usize) -> proto::AgentRecord {
+    let ops = [("acq", 3, "process"), ("count", 1, "task"), ("delay_task", 5, "task"), ("set_heartbeat", 1, "task"), ("calibrate", 6, "task")];
+    proto::AgentRecord {
+        agent_address: format!("observatory.agent{i:06}"),
+        agent_class: "FakeDataAgent".into(),
+        state: proto::AgentState::Alive as i32,
+        last_updated_unix_ms: 1_795_000_000_000,
+        op_codes: ops
+            .iter()
+            .map(|(name, code, kind)| proto::OperationCode { op_name: (*name).into(), op_code: *code, op_type: (*kind).into() })
+            .collect(),
+        incarnation: uuid::Uuid::new_v4().to_string(),
+        host: format!("host{:03}", i % 100),
+        pid: 1000 + i as u32,
+        agent_version: "0.1.0".into(),
+        interval_ms: 1000,
+        incarnations_seen: 1,
+        ..Default::default()
+    }
+}
+
+async fn scrape_bench(agents: usize) {
+    let registry = AgentAddress::new(&AddressRoot::default(), &InstanceId::new("registry").unwrap());
+    let before = rss_kib();
+    let fleet = Arc::new(Mutex::new(Fleet::new(&registry, FleetLimits { max_agents: 1_000_000, max_operations: 256 })));
+    let records: Vec<proto::AgentRecord> = (0..agents).map(record).collect();
+    for chunk in records.chunks(1000) {
+        let message = proto::AgentOperations {
+            protocol_version: 1,
+            registry_address: registry.to_string(),
+            agents: chunk.to_vec(),
+            ..Default::default()
+        };
+        fleet.lock().unwrap().apply(&message, tokio::time::Instant::now());
+    }
+    drop(records);
+    let metrics = Arc::new(MonitorMetrics::new(fleet.clone()));
+    let router = ocs_operation_monitor::http::router(metrics, fleet, Duration::from_secs(95));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..20 {
+        let start = Instant::now();
+        let (status, body) = http_get(address, "/metrics").await;
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(status, 200);
+        size = body.len();
+    }
+    times.sort_by(f64::total_cmp);
+    let grown = rss_kib().saturating_sub(before);
+    println!(
+        "scrape agents={agents} ops/agent=5 series={} : p50={:.1} ms p99={:.1} ms body={:.1} MiB rss_growth={:.1} MiB",
+        agents * 5,
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        size as f64 / 1048576.0,
+        grown as f64 / 1024.0
+    );
+}
+
+async fn latency_bench(changes: usize) {
+    let nats = NatsServer::start();
+    let registry_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut registry = Command::new(workspace_binary("ocs-registry"));
+    registry.args(["--nats-url", &nats.url(), "--listen", &registry_port.to_string()]).env("RUST_LOG", "error");
+    let _registry = Process::spawn("ocs-registry", registry);
+    let mut agent = Command::new(workspace_binary("ocs-fake-data-agent"));
+    agent.args(["--nats-url", &nats.url(), "--instance-id", "faker", "--mode", "idle"]).env("RUST_LOG", "error");
+    let _agent = Process::spawn("faker", agent);
+
+    let config = <ocs_operation_monitor::Config as clap::Parser>::parse_from(["m", "--nats-url", &nats.url()]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let monitor = listener.local_addr().unwrap();
+    let monitor_client = ocs_agent::process::connect_service(&nats.url(), "monitor").await.unwrap();
+    tokio::spawn(ocs_operation_monitor::run(config, monitor_client, listener, tokio_util::sync::CancellationToken::new()));
+
+    let client = OcsClient::new(async_nats::connect(nats.url()).await.unwrap(), AddressRoot::default());
+    let faker = InstanceId::new("faker").unwrap();
+    let delay_task = OpName::new("delay_task").unwrap();
+    let series = |code: i32| format!("operation=\"delay_task\",op_type=\"task\"}} {code}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(monitor, "/metrics").await.1.contains(&series(1)) {
+        assert!(Instant::now() < deadline, "faker never showed up on /metrics");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut latencies = Vec::new();
+    for _ in 0..changes {
+        let params = to_msgpack(&serde_json::json!({"delay": 0.05})).unwrap();
+        let start = Instant::now();
+        client.operation(&faker, &delay_task, Action::Start, params, None, Duration::from_secs(5)).await.unwrap();
+        loop {
+            let body = http_get(monitor, "/metrics").await.1;
+            if body.contains(&series(2)) || body.contains(&series(3)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+        client.operation(&faker, &delay_task, Action::Wait, Vec::new(), Some(5.0), Duration::from_secs(5)).await.unwrap();
+        while !http_get(monitor, "/metrics").await.1.contains(&series(5)) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "end-to-end start request -> op code on /metrics, n={changes}: p50={:.1} ms p99={:.1} ms max={:.1} ms",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().unwrap()
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let mut sizes = vec![1000, 20000];
+    let mut changes = 200;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        match flag.as_str() {
+            "--agents" => sizes = args.next().expect("--agents N,M").split(',').map(|n| n.parse().expect("number")).collect(),
+            "--changes" => changes = args.next().expect("--changes N").parse().expect("number"),
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    for agents in sizes {
+        scrape_bench(agents).await;
+    }
+    latency_bench(changes).await;
+}

@@ -13,7 +13,7 @@ use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
 use ocs_protocol::{Action, AddressRoot, InstanceId, OpName, json, proto};
 use ocs_registry::metrics::DropReason;
 use ocs_registry::{Config, RegistryMetrics};
-use ocs_testkit::{NatsServer, Process, eventually, workspace_binary};
+use ocs_testkit::{NatsServer, Process, eventually, http_get, workspace_binary};
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -449,32 +449,13 @@ async fn bad_heartbeats_are_counted_and_dropped_and_memory_stays_bounded() {
         agents[FAKER]["agent_class"], "FakeDataAgent",
         "the spoof changed nothing"
     );
-    let body = reqwest_get(registry.http, "/metrics").await;
+    let body = http_get(registry.http, "/metrics").await.1;
     assert!(body.contains("ocs_registry_heartbeats_dropped_total{reason=\"table_full\"}"));
-    assert!(
-        reqwest_get(registry.http, "/healthz")
-            .await
-            .starts_with("ok")
+    assert_eq!(
+        http_get(registry.http, "/healthz").await,
+        (200, "ok\n".to_owned())
     );
     registry.stop().await;
-}
-
-/// A bare HTTP/1.1 GET, to keep an HTTP client out of the dependencies.
-async fn reqwest_get(address: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
 }
 
 fn ocs(nats_url: &str, args: &[&str]) -> (i32, String, String) {

