@@ -37,7 +37,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn record(i: usize) -> proto::AgentRecord {
-    let ops = [("acq", 3, "process"), ("count", 1, "task"), ("delay_task", 5, "task"), ("set_heartbeat", 1, "task"), ("calibrate", 6, "task")];
+    let ops = [
+        ("acq", 3, "process"),
+        ("count", 1, "task"),
+        ("delay_task", 5, "task"),
+        ("set_heartbeat", 1, "task"),
+        ("calibrate", 6, "task"),
+    ];
     proto::AgentRecord {
         agent_address: format!("observatory.agent{i:06}"),
         agent_class: "FakeDataAgent".into(),
@@ -45,7 +51,11 @@ fn record(i: usize) -> proto::AgentRecord {
         last_updated_unix_ms: 1_795_000_000_000,
         op_codes: ops
             .iter()
-            .map(|(name, code, kind)| proto::OperationCode { op_name: (*name).into(), op_code: *code, op_type: (*kind).into() })
+            .map(|(name, code, kind)| proto::OperationCode {
+                op_name: (*name).into(),
+                op_code: *code,
+                op_type: (*kind).into(),
+            })
             .collect(),
         incarnation: uuid::Uuid::new_v4().to_string(),
         host: format!("host{:03}", i % 100),
@@ -58,9 +68,18 @@ fn record(i: usize) -> proto::AgentRecord {
 }
 
 async fn scrape_bench(agents: usize) {
-    let registry = AgentAddress::new(&AddressRoot::default(), &InstanceId::new("registry").unwrap());
+    let registry = AgentAddress::new(
+        &AddressRoot::default(),
+        &InstanceId::new("registry").unwrap(),
+    );
     let before = rss_kib();
-    let fleet = Arc::new(Mutex::new(Fleet::new(&registry, FleetLimits { max_agents: 1_000_000, max_operations: 256 })));
+    let fleet = Arc::new(Mutex::new(Fleet::new(
+        &registry,
+        FleetLimits {
+            max_agents: 1_000_000,
+            max_operations: 256,
+        },
+    )));
     let records: Vec<proto::AgentRecord> = (0..agents).map(record).collect();
     for chunk in records.chunks(1000) {
         let message = proto::AgentOperations {
@@ -69,7 +88,10 @@ async fn scrape_bench(agents: usize) {
             agents: chunk.to_vec(),
             ..Default::default()
         };
-        fleet.lock().unwrap().apply(&message, tokio::time::Instant::now());
+        fleet
+            .lock()
+            .unwrap()
+            .apply(&message, tokio::time::Instant::now());
     }
     drop(records);
     let metrics = Arc::new(MonitorMetrics::new(fleet.clone()));
@@ -100,34 +122,80 @@ async fn scrape_bench(agents: usize) {
 
 async fn latency_bench(changes: usize) {
     let nats = NatsServer::start();
-    let registry_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let registry_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut registry = Command::new(workspace_binary("ocs-registry"));
-    registry.args(["--nats-url", &nats.url(), "--listen", &registry_port.to_string()]).env("RUST_LOG", "error");
+    registry
+        .args([
+            "--nats-url",
+            &nats.url(),
+            "--listen",
+            &registry_port.to_string(),
+        ])
+        .env("RUST_LOG", "error");
     let _registry = Process::spawn("ocs-registry", registry);
     let mut agent = Command::new(workspace_binary("ocs-fake-data-agent"));
-    agent.args(["--nats-url", &nats.url(), "--instance-id", "faker", "--mode", "idle"]).env("RUST_LOG", "error");
+    agent
+        .args([
+            "--nats-url",
+            &nats.url(),
+            "--instance-id",
+            "faker",
+            "--mode",
+            "idle",
+        ])
+        .env("RUST_LOG", "error");
     let _agent = Process::spawn("faker", agent);
 
-    let config = <ocs_operation_monitor::Config as clap::Parser>::parse_from(["m", "--nats-url", &nats.url()]);
+    let config = <ocs_operation_monitor::Config as clap::Parser>::parse_from([
+        "m",
+        "--nats-url",
+        &nats.url(),
+    ]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let monitor = listener.local_addr().unwrap();
-    let monitor_client = ocs_agent::process::connect_service(&nats.url(), "monitor").await.unwrap();
-    tokio::spawn(ocs_operation_monitor::run(config, monitor_client, listener, tokio_util::sync::CancellationToken::new()));
+    let monitor_client = ocs_agent::process::connect_service(&nats.url(), "monitor")
+        .await
+        .unwrap();
+    tokio::spawn(ocs_operation_monitor::run(
+        config,
+        monitor_client,
+        listener,
+        tokio_util::sync::CancellationToken::new(),
+    ));
 
-    let client = OcsClient::new(async_nats::connect(nats.url()).await.unwrap(), AddressRoot::default());
+    let client = OcsClient::new(
+        async_nats::connect(nats.url()).await.unwrap(),
+        AddressRoot::default(),
+    );
     let faker = InstanceId::new("faker").unwrap();
     let delay_task = OpName::new("delay_task").unwrap();
     let series = |code: i32| format!("operation=\"delay_task\",op_type=\"task\"}} {code}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !http_get(monitor, "/metrics").await.1.contains(&series(1)) {
-        assert!(Instant::now() < deadline, "faker never showed up on /metrics");
+        assert!(
+            Instant::now() < deadline,
+            "faker never showed up on /metrics"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut latencies = Vec::new();
     for _ in 0..changes {
         let params = to_msgpack(&serde_json::json!({"delay": 0.05})).unwrap();
         let start = Instant::now();
-        client.operation(&faker, &delay_task, Action::Start, params, None, Duration::from_secs(5)).await.unwrap();
+        client
+            .operation(
+                &faker,
+                &delay_task,
+                Action::Start,
+                params,
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
         loop {
             let body = http_get(monitor, "/metrics").await.1;
             if body.contains(&series(2)) || body.contains(&series(3)) {
@@ -136,7 +204,17 @@ async fn latency_bench(changes: usize) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         latencies.push(start.elapsed().as_secs_f64() * 1000.0);
-        client.operation(&faker, &delay_task, Action::Wait, Vec::new(), Some(5.0), Duration::from_secs(5)).await.unwrap();
+        client
+            .operation(
+                &faker,
+                &delay_task,
+                Action::Wait,
+                Vec::new(),
+                Some(5.0),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
         while !http_get(monitor, "/metrics").await.1.contains(&series(5)) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -157,7 +235,14 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         match flag.as_str() {
-            "--agents" => sizes = args.next().expect("--agents N,M").split(',').map(|n| n.parse().expect("number")).collect(),
+            "--agents" => {
+                sizes = args
+                    .next()
+                    .expect("--agents N,M")
+                    .split(',')
+                    .map(|n| n.parse().expect("number"))
+                    .collect()
+            }
             "--changes" => changes = args.next().expect("--changes N").parse().expect("number"),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
