@@ -32,17 +32,51 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the tracing subscriber: `RUST_LOG` filter (default `info`), text or JSON to stderr.
+/// Installs the tracing subscriber: `RUST_LOG` filter (default `info`); text to
+/// stderr, or JSON lines to stdout, where container log collectors read them.
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_writer(std::io::stderr).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stdout)
+            .init(),
     }
+}
+
+/// Tells systemd (`Type=notify`) that the service is up, and pings its
+/// watchdog (`WatchdogSec=`) at half the interval until `shutdown`, then says
+/// it is stopping. Does nothing outside systemd.
+///
+/// The pings come from the service's own runtime, so a wedged runtime stops
+/// them and systemd restarts the service.
+pub fn notify_systemd(shutdown: &CancellationToken) {
+    use sd_notify::NotifyState;
+    if let Err(err) = sd_notify::notify(&[NotifyState::Ready]) {
+        warn!(error = %err, "cannot notify systemd");
+    }
+    let watchdog = sd_notify::watchdog_enabled();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        if let Some(timeout) = watchdog {
+            let mut ticks = tokio::time::interval(timeout / 2);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = ticks.tick() => {
+                        let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                    }
+                }
+            }
+        } else {
+            shutdown.cancelled().await;
+        }
+        let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    });
 }
 
 /// A token cancelled on the first SIGINT or SIGTERM.
@@ -132,6 +166,7 @@ pub async fn serve_agent(
     let client = connect_service(&common.nats_url, address.as_str())
         .await
         .with_context(|| format!("cannot connect to NATS at {}", common.nats_url))?;
+    notify_systemd(&shutdown);
     agent.run(client.clone(), shutdown).await?;
     drain(&client).await;
     Ok(())

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use ocs_agent::process::{connect_service, drain, init_tracing, shutdown_on_signals};
+use ocs_agent::process::{
+    connect_service, drain, init_tracing, notify_systemd, shutdown_on_signals,
+};
 use ocs_operation_monitor::Config;
 
 #[tokio::main]
@@ -28,6 +30,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let client = connect_service(&config.common.nats_url, "ocs-operation-monitor")
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.common.nats_url))?;
+    notify_systemd(&shutdown);
     ocs_operation_monitor::run(config, client.clone(), listener, shutdown).await?;
     drain(&client).await;
     Ok(())

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use ocs_agent::process::{connect_service, drain, init_tracing, shutdown_on_signals};
+use ocs_agent::process::{
+    connect_service, drain, init_tracing, notify_systemd, shutdown_on_signals,
+};
 use ocs_registry::{Config, RegistryMetrics};
 
 #[tokio::main]
@@ -30,6 +32,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let client = connect_service(&config.common.nats_url, &name)
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.common.nats_url))?;
+    notify_systemd(&shutdown);
     ocs_registry::run(
         config,
         client.clone(),

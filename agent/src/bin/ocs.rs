@@ -70,6 +70,15 @@ enum Command {
         #[arg(long)]
         duration: Option<f64>,
     },
+    /// Fetch an HTTP endpoint such as `/healthz` and exit 0 on a 2xx answer, 1
+    /// otherwise: container healthchecks need no curl or wget in the image.
+    Probe {
+        /// The URL, e.g. `http://127.0.0.1:9463/healthz` (plain HTTP only).
+        url: hyper::Uri,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+    },
     #[command(external_subcommand)]
     Operation(Vec<String>),
 }
@@ -149,7 +158,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen(&client, &pattern, duration).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Probe { url, timeout } => {
+            let status = tokio::time::timeout(seconds(timeout)?, probe(&url))
+                .await
+                .map_err(|_| anyhow!("no answer from {url} within {timeout} s"))??;
+            println!("{url}: {status}");
+            Ok(if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
     }
+}
+
+/// One GET over a fresh HTTP/1.1 connection; the body is read and discarded so
+/// the server sees a complete exchange.
+async fn probe(url: &hyper::Uri) -> anyhow::Result<hyper::StatusCode> {
+    use http_body_util::{BodyExt, Empty};
+    if url.scheme_str() != Some("http") {
+        bail!("{url}: only http:// URLs can be probed");
+    }
+    let authority = url
+        .authority()
+        .ok_or_else(|| anyhow!("{url}: no host in the URL"))?;
+    let address = format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(80)
+    );
+    let stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .with_context(|| format!("cannot connect to {address}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(url.clone())
+        .header(hyper::header::HOST, authority.as_str())
+        .body(Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    response.into_body().collect().await?;
+    Ok(status)
 }
 
 fn seconds(value: f64) -> anyhow::Result<Duration> {
