@@ -584,3 +584,43 @@ async fn the_cli_prints_status_and_fails_clearly() {
     assert_eq!(stderr.trim().lines().count(), 1);
     registry.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocs_probe_answers_for_container_healthchecks() {
+    let nats = NatsServer::start();
+    let registry = Registry::start(&nats, &[]).await;
+    let url = nats.url();
+    let healthz = format!("http://{}/healthz", registry.http);
+    // 503 until the registry is connected and running, then 200: the probe's
+    // exit code follows.
+    eventually(Duration::from_secs(5), "the registry healthy", || async {
+        (http_get(registry.http, "/healthz").await.0 == 200).then_some(())
+    })
+    .await;
+    let (code, stdout, stderr) = ocs(&url, &["probe", &healthz]);
+    assert_eq!(
+        (code, stdout.trim()),
+        (0, format!("{healthz}: 200 OK").as_str()),
+        "{stderr}"
+    );
+
+    let missing = format!("http://{}/nope", registry.http);
+    let (code, stdout, _) = ocs(&url, &["probe", &missing]);
+    assert_eq!(
+        (code, stdout.trim()),
+        (1, format!("{missing}: 404 Not Found").as_str())
+    );
+
+    // A port nobody listens on: the probe could not be made at all.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("http://{}/healthz", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, _, stderr) = ocs(&url, &["probe", &closed_url]);
+    assert_eq!(code, 2);
+    assert!(stderr.starts_with("error: cannot connect to"), "{stderr}");
+
+    let (code, _, stderr) = ocs(&url, &["probe", "https://127.0.0.1/healthz"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("only http:// URLs"), "{stderr}");
+    registry.stop().await;
+}
