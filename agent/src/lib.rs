@@ -47,6 +47,7 @@ mod operations;
 mod params;
 pub mod process;
 mod session;
+pub mod site;
 
 pub use agent::{Agent, AgentBuilder, AgentError};
 pub use client::{ClientError, OcsClient};

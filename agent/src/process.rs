@@ -21,6 +21,26 @@ pub struct CommonArgs {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Site file: agents take their arguments from their instance's entry
+    /// (command-line arguments override them).
+    #[arg(long, env = crate::site::SITE_FILE_ENV)]
+    pub site_file: Option<std::path::PathBuf>,
+    /// This host's name in the site file (default: the host name).
+    #[arg(long, env = crate::site::SITE_HOST_ENV)]
+    pub site_host: Option<String>,
+}
+
+/// Parses the command line of an agent or service, with its arguments from
+/// the site file put first (see [`crate::site::with_site_arguments`]); a bad
+/// site file ends the process with its file, line and reason.
+pub fn parse_with_site<C: clap::Parser>() -> C {
+    match crate::site::with_site_arguments(std::env::args_os()) {
+        Ok(args) => C::parse_from(args),
+        Err(err) => {
+            eprintln!("error: {err}");
+            std::process::exit(2);
+        }
+    }
 }
 
 /// How logs are written to stderr.

@@ -11,7 +11,7 @@ use crate::table::TableConfig;
 
 /// The registry: tracks agents by their heartbeats and publishes the `agent_operations` feed.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ocs-registry", version)]
+#[command(name = "ocs-registry", version, args_override_self = true)]
 pub struct Config {
     /// NATS, address root and logging.
     #[command(flatten)]

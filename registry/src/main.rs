@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
 use ocs_agent::process::{
     connect_service, drain, init_tracing, notify_systemd, shutdown_on_signals,
 };
@@ -12,7 +11,7 @@ use ocs_registry::{Config, RegistryMetrics};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let config: Config = ocs_agent::process::parse_with_site();
     init_tracing(config.common.log_format);
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,

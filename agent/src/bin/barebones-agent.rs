@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 /// A minimal agent with one process and one task.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, args_override_self = true)]
 struct Config {
     #[command(flatten)]
     common: CommonArgs,
@@ -76,7 +76,7 @@ async fn print(ctx: OpContext, params: PrintParams) -> OpResult {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let config: Config = ocs_agent::process::parse_with_site();
     init_tracing(config.common.log_format);
     let builder = Agent::builder("BarebonesAgent")
         .process(

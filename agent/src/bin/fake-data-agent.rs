@@ -13,7 +13,7 @@ use serde_json::json;
 
 /// Fake data and controllable operations, for demos and tests.
 #[derive(Parser)]
-#[command(version)]
+#[command(version, args_override_self = true)]
 struct Config {
     #[command(flatten)]
     common: CommonArgs,
@@ -212,7 +212,7 @@ async fn delay_task(ctx: OpContext, params: DelayParams) -> OpResult {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let config: Config = ocs_agent::process::parse_with_site();
     init_tracing(config.common.log_format);
     if !(config.sample_rate > 0.0 && config.sample_rate <= 1000.0) {
         eprintln!("error: --sample-rate must be in (0, 1000]");
