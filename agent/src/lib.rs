@@ -43,6 +43,7 @@ pub mod client;
 mod context;
 pub mod exposition;
 mod heartbeat;
+pub mod host_manager;
 mod operations;
 mod params;
 pub mod process;

@@ -57,7 +57,12 @@ pub enum LogFormat {
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A log that cannot be written (the host manager that read this stderr
+    // died) must not panic the writing task: that could be the one handling
+    // SIGTERM.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.with_writer(std::io::stderr).init(),
         LogFormat::Json => builder
@@ -65,6 +70,34 @@ pub fn init_tracing(format: LogFormat) {
             .flatten_event(true)
             .with_writer(std::io::stdout)
             .init(),
+    }
+}
+
+/// Set by the host manager for its children: the manager's pid.
+pub const PARENT_PID_ENV: &str = "OCS_PARENT_PID";
+
+/// For a process the host manager started: asks the kernel for SIGTERM when
+/// the manager dies (even by SIGKILL), so no agent outlives it; exits at once
+/// when the manager is already gone. Does nothing otherwise.
+pub fn stop_with_parent() {
+    let Some(parent) = std::env::var(PARENT_PID_ENV)
+        .ok()
+        .and_then(|pid| pid.parse::<i32>().ok())
+    else {
+        return;
+    };
+    if let Err(err) =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+    {
+        warn!(error = %err, "cannot ask to be stopped with the host manager");
+    }
+    // The manager may have died before the request took effect.
+    if rustix::process::getppid().map(|pid| pid.as_raw_nonzero().get()) != Some(parent) {
+        warn!(
+            parent,
+            "the host manager that started this agent is gone; exiting"
+        );
+        std::process::exit(1);
     }
 }
 
@@ -118,8 +151,8 @@ pub fn shutdown_on_signals() -> CancellationToken {
             _ = tokio::signal::ctrl_c() => "SIGINT",
             _ = terminate.recv() => "SIGTERM",
         };
-        info!(signal = name, "shutdown requested");
         trigger.cancel();
+        info!(signal = name, "shutdown requested");
     });
     token
 }
@@ -181,6 +214,7 @@ pub async fn serve_agent(
     use anyhow::Context;
     let address = ocs_protocol::AgentAddress::new(&common.address_root, instance_id);
     let agent = builder.build(address.clone())?;
+    stop_with_parent();
     let shutdown = shutdown_on_signals();
     info!(nats_url = %common.nats_url, %address, "connecting");
     let client = connect_service(&common.nats_url, address.as_str())

@@ -245,7 +245,10 @@ impl SiteConfig {
             let message = err.to_string();
             let first = message.lines().next().unwrap_or("invalid YAML");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            let reason = match first.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+            let reason = match first
+                .strip_prefix("line ")
+                .and_then(|rest| rest.split_once(": "))
+            {
                 Some((_place, reason)) => reason,
                 None => first,
             };
@@ -394,9 +397,7 @@ fn parse_manage(text: &str) -> Result<Manage, String> {
         "docker" | "docker/up" | "docker/down" => Err(format!(
             "manage: {text:?}: containers are managed by docker compose, not by the host manager; use ignore"
         )),
-        other => Err(format!(
-            "manage: {other:?} is not one of up, down, ignore"
-        )),
+        other => Err(format!("manage: {other:?} is not one of up, down, ignore")),
     }
 }
 
@@ -415,7 +416,11 @@ fn restart_policy(raw: RawRestart) -> Result<RestartPolicy, String> {
     let policy = RestartPolicy {
         delay: seconds("restart.delay", raw.delay, default.delay)?,
         max_delay: seconds("restart.max-delay", raw.max_delay, default.max_delay)?,
-        stable_after: seconds("restart.stable-after", raw.stable_after, default.stable_after)?,
+        stable_after: seconds(
+            "restart.stable-after",
+            raw.stable_after,
+            default.stable_after,
+        )?,
         crash_loop: raw.crash_loop.unwrap_or(default.crash_loop).max(1),
         stop_grace: seconds("restart.stop-grace", raw.stop_grace, default.stop_grace)?,
     };
@@ -464,7 +469,9 @@ fn flatten_arguments(values: &[Value]) -> Result<Vec<String>, String> {
             Value::Number(number) => arguments.push(number.to_string()),
             Value::Bool(flag) => arguments.push(flag.to_string()),
             Value::Null | Value::Object(_) => {
-                return Err(format!("arguments: {value} is not text, a number or a list"));
+                return Err(format!(
+                    "arguments: {value} is not text, a number or a list"
+                ));
             }
         }
     }
@@ -565,25 +572,48 @@ hosts:
         let (name, instances) = site.host("host-1").unwrap();
         assert_eq!(name, "host-1");
         let faker = &instances[0];
-        assert_eq!(faker.arguments, ["--mode", "idle", "--frequency", "2.5", "--verbose"]);
+        assert_eq!(
+            faker.arguments,
+            ["--mode", "idle", "--frequency", "2.5", "--verbose"]
+        );
         assert_eq!(faker.manage, Manage::Up);
         assert_eq!(faker.line, 9);
         assert_eq!(faker.restart.delay, Duration::from_millis(500));
         assert_eq!(faker.restart.crash_loop, 3);
-        assert_eq!(faker.restart.stop_grace, RestartPolicy::default().stop_grace);
+        assert_eq!(
+            faker.restart.stop_grace,
+            RestartPolicy::default().stop_grace
+        );
         assert_eq!(faker.schedule.len(), 2);
         assert_eq!(faker.schedule[0].when, When::Every(Duration::from_secs(30)));
         assert_eq!(faker.schedule[1].params["delay"], 1);
         assert_eq!(instances[1].manage, Manage::Down);
-        assert_eq!(instances[2].manage, Manage::Ignore, "the host manager never manages itself");
-        assert_eq!(site.program("ThermometerAgent"), Some("/opt/site/thermometer"));
+        assert_eq!(
+            instances[2].manage,
+            Manage::Ignore,
+            "the host manager never manages itself"
+        );
+        assert_eq!(
+            site.program("ThermometerAgent"),
+            Some("/opt/site/thermometer")
+        );
         assert_eq!(site.program("FakeDataAgent"), Some("ocs-fake-data-agent"));
         // Unknown hosts fall back to localhost, as in OCS.
         let (name, instances) = site.host("elsewhere").unwrap();
         assert_eq!((name, instances[0].manage), ("localhost", Manage::Ignore));
         assert_eq!(
             site.arguments_for("faker1"),
-            ["--nats-url", "nats://10.0.0.3:4222", "--address-root", "lab", "--mode", "idle", "--frequency", "2.5", "--verbose"]
+            [
+                "--nats-url",
+                "nats://10.0.0.3:4222",
+                "--address-root",
+                "lab",
+                "--mode",
+                "idle",
+                "--frequency",
+                "2.5",
+                "--verbose"
+            ]
         );
     }
 
@@ -592,20 +622,32 @@ hosts:
         let duplicate = SITE.replace("instance-id: thermo1", "instance-id: faker1");
         let (line, reason) = error_at(&duplicate);
         assert_eq!(line, 17);
-        assert_eq!(reason, "duplicate instance id \"faker1\" (first at line 10)");
+        assert_eq!(
+            reason,
+            "duplicate instance id \"faker1\" (first at line 10)"
+        );
 
-        let (line, reason) = error_at(&SITE.replace("agent-class: BarebonesAgent", "agent-class: Nope"));
+        let (line, reason) =
+            error_at(&SITE.replace("agent-class: BarebonesAgent", "agent-class: Nope"));
         assert_eq!(line, 23);
-        assert!(reason.starts_with("unknown agent class \"Nope\""), "{reason}");
+        assert!(
+            reason.starts_with("unknown agent class \"Nope\""),
+            "{reason}"
+        );
 
-        let (line, reason) = error_at(&SITE.replace("instance-id: thermo1", "instance-id: 'thermo 1'"));
+        let (line, reason) =
+            error_at(&SITE.replace("instance-id: thermo1", "instance-id: 'thermo 1'"));
         assert_eq!(line, 17);
         assert!(reason.contains("thermo 1"), "{reason}");
 
         let (line, reason) = error_at(&SITE.replace("manage: host/down", "manage: sideways"));
-        assert_eq!((line, reason.as_str()), (18, "manage: \"sideways\" is not one of up, down, ignore"));
+        assert_eq!(
+            (line, reason.as_str()),
+            (18, "manage: \"sideways\" is not one of up, down, ignore")
+        );
 
-        let (line, reason) = error_at(&SITE.replace("cron: '*/5 * * * *'", "cron: 'every tuesday'"));
+        let (line, reason) =
+            error_at(&SITE.replace("cron: '*/5 * * * *'", "cron: 'every tuesday'"));
         assert_eq!(line, 15);
         assert!(reason.starts_with("cron \"every tuesday\""), "{reason}");
 
@@ -629,19 +671,62 @@ hosts:
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("site.yaml");
         std::fs::write(&file, SITE).unwrap();
-        let args: Vec<OsString> = ["agent", "--site-file", file.to_str().unwrap(), "--instance-id", "faker1", "--mode", "acq", "--site-host=host-1"]
-            .into_iter()
-            .map(OsString::from)
-            .collect();
+        let args: Vec<OsString> = [
+            "agent",
+            "--site-file",
+            file.to_str().unwrap(),
+            "--instance-id",
+            "faker1",
+            "--mode",
+            "acq",
+            "--site-host=host-1",
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
         let merged = with_site_arguments(args).unwrap();
-        let merged: Vec<_> = merged.iter().map(|arg| arg.to_string_lossy().into_owned()).collect();
+        let merged: Vec<_> = merged
+            .iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(
             merged,
-            ["agent", "--nats-url", "nats://10.0.0.3:4222", "--address-root", "lab", "--mode", "idle", "--frequency", "2.5", "--verbose", "--site-file", file.to_str().unwrap(), "--instance-id", "faker1", "--mode", "acq", "--site-host=host-1"]
+            [
+                "agent",
+                "--nats-url",
+                "nats://10.0.0.3:4222",
+                "--address-root",
+                "lab",
+                "--mode",
+                "idle",
+                "--frequency",
+                "2.5",
+                "--verbose",
+                "--site-file",
+                file.to_str().unwrap(),
+                "--instance-id",
+                "faker1",
+                "--mode",
+                "acq",
+                "--site-host=host-1"
+            ]
         );
-        let err = with_site_arguments(["agent", "--site-file", "/nonexistent/site.yaml", "--instance-id", "x"].map(OsString::from))
-            .unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/site.yaml:0: cannot read the site file"), "{err}");
+        let err = with_site_arguments(
+            [
+                "agent",
+                "--site-file",
+                "/nonexistent/site.yaml",
+                "--instance-id",
+                "x",
+            ]
+            .map(OsString::from),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/site.yaml:0: cannot read the site file"),
+            "{err}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

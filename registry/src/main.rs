@@ -26,6 +26,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    ocs_agent::process::stop_with_parent();
     let shutdown = shutdown_on_signals();
     let name = format!("{}.{}", config.common.address_root, config.instance_id);
     let client = connect_service(&config.common.nats_url, &name)

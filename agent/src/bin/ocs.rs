@@ -70,6 +70,28 @@ enum Command {
         #[arg(long)]
         duration: Option<f64>,
     },
+    /// Ask a host manager to bring instances up or down, or to freeze or thaw
+    /// them: `ocs host up faker1 faker2`, `ocs host down --all`.
+    Host {
+        /// up, down, freeze or thaw.
+        #[arg(value_parser = ["up", "down", "freeze", "thaw"])]
+        action: String,
+        /// Instance ids managed by that host manager.
+        #[arg(required_unless_present = "all")]
+        instances: Vec<String>,
+        /// Every instance of the host manager.
+        #[arg(long, conflicts_with = "instances")]
+        all: bool,
+        /// The host manager's instance id (default: hm-<this host's name>).
+        #[arg(long, env = "OCS_HOST_MANAGER")]
+        manager: Option<InstanceId>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+        /// Print `{"status", "message", "session"}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fetch an HTTP endpoint such as `/healthz` and exit 0 on a 2xx answer, 1
     /// otherwise: container healthchecks need no curl or wget in the image.
     Probe {
@@ -158,6 +180,60 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen(&client, &pattern, duration).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Host {
+            action,
+            instances,
+            all,
+            manager,
+            timeout,
+            json,
+        } => {
+            let manager = match manager {
+                Some(manager) => manager,
+                None => {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .context("cannot read this host's name: give --manager")?;
+                    InstanceId::new(format!("hm-{}", host.trim()))?
+                }
+            };
+            let names = if all {
+                vec!["all".to_owned()]
+            } else {
+                instances
+            };
+            let requests: Vec<(String, String)> = names
+                .into_iter()
+                .map(|name| (name, action.clone()))
+                .collect();
+            let client = OcsClient::new(connect().await?, cli.common.address_root.clone());
+            let update = OpName::new("update")?;
+            let call = |action: &str| OperationCall {
+                instance_id: manager.clone(),
+                op_name: update.clone(),
+                action: action.to_owned(),
+                params: Vec::new(),
+                timeout,
+                json,
+            };
+            let mut start = call("start");
+            start.params = vec![format!("requests={}", serde_json::to_string(&requests)?)];
+            let started = call_operation(&client, start).await?;
+            if started.status != ResponseCode::Ok as i32 {
+                bail!("{manager} refused the update: {}", started.message);
+            }
+            // The update task's own outcome is what the operator asked about.
+            let reply = json::reply(&call_operation(&client, call("wait")).await?)?;
+            if json {
+                println!("{reply}");
+            } else {
+                print_reply(&reply);
+            }
+            Ok(if reply["session"]["success"] == Value::Bool(true) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Probe { url, timeout } => {
             let status = tokio::time::timeout(seconds(timeout)?, probe(&url))
                 .await
@@ -222,6 +298,25 @@ fn parse_params(params: &[String]) -> anyhow::Result<Map<String, Value>> {
 }
 
 async fn operation(client: &OcsClient, call: OperationCall) -> anyhow::Result<ExitCode> {
+    let json = call.json;
+    let reply = call_operation(client, call).await?;
+    let value = json::reply(&reply)?;
+    if json {
+        println!("{value}");
+    } else {
+        print_reply(&value);
+    }
+    Ok(match ResponseCode::from_value(reply.status) {
+        Some(ResponseCode::Ok) => ExitCode::SUCCESS,
+        Some(ResponseCode::Timeout) => ExitCode::from(3),
+        _ => ExitCode::from(1),
+    })
+}
+
+async fn call_operation(
+    client: &OcsClient,
+    call: OperationCall,
+) -> anyhow::Result<proto::OperationReply> {
     let action = Action::parse(&call.action).ok_or_else(|| {
         anyhow!(
             "unknown action {:?}: use start, stop, abort, wait or status",
@@ -249,17 +344,7 @@ async fn operation(client: &OcsClient, call: OperationCall) -> anyhow::Result<Ex
             request_timeout,
         )
         .await?;
-    let value = json::reply(&reply)?;
-    if call.json {
-        println!("{value}");
-    } else {
-        print_reply(&value);
-    }
-    Ok(match ResponseCode::from_value(reply.status) {
-        Some(ResponseCode::Ok) => ExitCode::SUCCESS,
-        Some(ResponseCode::Timeout) => ExitCode::from(3),
-        _ => ExitCode::from(1),
-    })
+    Ok(reply)
 }
 
 fn now_seconds() -> f64 {

@@ -1,0 +1,246 @@
+//! The host manager's I/O: checking the bus for a duplicate, starting a child
+//! in its own process group, keeping the tail of its stderr, reporting its
+//! exit, and signalling its process group.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use ocs_protocol::{AgentAddress, codec, subject};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use super::Settings;
+use super::child::{Child, Command, Exit, STDERR_TAIL_LINES, StopSignal};
+use crate::OpContext;
+use crate::process::PARENT_PID_ENV;
+use crate::site::SiteConfig;
+
+/// What the launch tasks tell the manager loop.
+#[derive(Debug)]
+pub enum Event {
+    /// The process runs.
+    Launched {
+        /// Which instance.
+        instance_id: String,
+        /// Its pid (and process group).
+        pid: u32,
+    },
+    /// Not started: another incarnation heartbeats at the address.
+    Refused {
+        /// Which instance.
+        instance_id: String,
+        /// Who runs it.
+        reason: String,
+    },
+    /// The process ended, or could not be started.
+    Exited {
+        /// Which instance.
+        instance_id: String,
+        /// How it ended.
+        exit: Exit,
+        /// Its last lines of stderr.
+        stderr_tail: Vec<String>,
+    },
+    /// A scheduled operation's start request was answered.
+    ScheduleResult {
+        /// The instance.
+        instance_id: String,
+        /// The operation started.
+        operation: String,
+        /// The reply's message, or the error.
+        result: Result<String, String>,
+    },
+}
+
+/// Starts and signals children; events come back on a channel.
+pub struct Launcher {
+    ctx: OpContext,
+    settings: Arc<Settings>,
+    events: mpsc::Sender<Event>,
+}
+
+impl Launcher {
+    pub fn new(ctx: OpContext, settings: Arc<Settings>, events: mpsc::Sender<Event>) -> Launcher {
+        Launcher {
+            ctx,
+            settings,
+            events,
+        }
+    }
+
+    /// Carries out `command` for `child`, whose program `site` names.
+    pub fn execute(&self, child: &Child, command: Command, site: &SiteConfig) {
+        let instance_id = child.config().instance_id.to_string();
+        match command {
+            Command::Launch => {
+                let program = self.program(site, &child.config().agent_class);
+                let address =
+                    AgentAddress::new(&self.settings.address_root, &child.config().instance_id);
+                tokio::spawn(launch(
+                    self.ctx.client().clone(),
+                    self.settings.clone(),
+                    self.events.clone(),
+                    instance_id,
+                    address,
+                    program,
+                ));
+            }
+            Command::Signal(signal) => {
+                let Some(pid) = child.pid() else { return };
+                let signal = match signal {
+                    StopSignal::Interrupt => rustix::process::Signal::INT,
+                    StopSignal::Terminate => rustix::process::Signal::TERM,
+                    StopSignal::Kill => rustix::process::Signal::KILL,
+                };
+                let Some(group) = rustix::process::Pid::from_raw(pid as i32) else {
+                    return;
+                };
+                // ESRCH: it is already gone; its exit event is on its way.
+                if let Err(err) = rustix::process::kill_process_group(group, signal)
+                    && err != rustix::io::Errno::SRCH
+                {
+                    tracing::warn!(instance = %instance_id, pid, error = %err, "cannot signal");
+                }
+            }
+        }
+    }
+
+    /// The program of `agent_class`: a path as given, a bare name from
+    /// `--bin-dir` when it is there, else from `PATH`.
+    fn program(&self, site: &SiteConfig, agent_class: &str) -> PathBuf {
+        // Validated with the site file: every class there has a program.
+        let program = PathBuf::from(site.program(agent_class).unwrap_or(agent_class));
+        if program.components().count() > 1 {
+            return program;
+        }
+        match &self.settings.bin_dir {
+            Some(dir) if dir.join(&program).is_file() => dir.join(program),
+            _ => program,
+        }
+    }
+}
+
+async fn launch(
+    client: async_nats::Client,
+    settings: Arc<Settings>,
+    events: mpsc::Sender<Event>,
+    instance_id: String,
+    address: AgentAddress,
+    program: PathBuf,
+) {
+    if let Some(reason) = someone_else_runs(&client, &address, &settings).await {
+        let _ = events
+            .send(Event::Refused {
+                instance_id,
+                reason,
+            })
+            .await;
+        return;
+    }
+    let mut command = tokio::process::Command::new(&program);
+    command
+        .arg("--instance-id")
+        .arg(&instance_id)
+        .arg("--site-file")
+        .arg(&settings.site_file)
+        .arg("--site-host")
+        .arg(&settings.host)
+        .env(PARENT_PID_ENV, std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        // Its own process group: a stop reaches everything it started, and a
+        // Ctrl-C at the manager's terminal reaches only the manager.
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut process = match command.spawn() {
+        Ok(process) => process,
+        Err(err) => {
+            let _ = events
+                .send(Event::Exited {
+                    instance_id,
+                    exit: Exit::default(),
+                    stderr_tail: vec![format!("cannot start {}: {err}", program.display())],
+                })
+                .await;
+            return;
+        }
+    };
+    let pid = process.id().unwrap_or(0);
+    let _ = events
+        .send(Event::Launched {
+            instance_id: instance_id.clone(),
+            pid,
+        })
+        .await;
+    let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
+    if let Some(stderr) = process.stderr.take() {
+        let mut lines = BufReader::new(stderr).lines();
+        // Forwarded with the instance's name, so the manager's log (journald)
+        // holds every child's; the tail is kept for the crash report.
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[{instance_id}] {line}");
+            if tail.len() == STDERR_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    }
+    let exit = match process.wait().await {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            Exit {
+                code: status.code(),
+                signal: status.signal(),
+            }
+        }
+        Err(err) => {
+            tail.push_back(format!("cannot wait for the process: {err}"));
+            Exit::default()
+        }
+    };
+    let _ = events
+        .send(Event::Exited {
+            instance_id,
+            exit,
+            stderr_tail: tail.into(),
+        })
+        .await;
+}
+
+/// Listens to the address's heartbeats for a while: a live (not leaving)
+/// heartbeat means another incarnation runs this instance.
+async fn someone_else_runs(
+    client: &async_nats::Client,
+    address: &AgentAddress,
+    settings: &Settings,
+) -> Option<String> {
+    let mut heartbeats = match client.subscribe(subject::heartbeat(address)).await {
+        Ok(subscription) => subscription,
+        Err(err) => {
+            tracing::warn!(%address, error = %err, "cannot check for a duplicate; starting anyway");
+            return None;
+        }
+    };
+    let deadline = tokio::time::sleep(settings.duplicate_check);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return None,
+            message = heartbeats.next() => {
+                let message = message?;
+                let Ok(heartbeat) = codec::decode_heartbeat(&message.payload, codec::MAX_MESSAGE_BYTES) else {
+                    continue;
+                };
+                if !heartbeat.leaving {
+                    return Some(format!(
+                        "{address} already heartbeats from incarnation {} on host {} (pid {})",
+                        heartbeat.incarnation, heartbeat.host, heartbeat.pid
+                    ));
+                }
+            }
+        }
+    }
+}
