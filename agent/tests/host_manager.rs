@@ -1,0 +1,591 @@
+//! The host manager end to end: the real `ocs-host-manager`, real agent
+//! processes and scripts as children, a real nats-server and registry.
+
+use std::process::Command;
+use std::time::Duration;
+
+use ocs_agent::OcsClient;
+use ocs_protocol::{Action, AddressRoot, InstanceId, OpName};
+use ocs_testkit::{NatsServer, Process, TempDir, eventually, workspace_binary};
+use serde_json::Value;
+
+const MANAGER: &str = "hm-test";
+
+struct Site {
+    dir: TempDir,
+}
+
+impl Site {
+    /// A site file for host `testhost` with `instances` (YAML list items,
+    /// indented by 6), and the scripts the tests use as agent classes.
+    fn new(instances: &str) -> Site {
+        let dir = TempDir::new("ocs-hm");
+        let script = |name: &str, body: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+            std::fs::set_permissions(&path, permissions).unwrap();
+        };
+        script(
+            "crasher.sh",
+            "echo \"crasher $2 giving up\" >&2\nsleep 0.2\nexit 3",
+        );
+        // Ignores SIGINT and SIGTERM (and so do its children): only SIGKILL ends it.
+        script(
+            "stubborn.sh",
+            "trap '' INT TERM\nwhile :; do sleep 0.1; done",
+        );
+        let site = Site { dir };
+        site.write(instances);
+        site
+    }
+
+    fn file(&self) -> std::path::PathBuf {
+        self.dir.path().join("site.yaml")
+    }
+
+    fn write(&self, instances: &str) {
+        let dir = self.dir.path().display();
+        let text = format!(
+            "agent-classes:\n  Crasher: {dir}/crasher.sh\n  Stubborn: {dir}/stubborn.sh\nhosts:\n  testhost:\n    agent-instances:\n{instances}"
+        );
+        // Write then rename: the manager never reads half a file.
+        let partial = self.dir.path().join("site.yaml.new");
+        std::fs::write(&partial, text).unwrap();
+        std::fs::rename(partial, self.file()).unwrap();
+    }
+
+    fn manager(&self, nats: &NatsServer) -> Process {
+        let mut command = Command::new(workspace_binary("ocs-host-manager"));
+        command
+            .args(["--site-file", self.file().to_str().unwrap()])
+            .args(["--site-host", "testhost", "--instance-id", MANAGER])
+            .args(["--duplicate-check", "1.2", "--reload-interval", "0.2"])
+            .env("NATS_URL", nats.url())
+            .env_remove("OCS_SITE_FILE")
+            .env_remove("INSTANCE_ID");
+        Process::spawn("ocs-host-manager", command)
+    }
+}
+
+async fn client(nats: &NatsServer) -> OcsClient {
+    let nats_client = async_nats::connect(nats.url()).await.unwrap();
+    OcsClient::new(nats_client, AddressRoot::default())
+}
+
+/// The manager process's session, when it answers.
+async fn manager_session(client: &OcsClient) -> Option<Value> {
+    let reply = client
+        .operation(
+            &InstanceId::new(MANAGER).unwrap(),
+            &OpName::new("manager").unwrap(),
+            Action::Status,
+            Vec::new(),
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()?;
+    let session = ocs_protocol::json::reply(&reply).ok()?["session"].clone();
+    session["data"]
+        .get("child_states")
+        .is_some()
+        .then_some(session)
+}
+
+fn find_child<'v>(session: &'v Value, instance_id: &str) -> Option<&'v Value> {
+    session["data"]["child_states"]
+        .as_array()?
+        .iter()
+        .find(|child| child["instance_id"] == instance_id)
+}
+
+fn child<'v>(session: &'v Value, instance_id: &str) -> &'v Value {
+    find_child(session, instance_id)
+        .unwrap_or_else(|| panic!("no child {instance_id} in {session}"))
+}
+
+/// Waits until `check` holds for the child `instance_id`; returns the session.
+async fn until_child(
+    client: &OcsClient,
+    instance_id: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(timeout, what, || async {
+        let session = manager_session(client).await?;
+        check(find_child(&session, instance_id)?).then_some(session)
+    })
+    .await
+}
+
+fn messages(session: &Value) -> Vec<String> {
+    session["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message[1].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn alive(pid: u64) -> bool {
+    // A zombie is dead for our purposes; its parent reaps it.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+fn ocs(nats: &NatsServer, args: &[&str]) -> (i32, String) {
+    let output = Command::new(workspace_binary("ocs"))
+        .args(args)
+        .args(["--manager", MANAGER])
+        .env("NATS_URL", nats.url())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+fn registry(nats: &NatsServer) -> Process {
+    let mut command = Command::new(workspace_binary("ocs-registry"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--agent-timeout", "3"])
+        .env("NATS_URL", nats.url())
+        .env_remove("OCS_SITE_FILE")
+        .env_remove("INSTANCE_ID");
+    Process::spawn("ocs-registry", command)
+}
+
+async fn registry_record(client: &OcsClient, instance_id: &str) -> Option<Value> {
+    let reply = client
+        .operation(
+            &InstanceId::new("registry").unwrap(),
+            &OpName::new("main").unwrap(),
+            Action::Status,
+            Vec::new(),
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()?;
+    let reply = ocs_protocol::json::reply(&reply).ok()?;
+    reply["session"]["data"]
+        .get(format!("observatory.{instance_id}"))
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_restart_with_growing_delays_and_a_crash_loop_is_reported() {
+    let nats = NatsServer::start();
+    let _registry = registry(&nats);
+    let site = Site::new(
+        "      - {agent-class: Crasher, instance-id: crasher, restart: {delay: 0.3, max-delay: 1.2, crash-loop: 3}}
+      - {agent-class: FakeDataAgent, instance-id: faker1, arguments: [[--mode, idle]], restart: {delay: 3.5}}
+",
+    );
+    let _manager = site.manager(&nats);
+    let client = client(&nats).await;
+
+    let session = until_child(
+        &client,
+        "crasher",
+        "a crash loop",
+        Duration::from_secs(30),
+        |child| child["state"] == "crash-loop" && child["restarts"].as_u64() >= Some(4),
+    )
+    .await;
+    let crasher = child(&session, "crasher");
+    assert_eq!(crasher["crash_loop"], true);
+    assert_eq!(crasher["last_exit_code"], 3);
+    assert_eq!(crasher["stderr_tail"][0], "crasher crasher giving up");
+    assert_eq!(
+        session["degraded"], true,
+        "a crash loop makes the manager DEGRADED"
+    );
+    assert_eq!(session["op_code"], 8);
+    // Delays double from 0.3 s up to the 1.2 s cap, each shortened by at most a fifth.
+    let delays: Vec<f64> = messages(&session)
+        .iter()
+        .filter_map(|message| message.split("restarting in ").nth(1))
+        .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(delays.len() >= 4, "{delays:?}");
+    for (delay, base) in delays.iter().zip([0.3, 0.6, 1.2, 1.2]) {
+        assert!(
+            *delay >= base * 0.8 - 0.05 && *delay <= base + 0.05,
+            "{delays:?}"
+        );
+    }
+
+    // A killed agent comes back as a new incarnation: the registry sees it
+    // expire (its restart delay is longer than the timeout), then return.
+    let session = until_child(
+        &client,
+        "faker1",
+        "faker1 up",
+        Duration::from_secs(10),
+        |child| child["state"] == "up",
+    )
+    .await;
+    let first = eventually(Duration::from_secs(10), "faker1 in the registry", || {
+        registry_record(&client, "faker1")
+    })
+    .await;
+    let pid = child(&session, "faker1")["pid"].as_u64().unwrap();
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    eventually(
+        Duration::from_secs(8),
+        "faker1 expired in the registry",
+        || async {
+            registry_record(&client, "faker1")
+                .await
+                .filter(|record| record["expired"] == true)
+        },
+    )
+    .await;
+    let back = eventually(Duration::from_secs(15), "faker1 back", || async {
+        registry_record(&client, "faker1").await.filter(|record| {
+            record["expired"] == false && record["incarnation"] != first["incarnation"]
+        })
+    })
+    .await;
+    assert_eq!(back["incarnations_seen"], 2);
+    let session = manager_session(&client).await.unwrap();
+    assert_eq!(child(&session, "faker1")["restarts"], 1);
+    assert_eq!(child(&session, "faker1")["last_exit_signal"], 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_down_stops_agents_and_sigkills_one_that_ignores_signals() {
+    let nats = NatsServer::start();
+    let site = Site::new(
+        "      - {agent-class: FakeDataAgent, instance-id: faker1}
+      - {agent-class: Stubborn, instance-id: stubborn, restart: {stop-grace: 0.5}}
+",
+    );
+    let _manager = site.manager(&nats);
+    let client = client(&nats).await;
+    let mut pids = Vec::new();
+    for instance_id in ["faker1", "stubborn"] {
+        let session = until_child(
+            &client,
+            instance_id,
+            "up",
+            Duration::from_secs(10),
+            |child| child["state"] == "up",
+        )
+        .await;
+        pids.push(child(&session, instance_id)["pid"].as_u64().unwrap());
+    }
+
+    let (code, output) = ocs(&nats, &["host", "down", "faker1", "stubborn"]);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("Requested: faker1 down, stubborn down."),
+        "{output}"
+    );
+    let session = until_child(
+        &client,
+        "stubborn",
+        "stubborn down",
+        Duration::from_secs(10),
+        |child| child["state"] == "down",
+    )
+    .await;
+    assert_eq!(child(&session, "faker1")["state"], "down");
+    assert_eq!(
+        child(&session, "faker1")["last_exit_code"],
+        0,
+        "SIGINT was enough"
+    );
+    assert_eq!(child(&session, "stubborn")["last_exit_signal"], 9);
+    assert_eq!(
+        child(&session, "stubborn")["restarts"],
+        0,
+        "a stop is no crash"
+    );
+    let log = messages(&session).join("\n");
+    assert!(
+        log.contains("stubborn ignored SIGINT; sending SIGTERM"),
+        "{log}"
+    );
+    assert!(
+        log.contains("stubborn ignored SIGTERM; sending SIGKILL"),
+        "{log}"
+    );
+    for pid in pids {
+        assert!(!alive(pid), "pid {pid} still runs");
+    }
+
+    // up brings it back; freeze leaves it alone even when it should go down.
+    let (code, _) = ocs(&nats, &["host", "up", "faker1"]);
+    assert_eq!(code, 0);
+    let session = until_child(
+        &client,
+        "faker1",
+        "faker1 up again",
+        Duration::from_secs(10),
+        |child| child["state"] == "up",
+    )
+    .await;
+    let pid = child(&session, "faker1")["pid"].as_u64().unwrap();
+    assert_eq!(ocs(&nats, &["host", "freeze", "faker1"]).0, 0);
+    assert_eq!(ocs(&nats, &["host", "down", "faker1"]).0, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let session = manager_session(&client).await.unwrap();
+    assert_eq!(child(&session, "faker1")["frozen"], true);
+    assert_eq!(child(&session, "faker1")["pid"], pid);
+    assert!(alive(pid));
+    assert_eq!(ocs(&nats, &["host", "thaw", "faker1"]).0, 0);
+    until_child(
+        &client,
+        "faker1",
+        "faker1 down once thawed",
+        Duration::from_secs(10),
+        |child| child["state"] == "down",
+    )
+    .await;
+
+    let (code, output) = ocs(&nats, &["host", "up", "nobody"]);
+    assert_eq!(code, 1, "{output}");
+    assert!(
+        output.contains("\"nobody\" is not managed on this host"),
+        "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_manager_leaves_no_orphans() {
+    let nats = NatsServer::start();
+    let site = Site::new(
+        "      - {agent-class: FakeDataAgent, instance-id: faker1}
+      - {agent-class: BarebonesAgent, instance-id: bare1}
+",
+    );
+    let mut manager = site.manager(&nats);
+    let client = client(&nats).await;
+    let mut pids = Vec::new();
+    for instance_id in ["faker1", "bare1"] {
+        let session = until_child(
+            &client,
+            instance_id,
+            "up",
+            Duration::from_secs(10),
+            |child| child["state"] == "up",
+        )
+        .await;
+        pids.push(child(&session, instance_id)["pid"].as_u64().unwrap());
+    }
+    manager.kill();
+    eventually(Duration::from_secs(10), "the children gone", || async {
+        pids.iter().all(|pid| !alive(*pid)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_is_refused() {
+    let nats = NatsServer::start();
+    let mut elsewhere = Command::new(workspace_binary("ocs-fake-data-agent"));
+    elsewhere
+        .args(["--instance-id", "faker1", "--mode", "idle"])
+        .env("NATS_URL", nats.url())
+        .env_remove("OCS_SITE_FILE");
+    let elsewhere = Process::spawn("faker1 elsewhere", elsewhere);
+    let client = client(&nats).await;
+    eventually(
+        Duration::from_secs(10),
+        "faker1 running elsewhere",
+        || async {
+            client
+                .api(&InstanceId::new("faker1").unwrap(), Duration::from_secs(1))
+                .await
+                .ok()
+        },
+    )
+    .await;
+
+    let site = Site::new("      - {agent-class: FakeDataAgent, instance-id: faker1}\n");
+    let _manager = site.manager(&nats);
+    let session = until_child(
+        &client,
+        "faker1",
+        "a conflict",
+        Duration::from_secs(10),
+        |child| child["state"] == "conflict",
+    )
+    .await;
+    let faker = child(&session, "faker1");
+    assert_eq!(faker["pid"], Value::Null, "not started");
+    let reason = faker["conflict"].as_str().unwrap();
+    assert!(
+        reason.starts_with("observatory.faker1 already heartbeats from incarnation")
+            && reason.ends_with(&format!("(pid {})", elsewhere.pid())),
+        "{reason}"
+    );
+    assert_eq!(session["degraded"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_edit_keeps_the_last_good_config_and_a_good_one_is_applied() {
+    let nats = NatsServer::start();
+    let good = "      - {agent-class: FakeDataAgent, instance-id: faker1}\n";
+    let site = Site::new(good);
+    let manager = site.manager(&nats);
+    let client = client(&nats).await;
+    let session = until_child(
+        &client,
+        "faker1",
+        "faker1 up",
+        Duration::from_secs(10),
+        |child| child["state"] == "up",
+    )
+    .await;
+    let pid = child(&session, "faker1")["pid"].clone();
+
+    site.write(&format!(
+        "{good}      - {{agent-class: FakeDataAgent, instance-id: faker1}}\n"
+    ));
+    let session = eventually(Duration::from_secs(10), "the bad edit reported", || async {
+        manager_session(&client)
+            .await
+            .filter(|session| session["data"]["config"]["ok"] == false)
+    })
+    .await;
+    let error = session["data"]["config"]["error"].as_str().unwrap();
+    assert_eq!(
+        error,
+        format!(
+            "{}:8: duplicate instance id \"faker1\" (first at line 7)",
+            site.file().display()
+        )
+    );
+    assert!(
+        messages(&session)
+            .iter()
+            .any(|message| message.starts_with("site file rejected, keeping the last good one"))
+    );
+    assert_eq!(
+        child(&session, "faker1")["pid"],
+        pid,
+        "the running agent is untouched: {session}"
+    );
+
+    // A good edit: a new instance starts, the untouched one keeps running, and
+    // SIGHUP works as well as the file watch.
+    site.write(&format!(
+        "{good}      - {{agent-class: BarebonesAgent, instance-id: bare1}}\n"
+    ));
+    Command::new("kill")
+        .args(["-HUP", &manager.pid().to_string()])
+        .status()
+        .unwrap();
+    let session = until_child(
+        &client,
+        "bare1",
+        "bare1 up",
+        Duration::from_secs(10),
+        |child| child["state"] == "up",
+    )
+    .await;
+    assert_eq!(session["data"]["config"]["ok"], true);
+    assert_eq!(child(&session, "faker1")["pid"], pid);
+
+    // Taking an instance out of the file stops it.
+    site.write("      - {agent-class: BarebonesAgent, instance-id: bare1}\n");
+    eventually(Duration::from_secs(10), "faker1 gone", || async {
+        let session = manager_session(&client).await?;
+        let children = session["data"]["child_states"].as_array()?.clone();
+        children
+            .iter()
+            .all(|child| child["instance_id"] != "faker1")
+            .then_some(())
+    })
+    .await;
+    assert!(!alive(pid.as_u64().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_operations_run_on_time() {
+    let nats = NatsServer::start();
+    let site = Site::new(
+        "      - agent-class: FakeDataAgent
+        instance-id: faker1
+        arguments: [[--mode, idle]]
+        schedule:
+          - {operation: count, every: 1, params: {target: 1, interval: 0.01}}
+          - {operation: delay_task, cron: '* * * * * *', params: {delay: 0.01}}
+",
+    );
+    let _manager = site.manager(&nats);
+    let client = client(&nats).await;
+    let runs = |session: &Value, index: usize| {
+        session["data"]["schedules"][index]["runs"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let session = eventually(Duration::from_secs(15), "both schedules ran", || async {
+        manager_session(&client)
+            .await
+            .filter(|session| runs(session, 0) >= 1 && runs(session, 1) >= 1)
+    })
+    .await;
+    let start = tokio::time::Instant::now();
+    let (count_runs, cron_runs) = (runs(&session, 0), runs(&session, 1));
+    let session = eventually(
+        Duration::from_secs(10),
+        "three more runs of each",
+        || async {
+            manager_session(&client).await.filter(|session| {
+                runs(session, 0) >= count_runs + 3 && runs(session, 1) >= cron_runs + 3
+            })
+        },
+    )
+    .await;
+    // Three more once-a-second runs take about three seconds; generous bounds
+    // keep a loaded machine from failing this.
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_secs(8),
+        "{elapsed:?}"
+    );
+    assert_eq!(
+        session["data"]["schedules"][0]["last_ok"], true,
+        "{session}"
+    );
+    assert_eq!(
+        session["data"]["schedules"][0]["last_message"],
+        "Started task \"count\"."
+    );
+    // The agent ran them as ordinary operations.
+    let status = client
+        .operation(
+            &InstanceId::new("faker1").unwrap(),
+            &OpName::new("count").unwrap(),
+            Action::Status,
+            Vec::new(),
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    let status = ocs_protocol::json::reply(&status).unwrap();
+    let session_id = status["session"]["session_id"].as_u64().unwrap();
+    assert!(
+        session_id >= count_runs + 2,
+        "one session per run: {status}"
+    );
+}
