@@ -321,6 +321,7 @@ impl Agent {
         let api_subject = subject::api(&address);
         let mut op_requests = subscribe(&client, &ops_subject).await?;
         let mut api_requests = subscribe(&client, &api_subject).await?;
+        let mut ping_requests = subscribe(&client, &subject::ping(&address)).await?;
 
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), heartbeat_stop.clone()));
@@ -345,12 +346,16 @@ impl Agent {
                 Some(message) = api_requests.next() => {
                     requests.spawn(handle_api_request(shared.clone(), message));
                 }
+                Some(message) = ping_requests.next() => {
+                    requests.spawn(handle_ping_request(shared.clone(), message));
+                }
             }
         }
 
         info!("shutting down: no new requests, stopping operations");
         let _ = op_requests.unsubscribe().await;
         let _ = api_requests.unsubscribe().await;
+        let _ = ping_requests.unsubscribe().await;
         let asked = shared.table().stop_all(now_unix());
         shared.op_codes_changed.notify_one();
         let deadline = tokio::time::Instant::now() + builder.shutdown_grace;
@@ -562,6 +567,36 @@ fn error_reply(message: String) -> Reply {
     }
 }
 
+async fn handle_ping_request(shared: Arc<Shared>, message: async_nats::Message) {
+    let Some(reply_to) = message.reply else {
+        return;
+    };
+    let identity = &shared.identity;
+    let ping = proto::PingReply {
+        protocol_version: ocs_protocol::PROTOCOL_VERSION,
+        agent_address: identity.address.to_string(),
+        incarnation: identity.incarnation.to_string(),
+        uptime_ms: uptime_ms(identity),
+        agent_version: identity.version.clone(),
+    };
+    if let Err(err) = shared
+        .client
+        .publish(reply_to, codec::encode(&ping).into())
+        .await
+    {
+        warn!(error = %err, "cannot send ping reply");
+    }
+}
+
+fn uptime_ms(identity: &Identity) -> u64 {
+    identity
+        .started
+        .elapsed()
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
 async fn handle_api_request(shared: Arc<Shared>, message: async_nats::Message) {
     let Some(reply_to) = message.reply else {
         return;
@@ -577,12 +612,7 @@ async fn handle_api_request(shared: Arc<Shared>, message: async_nats::Message) {
         incarnation: identity.incarnation.to_string(),
         operations: shared.table().describe(),
         feeds: shared.feeds.keys().cloned().collect(),
-        uptime_ms: identity
-            .started
-            .elapsed()
-            .as_millis()
-            .try_into()
-            .unwrap_or(u64::MAX),
+        uptime_ms: uptime_ms(identity),
     };
     if let Err(err) = shared
         .client

@@ -135,6 +135,22 @@ impl OcsClient {
         })
     }
 
+    /// Pings an agent: who answers, since when, at which version.
+    pub async fn ping(
+        &self,
+        instance_id: &InstanceId,
+        timeout: Duration,
+    ) -> Result<proto::PingReply, ClientError> {
+        let address = self.address(instance_id);
+        let payload = self
+            .request(&address, subject::ping(&address), Vec::new(), timeout)
+            .await?;
+        codec::decode(&payload, MAX_MESSAGE_BYTES).map_err(|source| ClientError::Decode {
+            address: address.to_string(),
+            source,
+        })
+    }
+
     /// OCS `get_api`: the agent's identity and operations.
     pub async fn api(
         &self,

@@ -74,6 +74,7 @@ envelope!(
     proto::OperationRequest,
     proto::OperationReply,
     proto::ApiReply,
+    proto::PingReply,
     proto::FeedMessage,
     proto::AgentOperations
 );

@@ -8,6 +8,7 @@
 //! | `{root}.{registry}.feeds.agent_operations` | registry → monitor, clients | [`AgentOperations`](crate::proto::AgentOperations) | protobuf |
 //! | `{root}.{iid}.ops.{action}.{op}` | client → agent, request/reply | [`OperationRequest`](crate::proto::OperationRequest) → [`OperationReply`](crate::proto::OperationReply) | protobuf, params/data MessagePack |
 //! | `{root}.{iid}.api` | client → agent, request/reply | empty → [`ApiReply`](crate::proto::ApiReply) | protobuf |
+//! | `{root}.{iid}.ping` | client → agent, request/reply | empty → [`PingReply`](crate::proto::PingReply) | protobuf |
 //! | `{root}.{registry}.snapshot` | monitor → registry, request/reply | empty → empty; the registry publishes a snapshot on its feed at once | |
 //!
 //! The action comes before the operation name in operation subjects so that a
@@ -60,6 +61,11 @@ pub fn all_operations(address: &AgentAddress) -> String {
 /// `{address}.api`: the agent's description of itself (OCS `get_api`).
 pub fn api(address: &AgentAddress) -> String {
     format!("{address}.api")
+}
+
+/// `{address}.ping`: a liveness check answered without touching operations.
+pub fn ping(address: &AgentAddress) -> String {
+    format!("{address}.ping")
 }
 
 /// `{registry}.snapshot`: asks the registry to publish a full snapshot on its feed now.
@@ -132,6 +138,8 @@ mod tests {
             "observatory.faker.ops.status.acq"
         );
         assert!(!matches(&all_heartbeats(&root), &api(&address)));
+        assert_eq!(ping(&address), "observatory.faker.ping");
+        assert!(!matches(&all_operations(&address), &ping(&address)));
     }
 
     #[test]

@@ -164,3 +164,26 @@ fn msgpack_params_evolve_by_name() {
     let newer: NewerParams = from_msgpack(&old).unwrap();
     assert_eq!((newer.delay, newer.busy), (2.5, false));
 }
+
+#[test]
+fn ping_reply_golden_bytes() {
+    let ping = proto::PingReply {
+        protocol_version: 1,
+        agent_address: "observatory.faker1".into(),
+        incarnation: "9f8c0d3e-7f4c-4f0e-9a57-2d1b8f6e4c11".into(),
+        uptime_ms: 12_345,
+        agent_version: "0.1.0".into(),
+    };
+    let bytes = codec::encode(&ping);
+    assert_eq!(
+        hex(&bytes),
+        "08011212\
+         6f627365727661746f72792e66616b657231\
+         1a24\
+         39663863306433652d376634632d346630652d396135372d326431623866366534633131\
+         20b960\
+         2a05302e312e30"
+    );
+    let decoded: proto::PingReply = codec::decode(&bytes, 1024).unwrap();
+    assert_eq!(decoded, ping);
+}

@@ -543,6 +543,17 @@ async fn the_cli_prints_status_and_fails_clearly() {
         stdout.starts_with("TIMEOUT : Operation \"delay_task\" still running; wait timed out.")
     );
 
+    let (code, stdout, _) = ocs(&url, &["ping", "faker"]);
+    assert_eq!(code, 0);
+    let incarnation = record(&client, FAKER).await.unwrap()["incarnation"].clone();
+    assert!(
+        stdout.starts_with(&format!(
+            "observatory.faker: incarnation {}, up ",
+            incarnation.as_str().unwrap()
+        )),
+        "{stdout}"
+    );
+
     let (code, stdout, _) = ocs(&url, &["scan"]);
     assert_eq!(code, 0);
     assert!(

@@ -62,6 +62,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check that an agent answers: its incarnation, uptime and version, and
+    /// the round trip, without touching its operations.
+    Ping {
+        /// The agent's instance id.
+        instance_id: InstanceId,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print messages on feed subjects as JSON lines, e.g. `observatory.*.feeds.heartbeat`.
     Listen {
         /// NATS subject pattern (`*` one token, `>` the rest).
@@ -173,6 +185,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = OcsClient::new(connect().await?, cli.common.address_root.clone());
             let api = client.api(&instance_id, seconds(timeout)?).await?;
             print_api(&api, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ping {
+            instance_id,
+            timeout,
+            json,
+        } => {
+            let client = OcsClient::new(connect().await?, cli.common.address_root.clone());
+            let sent = std::time::Instant::now();
+            let ping = client.ping(&instance_id, seconds(timeout)?).await?;
+            let round_trip_ms = sent.elapsed().as_secs_f64() * 1000.0;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "agent_address": ping.agent_address,
+                        "incarnation": ping.incarnation,
+                        "uptime": ping.uptime_ms as f64 / 1000.0,
+                        "version": ping.agent_version,
+                        "round_trip_ms": round_trip_ms,
+                    })
+                );
+            } else {
+                println!(
+                    "{}: incarnation {}, up {:.1} s, version {}, {round_trip_ms:.1} ms",
+                    ping.agent_address,
+                    ping.incarnation,
+                    ping.uptime_ms as f64 / 1000.0,
+                    ping.agent_version
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Listen { pattern, duration } => {
