@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::context::{OpContext, now_unix};
 use crate::heartbeat;
+use crate::journal::{self, Journal};
 use crate::operations::{Launch, OpFuture, OpKind, OpResult, OpSpec, OpTable, Reply, WaitState};
 use crate::params::{self, Params};
 
@@ -64,9 +65,17 @@ pub(crate) struct Shared {
     pub(crate) heartbeat_on: AtomicBool,
     /// Wakes the heartbeat so an op-code change reaches the registry at once.
     pub(crate) op_codes_changed: Notify,
+    /// Wakes the journal writer so a session change is stored.
+    pub(crate) sessions_changed: Notify,
 }
 
 impl Shared {
+    /// A session changed status (or degraded): tell the heartbeat and the journal.
+    pub(crate) fn changed(&self) {
+        self.op_codes_changed.notify_one();
+        self.sessions_changed.notify_one();
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, OpTable> {
         // A panic while holding the lock leaves the table consistent: every
         // method completes its change before returning.
@@ -305,6 +314,7 @@ impl Agent {
             feeds,
             heartbeat_on: AtomicBool::new(true),
             op_codes_changed: Notify::new(),
+            sessions_changed: Notify::new(),
         });
         // Operations get a runtime of their own: one that blocks or spins
         // cannot starve the heartbeat or the request loop.
@@ -331,6 +341,15 @@ impl Agent {
             incarnation = %shared.identity.incarnation,
             "agent up"
         );
+        // The journal opens and restores in the background: neither the first
+        // heartbeat nor the startup operations wait for JetStream. Restoring
+        // never replaces a session this incarnation already has.
+        let journal_stop = CancellationToken::new();
+        let journal = tokio::spawn(keep_journal(
+            shared.clone(),
+            client.clone(),
+            journal_stop.clone(),
+        ));
         for (op_name, params) in &builder.startup {
             let reply = start_operation(&shared, &operations, op_name, params);
             info!(op = %op_name, status = reply.status.name(), message = %reply.message, "startup operation");
@@ -357,7 +376,7 @@ impl Agent {
         let _ = api_requests.unsubscribe().await;
         let _ = ping_requests.unsubscribe().await;
         let asked = shared.table().stop_all(now_unix());
-        shared.op_codes_changed.notify_one();
+        shared.changed();
         let deadline = tokio::time::Instant::now() + builder.shutdown_grace;
         while shared.table().any_running() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -369,6 +388,8 @@ impl Agent {
         }
         requests.close();
         let _ = tokio::time::timeout(Duration::from_millis(500), requests.wait()).await;
+        journal_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(3), journal).await;
         heartbeat_stop.cancel();
         let _ = heartbeat.await;
         if tokio::time::timeout(Duration::from_secs(2), client.flush())
@@ -380,6 +401,118 @@ impl Agent {
         drop(operations_runtime);
         info!("agent stopped");
         Ok(())
+    }
+}
+
+/// Opens the journal, restores the last sessions, then stores every change
+/// until `stop`.
+async fn keep_journal(shared: Arc<Shared>, client: async_nats::Client, stop: CancellationToken) {
+    let incarnation = shared.identity.incarnation.to_string();
+    let mut warned = false;
+    let journal = loop {
+        let reason = tokio::select! {
+            _ = stop.cancelled() => return,
+            journal = Journal::open(&client, &shared.identity.address, incarnation.clone()) => match journal {
+                Ok(journal) => break journal,
+                Err(reason) => reason,
+            },
+        };
+        if !warned {
+            warn!(%reason, "no session journal (JetStream KV) yet: sessions will not outlive this process until it opens; retrying");
+            warned = true;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(JOURNAL_RETRY) => {}
+        }
+    };
+    if warned {
+        info!("session journal opened");
+    }
+    restore_sessions(&shared, &journal).await;
+    record_sessions(shared, journal, stop).await;
+}
+
+/// How often an agent without its journal tries to open it again.
+const JOURNAL_RETRY: Duration = Duration::from_secs(5);
+
+/// Reads back the last session of every operation: a finished one is shown
+/// again, one a dead incarnation left running is marked FAILED (and stored so).
+async fn restore_sessions(shared: &Arc<Shared>, journal: &Journal) {
+    let incarnation = shared.identity.incarnation.to_string();
+    let op_names = shared.table().op_names();
+    let mut restored = 0;
+    for op_name in op_names {
+        let stored = match journal.last(&op_name).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => continue,
+            Err(reason) => {
+                warn!(op = %op_name, %reason, "cannot read the last session");
+                continue;
+            }
+        };
+        let Some((stored, changed)) = journal::recover(stored, &incarnation, now_unix()) else {
+            continue;
+        };
+        if changed {
+            warn!(op = %op_name, dead = %stored.incarnation, "the last run was cut short by the agent's death: marked FAILED");
+            if let Err(reason) = journal.put(stored.clone()).await {
+                warn!(op = %op_name, %reason, "cannot store the failed session");
+            }
+        }
+        if let Some(session) = &stored.session
+            && shared.table().restore(session)
+        {
+            restored += 1;
+        }
+    }
+    if restored > 0 {
+        info!(
+            sessions = restored,
+            "restored the last sessions of earlier incarnations"
+        );
+        shared.changed();
+    }
+}
+
+/// Stores every session change until `stop`, then once more (the final
+/// states after shutdown stopped the operations).
+async fn record_sessions(shared: Arc<Shared>, journal: Journal, stop: CancellationToken) {
+    // (session id, status, success, degraded) last stored per operation.
+    let mut stored: HashMap<String, (u64, String, Option<bool>, bool)> = HashMap::new();
+    let mut failing = false;
+    loop {
+        let stopping = tokio::select! {
+            _ = shared.sessions_changed.notified() => false,
+            _ = stop.cancelled() => true,
+        };
+        let sessions = shared.table().sessions();
+        for session in sessions {
+            let signature = (
+                session.session_id,
+                session.status.clone(),
+                session.success,
+                session.degraded,
+            );
+            if stored.get(&session.op_name) == Some(&signature) {
+                continue;
+            }
+            let op_name = session.op_name.clone();
+            match journal.record(session).await {
+                Ok(()) => {
+                    stored.insert(op_name, signature);
+                    failing = false;
+                }
+                Err(reason) if !failing => {
+                    warn!(op = %op_name, %reason, "cannot store the session; retrying on the next change");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+        if stopping {
+            return;
+        }
     }
 }
 
@@ -445,7 +578,7 @@ fn start_operation(
         session_id: started.session_id,
         stop: started.stop,
     };
-    shared.op_codes_changed.notify_one();
+    shared.changed();
     let future = (started.launch)(ctx.clone());
     operations.spawn(async move {
         ctx.mark_running();
@@ -461,7 +594,7 @@ fn start_operation(
         ctx.shared
             .table()
             .finish(&ctx.op_name, ctx.session_id, success, message, now_unix());
-        ctx.shared.op_codes_changed.notify_one();
+        ctx.shared.changed();
     });
     started.reply
 }
@@ -517,7 +650,7 @@ async fn operation_reply(
         Action::Start => start_operation(shared, operations, op_name, &request.params),
         Action::Stop | Action::Abort => {
             let reply = shared.table().request_stop(op_name, action, now_unix());
-            shared.op_codes_changed.notify_one();
+            shared.changed();
             reply
         }
         Action::Status => shared.table().status(op_name),

@@ -115,7 +115,7 @@ impl OpContext {
             .with_session(|session| std::mem::replace(&mut session.degraded, degraded) != degraded)
             .unwrap_or(false);
         if changed {
-            self.shared.op_codes_changed.notify_one();
+            self.shared.changed();
         }
     }
 
@@ -152,7 +152,7 @@ impl OpContext {
             })
             .unwrap_or(false);
         if changed {
-            self.shared.op_codes_changed.notify_one();
+            self.shared.changed();
         }
     }
 

@@ -44,6 +44,7 @@ mod context;
 pub mod exposition;
 mod heartbeat;
 pub mod host_manager;
+mod journal;
 mod operations;
 mod params;
 pub mod process;

@@ -333,6 +333,40 @@ impl OpTable {
             .collect()
     }
 
+    /// Every operation's name, in registration order.
+    pub(crate) fn op_names(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .map(|slot| slot.spec.name.clone())
+            .collect()
+    }
+
+    /// The current session of every operation that has one, in wire form.
+    pub(crate) fn sessions(&self) -> Vec<proto::Session> {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.session.as_ref().map(Session::to_proto))
+            .collect()
+    }
+
+    /// Shows `session`, a finished run of a previous incarnation, as the
+    /// operation's last session; later sessions get higher ids. Only before
+    /// this incarnation ran the operation.
+    pub(crate) fn restore(&mut self, session: &proto::Session) -> bool {
+        let Some(restored) = Session::from_proto(session).filter(Session::is_done) else {
+            return false;
+        };
+        let Some(slot) = self.slot_mut(&session.op_name) else {
+            return false;
+        };
+        if slot.session.is_some() {
+            return false;
+        }
+        slot.session = Some(restored);
+        self.next_session_id = self.next_session_id.max(session.session_id + 1);
+        true
+    }
+
     /// Asks every running operation to end (shutdown); returns how many were asked.
     pub(crate) fn stop_all(&mut self, now_unix: f64) -> usize {
         let running: Vec<(String, Action)> = self

@@ -115,6 +115,28 @@ impl Session {
         }
     }
 
+    /// A session from its wire form (one a previous incarnation stored);
+    /// `None` when its status is unknown.
+    pub(crate) fn from_proto(session: &proto::Session) -> Option<Session> {
+        let data = ocs_protocol::codec::from_msgpack::<Value>(&session.data)
+            .unwrap_or_else(|_| Value::Object(Default::default()));
+        Some(Session {
+            session_id: session.session_id,
+            op_name: session.op_name.clone(),
+            status: SessionStatus::parse(&session.status)?,
+            degraded: session.degraded,
+            success: session.success,
+            start_time: session.start_time,
+            end_time: session.end_time,
+            data: SessionData::Value(data),
+            messages: session
+                .messages
+                .iter()
+                .map(|message| (message.timestamp, message.text.clone()))
+                .collect(),
+        })
+    }
+
     /// The wire form. Data that cannot be encoded is replaced by an error note
     /// rather than failing the whole reply.
     pub(crate) fn to_proto(&self) -> proto::Session {

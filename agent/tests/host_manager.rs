@@ -589,3 +589,120 @@ async fn scheduled_operations_run_on_time() {
         "one session per run: {status}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cut_short_by_a_crash_is_marked_failed_by_the_next_incarnation() {
+    let nats = NatsServer::start();
+    let site = Site::new(
+        "      - {agent-class: FakeDataAgent, instance-id: faker1, restart: {delay: 0.2}}\n",
+    );
+    let _manager = site.manager(&nats);
+    let client = client(&nats).await;
+    let session = until_child(
+        &client,
+        "faker1",
+        "faker1 up",
+        Duration::from_secs(10),
+        |child| child["state"] == "up",
+    )
+    .await;
+    let pid = child(&session, "faker1")["pid"].as_u64().unwrap();
+    let faker = InstanceId::new("faker1").unwrap();
+    let call = |op: &'static str, action: Action, params: Value| {
+        let client = &client;
+        let faker = faker.clone();
+        async move {
+            let params = ocs_protocol::codec::to_msgpack(&params).unwrap();
+            let reply = client
+                .operation(
+                    &faker,
+                    &OpName::new(op).unwrap(),
+                    action,
+                    params,
+                    None,
+                    Duration::from_secs(3),
+                )
+                .await
+                .ok()?;
+            ocs_protocol::json::reply(&reply).ok()
+        }
+    };
+    // A finished run, then one that is running when the process dies.
+    eventually(Duration::from_secs(10), "count started", || {
+        call(
+            "count",
+            Action::Start,
+            serde_json::json!({"target": 1, "interval": 0.01}),
+        )
+    })
+    .await;
+    eventually(Duration::from_secs(5), "count done", || async {
+        call("count", Action::Status, serde_json::json!({}))
+            .await
+            .filter(|reply| reply["session"]["op_code"] == 5)
+    })
+    .await;
+    let started = call(
+        "delay_task",
+        Action::Start,
+        serde_json::json!({"delay": 60}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(started["status"], 0, "{started}");
+    eventually(Duration::from_secs(5), "delay_task running", || async {
+        call("delay_task", Action::Status, serde_json::json!({}))
+            .await
+            .filter(|reply| reply["session"]["op_code"] == 3)
+    })
+    .await;
+    // Let the journal store the running state before the crash.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+
+    until_child(
+        &client,
+        "faker1",
+        "faker1 restarted",
+        Duration::from_secs(15),
+        |child| child["state"] == "up" && child["pid"].as_u64() != Some(pid),
+    )
+    .await;
+    let reply = eventually(
+        Duration::from_secs(10),
+        "delay_task marked failed",
+        || async {
+            call("delay_task", Action::Status, serde_json::json!({}))
+                .await
+                .filter(|reply| reply["session"]["op_code"] == 6)
+        },
+    )
+    .await;
+    let session = &reply["session"];
+    assert_eq!(session["status"], "done");
+    assert_eq!(session["success"], false);
+    let log = messages(session).join("\n");
+    assert!(
+        log.contains("The agent died while this operation was running (incarnation"),
+        "{log}"
+    );
+    // The finished run is shown as it ended, and new runs get new session ids.
+    let count = call("count", Action::Status, serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(count["session"]["op_code"], 5, "{count}");
+    let again = call(
+        "count",
+        Action::Start,
+        serde_json::json!({"target": 1, "interval": 0.01}),
+    )
+    .await
+    .unwrap();
+    assert!(
+        again["session"]["session_id"].as_u64() > session["session_id"].as_u64(),
+        "{again}"
+    );
+}

@@ -75,6 +75,7 @@ envelope!(
     proto::OperationReply,
     proto::ApiReply,
     proto::PingReply,
+    proto::StoredSession,
     proto::FeedMessage,
     proto::AgentOperations
 );

@@ -9,6 +9,7 @@
 //! | `{root}.{iid}.ops.{action}.{op}` | client → agent, request/reply | [`OperationRequest`](crate::proto::OperationRequest) → [`OperationReply`](crate::proto::OperationReply) | protobuf, params/data MessagePack |
 //! | `{root}.{iid}.api` | client → agent, request/reply | empty → [`ApiReply`](crate::proto::ApiReply) | protobuf |
 //! | `{root}.{iid}.ping` | client → agent, request/reply | empty → [`PingReply`](crate::proto::PingReply) | protobuf |
+//! | KV `ocs_sessions`, key `{root}.{iid}.{op}` | agent writes, next incarnation reads | [`StoredSession`](crate::proto::StoredSession) | protobuf |
 //! | `{root}.{registry}.snapshot` | monitor → registry, request/reply | empty → empty; the registry publishes a snapshot on its feed at once | |
 //!
 //! The action comes before the operation name in operation subjects so that a
@@ -61,6 +62,15 @@ pub fn all_operations(address: &AgentAddress) -> String {
 /// `{address}.api`: the agent's description of itself (OCS `get_api`).
 pub fn api(address: &AgentAddress) -> String {
     format!("{address}.api")
+}
+
+/// The JetStream KV bucket holding the last sessions of every operation.
+pub const SESSIONS_BUCKET: &str = "ocs_sessions";
+
+/// The key of `op_name`'s last session in [`SESSIONS_BUCKET`]:
+/// `{root}.{instance_id}.{op_name}` (tokens are KV-safe by validation).
+pub fn session_key(address: &AgentAddress, op_name: &str) -> String {
+    format!("{address}.{op_name}")
 }
 
 /// `{address}.ping`: a liveness check answered without touching operations.
