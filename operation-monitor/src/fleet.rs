@@ -66,6 +66,8 @@ pub struct AgentView {
     pub incarnation: String,
     /// Distinct incarnations the registry has seen.
     pub incarnations_seen: u64,
+    /// A second incarnation heartbeats at the address too.
+    pub conflict: bool,
     /// Operations in the agent's order.
     pub operations: Vec<Operation>,
 }
@@ -232,6 +234,7 @@ impl Fleet {
                 version: truncated(&record.agent_version),
                 incarnation: truncated(&record.incarnation),
                 incarnations_seen: record.incarnations_seen,
+                conflict: record.conflict.is_some(),
                 operations,
             },
         );

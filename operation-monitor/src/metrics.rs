@@ -105,6 +105,17 @@ impl Collector for FleetCollector {
         )?;
         gauge(
             &mut encoder,
+            "ocs_agent_conflict",
+            "1 while two incarnations heartbeat at the agent's address (the instance runs twice), else 0",
+            fleet.agents().map(|agent| {
+                (
+                    agent_labels(&agent.address, &agent.agent_class),
+                    i64::from(agent.conflict),
+                )
+            }),
+        )?;
+        gauge(
+            &mut encoder,
             "ocs_agent_last_heartbeat_timestamp_seconds",
             "Registry time of the agent's last accepted heartbeat, unix seconds",
             fleet.agents().map(|agent| {

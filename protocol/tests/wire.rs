@@ -109,6 +109,7 @@ fn agent_operations_golden_bytes() {
             agent_version: "0.1.0".into(),
             interval_ms: 1000,
             incarnations_seen: 1,
+            conflict: None,
         }],
         forgotten: vec!["observatory.old".into()],
         seq: 7,

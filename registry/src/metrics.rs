@@ -65,6 +65,8 @@ pub struct RegistryMetrics {
     pub(crate) feed_messages: Family<KindLabel, Counter>,
     pub(crate) feed_failures: Counter,
     pub(crate) nats_connected: Gauge,
+    pub(crate) conflicts: Gauge,
+    pub(crate) conflicting_heartbeats: Counter,
 }
 
 impl RegistryMetrics {
@@ -80,6 +82,8 @@ impl RegistryMetrics {
             feed_messages: Family::default(),
             feed_failures: Counter::default(),
             nats_connected: Gauge::default(),
+            conflicts: Gauge::default(),
+            conflicting_heartbeats: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -122,6 +126,16 @@ impl RegistryMetrics {
             "1 while connected to NATS",
             metrics.nats_connected.clone(),
         );
+        registry.register(
+            "address_conflicts",
+            "Addresses where two incarnations heartbeat at once (one instance run twice)",
+            metrics.conflicts.clone(),
+        );
+        registry.register(
+            "conflicting_heartbeats",
+            "Heartbeats from a displaced incarnation that still runs",
+            metrics.conflicting_heartbeats.clone(),
+        );
         for reason in DropReason::ALL {
             let _ = metrics
                 .heartbeats_dropped
@@ -143,8 +157,13 @@ impl RegistryMetrics {
             .inc();
     }
 
-    /// Sets the agents-by-state gauges.
-    pub(crate) fn set_agent_counts(&self, (alive, expired, left): (usize, usize, usize)) {
+    /// Sets the agents-by-state gauges and the conflicts gauge.
+    pub(crate) fn set_agent_counts(
+        &self,
+        (alive, expired, left): (usize, usize, usize),
+        conflicts: usize,
+    ) {
+        self.conflicts.set(conflicts as i64);
         for (state, count) in [("alive", alive), ("expired", expired), ("left", left)] {
             self.agents
                 .get_or_create(&StateLabel { state })

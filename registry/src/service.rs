@@ -173,8 +173,11 @@ pub(crate) async fn main_process(
                 }
             }
             _ = housekeeping.tick() => {
-                let counts = lock(&registry.table).counts();
-                registry.metrics.set_agent_counts(counts);
+                let (counts, conflicts) = {
+                    let table = lock(&registry.table);
+                    (table.counts(), table.conflicts())
+                };
+                registry.metrics.set_agent_counts(counts, conflicts);
             }
         }
         registry.publish_changes().await;
@@ -258,6 +261,19 @@ impl Registry {
             ),
             Observation::TableFull => {
                 self.drop_heartbeat(DropReason::table_full, subject, &"table full")
+            }
+            Observation::Conflict { new } => {
+                self.metrics.conflicting_heartbeats.inc();
+                if new {
+                    warn!(
+                        agent = %heartbeat.agent_address,
+                        incarnation = %heartbeat.incarnation,
+                        host = %heartbeat.host,
+                        pid = heartbeat.pid,
+                        "two incarnations heartbeat at this address: the instance runs twice"
+                    );
+                    self.changed.insert(heartbeat.agent_address);
+                }
             }
         }
     }

@@ -59,6 +59,13 @@ pub enum Observation {
     Stale,
     /// Dropped: the table is full and this is a new address.
     TableFull,
+    /// Dropped: from an incarnation that a newer one displaced but that still
+    /// heartbeats. The record is marked as a conflict (and changed when the
+    /// conflict is new).
+    Conflict {
+        /// The conflict started with this heartbeat.
+        new: bool,
+    },
 }
 
 struct Entry {
@@ -76,6 +83,23 @@ struct Entry {
     last_updated_unix_ms: i64,
     time_expired_unix_ms: Option<i64>,
     incarnations_seen: u64,
+    /// When the last accepted heartbeat arrived.
+    last_heard: Instant,
+    /// The incarnation this one displaced, while it may still be heartbeating.
+    rival: Option<Rival>,
+    /// Two incarnations heartbeat at this address at once.
+    conflict: bool,
+}
+
+/// An incarnation displaced by a newer one at the same address. If it keeps
+/// heartbeating, two processes run one instance: a conflict.
+#[derive(Debug, Clone)]
+struct Rival {
+    incarnation: String,
+    seq: u64,
+    host: String,
+    pid: u32,
+    last_heard: Instant,
 }
 
 /// The registry's agents.
@@ -144,6 +168,31 @@ impl AgentTable {
     ) -> Observation {
         let address = heartbeat.agent_address.as_str();
         let timeout = self.timeout_for(heartbeat.interval_ms);
+        if let Some(entry) = self.agents.get_mut(address)
+            && entry.incarnation != heartbeat.incarnation
+            && let Some(rival) = entry
+                .rival
+                .as_mut()
+                .filter(|rival| rival.incarnation == heartbeat.incarnation)
+        {
+            if heartbeat.seq <= rival.seq {
+                return Observation::Stale;
+            }
+            if heartbeat.leaving {
+                // The displaced one went away: no conflict any more.
+                entry.rival = None;
+                let was = std::mem::replace(&mut entry.conflict, false);
+                return if was {
+                    Observation::Changed
+                } else {
+                    Observation::Refreshed
+                };
+            }
+            rival.seq = heartbeat.seq;
+            rival.last_heard = now;
+            let new = !std::mem::replace(&mut entry.conflict, true);
+            return Observation::Conflict { new };
+        }
         let (observation, previous) = match self.agents.get(address) {
             None if self.agents.len() >= self.config.max_agents => return Observation::TableFull,
             None => (Observation::New, None),
@@ -152,11 +201,32 @@ impl AgentTable {
                 if same_incarnation && heartbeat.seq <= entry.seq {
                     return Observation::Stale;
                 }
+                let rival = if same_incarnation {
+                    // Still a conflict while the displaced one was heard within a timeout.
+                    entry
+                        .rival
+                        .clone()
+                        .filter(|rival| now.saturating_duration_since(rival.last_heard) < timeout)
+                } else if entry.state == AgentState::Alive {
+                    // A restart, or a second process: the next heartbeat of
+                    // the displaced incarnation, if any, tells.
+                    Some(Rival {
+                        incarnation: entry.incarnation.clone(),
+                        seq: entry.seq,
+                        host: entry.host.clone(),
+                        pid: entry.pid,
+                        last_heard: entry.last_heard,
+                    })
+                } else {
+                    None
+                };
+                let conflict = same_incarnation && entry.conflict && rival.is_some();
                 let changed = !same_incarnation
                     || entry.state != AgentState::Alive
                     || heartbeat.leaving
                     || entry.op_codes != heartbeat.op_codes
-                    || entry.agent_class != heartbeat.agent_class;
+                    || entry.agent_class != heartbeat.agent_class
+                    || entry.conflict != conflict;
                 let observation = if changed {
                     Observation::Changed
                 } else {
@@ -170,6 +240,8 @@ impl AgentTable {
                         entry.first_seen_unix_ms,
                         entry.incarnations_seen,
                         same_incarnation,
+                        rival,
+                        conflict,
                     )),
                 )
             }
@@ -177,10 +249,14 @@ impl AgentTable {
         if let Some((deadline, state, ..)) = previous {
             self.unschedule(address, deadline, state);
         }
-        let (first_seen_unix_ms, incarnations_seen) = match previous {
-            None => (now_unix_ms, 1),
-            Some((_, _, first_seen, seen, true)) => (first_seen, seen),
-            Some((_, _, first_seen, seen, false)) => (first_seen, seen + 1),
+        let (first_seen_unix_ms, incarnations_seen, rival, conflict) = match previous {
+            None => (now_unix_ms, 1, None, false),
+            Some((_, _, first_seen, seen, true, rival, conflict)) => {
+                (first_seen, seen, rival, conflict)
+            }
+            Some((_, _, first_seen, seen, false, rival, conflict)) => {
+                (first_seen, seen + 1, rival, conflict)
+            }
         };
         let (state, deadline, op_codes, time_expired_unix_ms) = if heartbeat.leaving {
             (
@@ -220,9 +296,17 @@ impl AgentTable {
                 last_updated_unix_ms: now_unix_ms,
                 time_expired_unix_ms,
                 incarnations_seen,
+                last_heard: now,
+                rival: rival.filter(|_| !heartbeat.leaving),
+                conflict: conflict && !heartbeat.leaving,
             },
         );
         observation
+    }
+
+    /// Addresses where two incarnations heartbeat at once.
+    pub fn conflicts(&self) -> usize {
+        self.agents.values().filter(|entry| entry.conflict).count()
     }
 
     /// The earliest pending deadline (an expiry or a forgetting).
@@ -340,6 +424,14 @@ fn to_record(address: &str, entry: &Entry) -> proto::AgentRecord {
         agent_version: entry.agent_version.clone(),
         interval_ms: entry.interval_ms,
         incarnations_seen: entry.incarnations_seen,
+        conflict: entry.conflict.then(|| {
+            let rival = entry.rival.as_ref();
+            proto::Conflict {
+                incarnation: rival.map(|r| r.incarnation.clone()).unwrap_or_default(),
+                host: rival.map(|r| r.host.clone()).unwrap_or_default(),
+                pid: rival.map_or(0, |r| r.pid),
+            }
+        }),
     }
 }
 
@@ -422,6 +514,63 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(table.record(FAKER).unwrap().time_expired_unix_ms, 7000);
+    }
+
+    #[test]
+    fn two_live_incarnations_at_one_address_are_a_conflict_until_one_stops() {
+        let mut table = table();
+        let t0 = Instant::now();
+        let acq = [("acq", OpCode::Running)];
+        let at = |seconds: u64| t0 + Duration::from_secs(seconds);
+        table.observe(&beat(FAKER, INCARNATION_A, 1, &acq), at(0), 0);
+        // B replaces A: as far as anyone can tell, a restart.
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_B, 1, &[]), at(1), 1000),
+            Observation::Changed
+        );
+        assert!(table.record(FAKER).unwrap().conflict.is_none());
+        // A is still alive: two processes run one instance. Its heartbeat is
+        // dropped; the record follows B and names A.
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 2, &acq), at(1), 1000),
+            Observation::Conflict { new: true }
+        );
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 3, &acq), at(2), 2000),
+            Observation::Conflict { new: false }
+        );
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 3, &acq), at(2), 2000),
+            Observation::Stale
+        );
+        let record = table.record(FAKER).unwrap();
+        assert_eq!(record.incarnation, INCARNATION_B);
+        assert!(record.op_codes.is_empty());
+        assert_eq!(record.conflict.unwrap().incarnation, INCARNATION_A);
+        assert_eq!(table.conflicts(), 1);
+        // B keeps beating; once A has been silent for a timeout the conflict ends.
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_B, 2, &[]), at(4), 4000),
+            Observation::Refreshed
+        );
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_B, 3, &[]), at(7), 7000),
+            Observation::Changed
+        );
+        assert!(table.record(FAKER).unwrap().conflict.is_none());
+        assert_eq!(table.conflicts(), 0);
+        // A restart whose old incarnation says goodbye is never a conflict.
+        table.observe(&beat("observatory.other", INCARNATION_A, 1, &[]), at(0), 0);
+        table.observe(
+            &beat("observatory.other", INCARNATION_B, 1, &[]),
+            at(1),
+            1000,
+        );
+        let mut leaving = beat("observatory.other", INCARNATION_A, 2, &[]);
+        leaving.leaving = true;
+        assert_eq!(table.observe(&leaving, at(1), 1000), Observation::Refreshed);
+        assert_eq!(table.conflicts(), 0);
+        assert!(!table.record("observatory.other").unwrap().expired);
     }
 
     #[test]

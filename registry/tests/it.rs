@@ -635,3 +635,62 @@ async fn ocs_probe_answers_for_container_healthchecks() {
     assert!(stderr.contains("only http:// URLs"), "{stderr}");
     registry.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_running_twice_is_a_conflict_on_the_record_the_feed_and_metrics() {
+    let nats = NatsServer::start();
+    let registry = Registry::start(&nats, &[]).await;
+    let client = client(&nats).await;
+    let feed = record_feed(&nats).await;
+    let first = faker(&nats, "faker");
+    let first_incarnation = eventually(Duration::from_secs(5), "faker registered", || async {
+        record(&client, FAKER)
+            .await
+            .map(|record| record["incarnation"].clone())
+    })
+    .await;
+    let second = faker(&nats, "faker");
+    let conflicted = eventually(Duration::from_secs(5), "the conflict", || async {
+        record(&client, FAKER)
+            .await
+            .filter(|record| !record["conflict"].is_null())
+    })
+    .await;
+    // The record follows the newer process and names the other one.
+    assert_ne!(conflicted["incarnation"], first_incarnation);
+    assert_eq!(conflicted["pid"], second.pid());
+    assert_eq!(conflicted["conflict"]["incarnation"], first_incarnation);
+    assert_eq!(conflicted["conflict"]["pid"], first.pid());
+    assert_eq!(conflicted["expired"], false);
+    eventually(Duration::from_secs(5), "the conflicts gauge", || async {
+        let (_, metrics) = http_get(registry.http, "/metrics").await;
+        metrics
+            .contains("ocs_registry_address_conflicts 1")
+            .then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "the conflict on the feed",
+        || async {
+            feed.lock()
+                .unwrap()
+                .iter()
+                .flat_map(|(_, message)| &message.agents)
+                .any(|record| record.agent_address == FAKER && record.conflict.is_some())
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The older one stops (a graceful stop says goodbye): the conflict ends at once.
+    first.signal("TERM");
+    eventually(Duration::from_secs(5), "the conflict over", || async {
+        record(&client, FAKER)
+            .await
+            .filter(|record| record["conflict"].is_null() && record["expired"] == false)
+    })
+    .await;
+    drop(second);
+    registry.stop().await;
+}
