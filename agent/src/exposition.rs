@@ -6,6 +6,9 @@
 //! `info` type. [`render`] serves OpenMetrics to clients that ask for it and the
 //! classic format to everyone else.
 
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 /// Content type of OpenMetrics 1.0.
@@ -23,6 +26,22 @@ pub fn render(registry: &Registry, accept: Option<&str>) -> (&'static str, Strin
     } else {
         (TEXT, openmetrics_to_text(&openmetrics))
     }
+}
+
+/// Encodes one gauge family from `(labels, value)` pairs, for collectors that
+/// derive their series from state at scrape time (series of things that are
+/// gone simply vanish).
+pub fn encode_gauges<N: EncodeGaugeValue + std::fmt::Debug + Send + Sync + Copy>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (Vec<(&'static str, String)>, N)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// Rewrites prometheus-client's OpenMetrics output as text format 0.0.4.

@@ -13,6 +13,8 @@ const MANAGER: &str = "hm-test";
 
 struct Site {
     dir: TempDir,
+    /// The manager's HTTP endpoints.
+    http: std::net::SocketAddr,
 }
 
 impl Site {
@@ -36,7 +38,11 @@ impl Site {
             "stubborn.sh",
             "trap '' INT TERM\nwhile :; do sleep 0.1; done",
         );
-        let site = Site { dir };
+        // A free port for the manager's /metrics (parallel tests each need one).
+        let http = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .unwrap();
+        let site = Site { dir, http };
         site.write(instances);
         site
     }
@@ -62,6 +68,7 @@ impl Site {
             .args(["--site-file", self.file().to_str().unwrap()])
             .args(["--site-host", "testhost", "--instance-id", MANAGER])
             .args(["--duplicate-check", "1.2", "--reload-interval", "0.2"])
+            .args(["--listen", &self.http.to_string()])
             .env("NATS_URL", nats.url())
             .env_remove("OCS_SITE_FILE")
             .env_remove("INSTANCE_ID");

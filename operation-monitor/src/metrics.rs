@@ -12,10 +12,11 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::fleet::Fleet;
+use ocs_agent::exposition::encode_gauges as gauge;
 
 /// Why a feed message or record was not taken.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -50,21 +51,6 @@ impl std::fmt::Debug for Fleet {
             .field("agents", &self.len())
             .finish()
     }
-}
-
-fn gauge<
-    N: prometheus_client::encoding::EncodeGaugeValue + std::fmt::Debug + Send + Sync + Copy,
->(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: impl Iterator<Item = (Vec<(&'static str, String)>, N)>,
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in series {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
 }
 
 impl Collector for FleetCollector {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use ocs_agent::host_manager::{self, Settings};
 use ocs_agent::process::{CommonArgs, init_tracing, serve_agent};
@@ -33,6 +34,13 @@ struct Config {
     /// Seconds between checks of the site file for changes.
     #[arg(long, env = "OCS_HOST_MANAGER_RELOAD_INTERVAL", default_value_t = 2.0)]
     reload_interval: f64,
+    /// Address of the HTTP endpoints (/metrics, /healthz).
+    #[arg(
+        long,
+        env = "OCS_HOST_MANAGER_LISTEN",
+        default_value = "127.0.0.1:9465"
+    )]
+    listen: std::net::SocketAddr,
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -65,6 +73,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .ok()
             .and_then(|exe| exe.parent().map(PathBuf::from))
     });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "serving /metrics and /healthz");
+    let report = host_manager::metrics::ManagerReport::default();
+    let router = host_manager::metrics::router(report.clone());
+    // Read-only endpoints; they end with the process.
+    tokio::spawn(async move { axum::serve(listener, router).await });
     let settings = Settings {
         site_file,
         host,
@@ -72,6 +88,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         bin_dir,
         duplicate_check: seconds("duplicate-check", config.duplicate_check)?,
         reload_interval: seconds("reload-interval", config.reload_interval)?,
+        report,
     };
     let builder = host_manager::declare(ocs_agent::Agent::builder("HostManager"), settings);
     serve_agent(builder, &config.common, &instance_id).await

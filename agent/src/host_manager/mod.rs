@@ -16,6 +16,7 @@
 
 pub mod child;
 mod launch;
+pub mod metrics;
 pub mod schedule;
 
 use std::collections::BTreeMap;
@@ -49,6 +50,8 @@ pub struct Settings {
     pub duplicate_check: Duration,
     /// How often the site file is checked for changes.
     pub reload_interval: Duration,
+    /// Where the manager's passes are reported for `/metrics` and `/healthz`.
+    pub report: metrics::ManagerReport,
 }
 
 /// An `update` request: `(instance id or "all", action)` pairs as in OCS.
@@ -421,6 +424,21 @@ impl Manager {
             .children
             .values()
             .any(|child| child.crash_loop() || child.state_name() == "conflict");
+        self.settings.report.update(
+            self.children
+                .values()
+                .map(|child| metrics::ChildSample {
+                    instance_id: child.config().instance_id.to_string(),
+                    agent_class: child.config().agent_class.clone(),
+                    state: child.state_name(),
+                    target_up: child.target() == Target::Up,
+                    frozen: child.frozen(),
+                    restarts: child.restarts(),
+                    crash_loop: child.crash_loop(),
+                })
+                .collect(),
+            self.config.error.is_none(),
+        );
         self.ctx.set_degraded(troubled);
         self.ctx.set_data(json!({
             "host": self.settings.host,
