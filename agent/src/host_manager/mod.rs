@@ -192,10 +192,8 @@ async fn manager(
         }
         let wake = manager
             .next_deadline()
-            .into_iter()
-            .chain([next_file_check, now + Duration::from_secs(1)])
-            .min()
-            .expect("never empty");
+            .map_or(next_file_check, |deadline| deadline.min(next_file_check))
+            .min(now + Duration::from_secs(1));
         tokio::select! {
             _ = ctx.stopping(), if !manager.stopping => manager.stop_all(),
             Some(event) = events.recv() => manager.on_event(event),
@@ -385,7 +383,9 @@ impl Manager {
                 ));
             };
             for name in names {
-                let child = self.children.get_mut(&name).expect("listed above");
+                let Some(child) = self.children.get_mut(&name) else {
+                    continue;
+                };
                 match action.as_str() {
                     "up" => child.set_target(Target::Up),
                     "down" => child.set_target(Target::Down),

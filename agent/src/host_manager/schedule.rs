@@ -102,21 +102,19 @@ impl Scheduler {
             }
             entry.next = next_time(&entry.schedule.when, now);
             let child = children.get(&entry.instance_id);
-            if child.is_none_or(|child| child.state_name() != "up") {
+            let Some(child) = child.filter(|child| child.state_name() == "up") else {
                 entry.last_result = Some(Err(format!(
                     "skipped: {} is {}",
                     entry.instance_id,
                     child.map_or("not managed", Child::state_name)
                 )));
                 continue;
-            }
+            };
             entry.runs += 1;
             entry.last_started = Some(Utc::now());
             let client = OcsClient::new(ctx.client().clone(), self.root.clone());
             let events = self.events.clone();
-            let instance_id = child
-                .map(|child| child.config().instance_id.clone())
-                .expect("checked above");
+            let instance_id = child.config().instance_id.clone();
             let operation = entry.schedule.operation.clone();
             let params = entry.schedule.params.clone();
             tokio::spawn(async move {
