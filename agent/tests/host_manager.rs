@@ -128,6 +128,19 @@ async fn until_child(
     .await
 }
 
+/// Waits until the manager reports `instance_id` up; returns its pid.
+async fn up_pid(client: &OcsClient, instance_id: &str) -> u64 {
+    let session = until_child(
+        client,
+        instance_id,
+        "up",
+        Duration::from_secs(10),
+        |child| child["state"] == "up",
+    )
+    .await;
+    child(&session, instance_id)["pid"].as_u64().unwrap()
+}
+
 fn messages(session: &Value) -> Vec<String> {
     session["messages"]
         .as_array()
@@ -287,15 +300,7 @@ async fn host_down_stops_agents_and_sigkills_one_that_ignores_signals() {
     let client = client(&nats).await;
     let mut pids = Vec::new();
     for instance_id in ["faker1", "stubborn"] {
-        let session = until_child(
-            &client,
-            instance_id,
-            "up",
-            Duration::from_secs(10),
-            |child| child["state"] == "up",
-        )
-        .await;
-        pids.push(child(&session, instance_id)["pid"].as_u64().unwrap());
+        pids.push(up_pid(&client, instance_id).await);
     }
 
     let (code, output) = ocs(&nats, &["host", "down", "faker1", "stubborn"]);
@@ -340,15 +345,7 @@ async fn host_down_stops_agents_and_sigkills_one_that_ignores_signals() {
     // up brings it back; freeze leaves it alone even when it should go down.
     let (code, _) = ocs(&nats, &["host", "up", "faker1"]);
     assert_eq!(code, 0);
-    let session = until_child(
-        &client,
-        "faker1",
-        "faker1 up again",
-        Duration::from_secs(10),
-        |child| child["state"] == "up",
-    )
-    .await;
-    let pid = child(&session, "faker1")["pid"].as_u64().unwrap();
+    let pid = up_pid(&client, "faker1").await;
     assert_eq!(ocs(&nats, &["host", "freeze", "faker1"]).0, 0);
     assert_eq!(ocs(&nats, &["host", "down", "faker1"]).0, 0);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -386,15 +383,7 @@ async fn killing_the_manager_leaves_no_orphans() {
     let client = client(&nats).await;
     let mut pids = Vec::new();
     for instance_id in ["faker1", "bare1"] {
-        let session = until_child(
-            &client,
-            instance_id,
-            "up",
-            Duration::from_secs(10),
-            |child| child["state"] == "up",
-        )
-        .await;
-        pids.push(child(&session, instance_id)["pid"].as_u64().unwrap());
+        pids.push(up_pid(&client, instance_id).await);
     }
     manager.kill();
     eventually(Duration::from_secs(10), "the children gone", || async {
@@ -453,15 +442,7 @@ async fn a_broken_edit_keeps_the_last_good_config_and_a_good_one_is_applied() {
     let site = Site::new(good);
     let manager = site.manager(&nats);
     let client = client(&nats).await;
-    let session = until_child(
-        &client,
-        "faker1",
-        "faker1 up",
-        Duration::from_secs(10),
-        |child| child["state"] == "up",
-    )
-    .await;
-    let pid = child(&session, "faker1")["pid"].clone();
+    let pid = Value::from(up_pid(&client, "faker1").await);
 
     site.write(&format!(
         "{good}      - {{agent-class: FakeDataAgent, instance-id: faker1}}\n"
@@ -489,6 +470,27 @@ async fn a_broken_edit_keeps_the_last_good_config_and_a_good_one_is_applied() {
         child(&session, "faker1")["pid"],
         pid,
         "the running agent is untouched: {session}"
+    );
+    // A crash while the file is bad: the restart uses the last good config.
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    let restarted = until_child(
+        &client,
+        "faker1",
+        "faker1 restarted",
+        Duration::from_secs(15),
+        |child| child["state"] == "up" && child["pid"] != pid && child["restarts"] == 1,
+    )
+    .await;
+    let pid = child(&restarted, "faker1")["pid"].clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let session = manager_session(&client).await.unwrap();
+    assert_eq!(
+        child(&session, "faker1")["pid"],
+        pid,
+        "it stays up: {session}"
     );
 
     // A good edit: a new instance starts, the untouched one keeps running, and
@@ -605,15 +607,7 @@ async fn a_run_cut_short_by_a_crash_is_marked_failed_by_the_next_incarnation() {
     );
     let _manager = site.manager(&nats);
     let client = client(&nats).await;
-    let session = until_child(
-        &client,
-        "faker1",
-        "faker1 up",
-        Duration::from_secs(10),
-        |child| child["state"] == "up",
-    )
-    .await;
-    let pid = child(&session, "faker1")["pid"].as_u64().unwrap();
+    let pid = up_pid(&client, "faker1").await;
     let faker = InstanceId::new("faker1").unwrap();
     let call = |op: &'static str, action: Action, params: Value| {
         let client = &client;

@@ -16,7 +16,7 @@ use super::Settings;
 use super::child::{Child, Command, Exit, STDERR_TAIL_LINES, StopSignal};
 use crate::OpContext;
 use crate::process::PARENT_PID_ENV;
-use crate::site::SiteConfig;
+use crate::site::{SITE_FILE_ENV, SiteConfig};
 
 /// What the launch tasks tell the manager loop.
 #[derive(Debug)]
@@ -77,6 +77,9 @@ impl Launcher {
         match command {
             Command::Launch => {
                 let program = self.program(site, &child.config().agent_class);
+                // The arguments of the manager's last good config, not the
+                // file as it is now: a bad edit must not stop restarts.
+                let arguments = site.arguments_for(&instance_id);
                 let address =
                     AgentAddress::new(&self.settings.address_root, &child.config().instance_id);
                 tokio::spawn(launch(
@@ -86,6 +89,7 @@ impl Launcher {
                     instance_id,
                     address,
                     program,
+                    arguments,
                 ));
             }
             Command::Signal(signal) => {
@@ -130,6 +134,7 @@ async fn launch(
     instance_id: String,
     address: AgentAddress,
     program: PathBuf,
+    arguments: Vec<String>,
 ) {
     if let Some(reason) = someone_else_runs(&client, &address, &settings).await {
         let _ = events
@@ -144,10 +149,10 @@ async fn launch(
     command
         .arg("--instance-id")
         .arg(&instance_id)
-        .arg("--site-file")
-        .arg(&settings.site_file)
-        .arg("--site-host")
-        .arg(&settings.host)
+        .args(&arguments)
+        // The child must not re-read the site file (see above).
+        .env_remove(SITE_FILE_ENV)
+        .env_remove("INSTANCE_ID")
         .env(PARENT_PID_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
