@@ -38,6 +38,8 @@ impl Site {
             "stubborn.sh",
             "trap '' INT TERM\nwhile :; do sleep 0.1; done",
         );
+        // An ordinary program: it does not die with its parent as ocs agents do.
+        script("sleeper.sh", "while :; do sleep 0.1; done");
         // A free port for the manager's /metrics (parallel tests each need one).
         let http = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
@@ -54,7 +56,7 @@ impl Site {
     fn write(&self, instances: &str) {
         let dir = self.dir.path().display();
         let text = format!(
-            "agent-classes:\n  Crasher: {dir}/crasher.sh\n  Stubborn: {dir}/stubborn.sh\nhosts:\n  testhost:\n    agent-instances:\n{instances}"
+            "agent-classes:\n  Crasher: {dir}/crasher.sh\n  Stubborn: {dir}/stubborn.sh\n  Sleeper: {dir}/sleeper.sh\nhosts:\n  testhost:\n    agent-instances:\n{instances}"
         );
         // Write then rename: the manager never reads half a file.
         let partial = self.dir.path().join("site.yaml.new");
@@ -377,6 +379,7 @@ async fn killing_the_manager_leaves_no_orphans() {
     let site = Site::new(
         "      - {agent-class: FakeDataAgent, instance-id: faker1}
       - {agent-class: BarebonesAgent, instance-id: bare1}
+      - {agent-class: Sleeper, instance-id: sleeper}
 ",
     );
     let mut manager = site.manager(&nats);
@@ -385,11 +388,36 @@ async fn killing_the_manager_leaves_no_orphans() {
     for instance_id in ["faker1", "bare1"] {
         pids.push(up_pid(&client, instance_id).await);
     }
+    let sleeper = up_pid(&client, "sleeper").await;
     manager.kill();
-    eventually(Duration::from_secs(10), "the children gone", || async {
+    // Agents built on ocs-agent die with the manager.
+    eventually(Duration::from_secs(10), "the agents gone", || async {
         pids.iter().all(|pid| !alive(*pid)).then_some(())
     })
     .await;
+    // Another program outlives a SIGKILLed manager, until the manager is back
+    // (systemd restarts it): it stops what its predecessor left, then starts
+    // the instance afresh.
+    assert!(alive(sleeper), "the sleeper is an orphan for now");
+    let _manager = site.manager(&nats);
+    eventually(Duration::from_secs(15), "the orphan stopped", || async {
+        (!alive(sleeper)).then_some(())
+    })
+    .await;
+    let session = until_child(
+        &client,
+        "sleeper",
+        "a new sleeper",
+        Duration::from_secs(10),
+        |child| child["state"] == "up" && child["pid"].as_u64() != Some(sleeper),
+    )
+    .await;
+    let log = messages(&session).join("\n");
+    assert!(
+        log.contains(&format!("stopping pid {sleeper} (/bin/sh "))
+            && log.contains("left running by an earlier manager"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,7 +485,7 @@ async fn a_broken_edit_keeps_the_last_good_config_and_a_good_one_is_applied() {
     assert_eq!(
         error,
         format!(
-            "{}:8: duplicate instance id \"faker1\" (first at line 7)",
+            "{}:9: duplicate instance id \"faker1\" (first at line 8)",
             site.file().display()
         )
     );

@@ -18,6 +18,101 @@ use crate::OpContext;
 use crate::process::PARENT_PID_ENV;
 use crate::site::{SITE_FILE_ENV, SiteConfig};
 
+/// Set on every child: the address of the manager that started it, so that a
+/// later incarnation of that manager finds what a killed one left behind.
+pub const MANAGER_ENV: &str = "OCS_HOST_MANAGER_ADDRESS";
+
+/// Process groups started by an earlier incarnation of the manager at
+/// `manager_address` that outlived it (it was killed with SIGKILL and the
+/// program does not die with its parent): `(pid, command line)`.
+pub fn orphans(manager_address: &str) -> Vec<(u32, String)> {
+    let own = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Other users' processes are unreadable: they are not ours anyway.
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let variable = |name: &str| {
+            environ
+                .split(|byte| *byte == 0)
+                .find_map(|pair| pair.strip_prefix(format!("{name}=").as_bytes()))
+                .map(|value| String::from_utf8_lossy(value).into_owned())
+        };
+        let ours = variable(MANAGER_ENV).as_deref() == Some(manager_address);
+        // Orphaned: the manager that started it is gone, so it was reparented
+        // (a live one, even another manager at this address, keeps its children).
+        let from_earlier = variable(PARENT_PID_ENV)
+            .is_some_and(|parent| parent != own && Some(parent) != parent_pid(pid));
+        // The group leader stands for its group (children run in their own).
+        let leader = rustix::process::Pid::from_raw(pid as i32)
+            .and_then(|pid| rustix::process::getpgid(Some(pid)).ok())
+            .is_some_and(|group| group.as_raw_nonzero().get() as u32 == pid);
+        if ours && from_earlier && leader && !is_zombie(pid) {
+            let command = std::fs::read(entry.path().join("cmdline"))
+                .map(|bytes| {
+                    String::from_utf8_lossy(&bytes)
+                        .replace('\0', " ")
+                        .trim()
+                        .to_owned()
+                })
+                .unwrap_or_default();
+            found.push((pid, command));
+        }
+    }
+    found
+}
+
+/// The current parent of `pid`, from `/proc/<pid>/stat`.
+fn parent_pid(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After "(comm)": state, then the parent's pid.
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Stops the orphans' process groups: SIGTERM, then SIGKILL after `grace`.
+pub async fn reap_orphans(orphans: &[(u32, String)], grace: std::time::Duration) {
+    let groups: Vec<rustix::process::Pid> = orphans
+        .iter()
+        .filter_map(|(pid, _)| rustix::process::Pid::from_raw(*pid as i32))
+        .collect();
+    for group in &groups {
+        let _ = rustix::process::kill_process_group(*group, rustix::process::Signal::TERM);
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline && orphans.iter().any(|(pid, _)| !is_zombie(*pid))
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for group in &groups {
+        let _ = rustix::process::kill_process_group(*group, rustix::process::Signal::KILL);
+    }
+}
+
 /// What the launch tasks tell the manager loop.
 #[derive(Debug)]
 pub enum Event {
@@ -86,10 +181,13 @@ impl Launcher {
                     self.ctx.client().clone(),
                     self.settings.clone(),
                     self.events.clone(),
-                    instance_id,
-                    address,
-                    program,
-                    arguments,
+                    Spawn {
+                        instance_id,
+                        address,
+                        program,
+                        arguments,
+                        manager_address: self.ctx.address().to_string(),
+                    },
                 ));
             }
             Command::Signal(signal) => {
@@ -127,15 +225,28 @@ impl Launcher {
     }
 }
 
-async fn launch(
-    client: async_nats::Client,
-    settings: Arc<Settings>,
-    events: mpsc::Sender<Event>,
+/// One child process to start.
+struct Spawn {
     instance_id: String,
     address: AgentAddress,
     program: PathBuf,
     arguments: Vec<String>,
+    manager_address: String,
+}
+
+async fn launch(
+    client: async_nats::Client,
+    settings: Arc<Settings>,
+    events: mpsc::Sender<Event>,
+    spawn: Spawn,
 ) {
+    let Spawn {
+        instance_id,
+        address,
+        program,
+        arguments,
+        manager_address,
+    } = spawn;
     if let Some(reason) = someone_else_runs(&client, &address, &settings).await {
         let _ = events
             .send(Event::Refused {
@@ -154,6 +265,7 @@ async fn launch(
         .env_remove(SITE_FILE_ENV)
         .env_remove("INSTANCE_ID")
         .env(PARENT_PID_ENV, std::process::id().to_string())
+        .env(MANAGER_ENV, &manager_address)
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         // Its own process group: a stop reaches everything it started, and a

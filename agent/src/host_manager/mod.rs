@@ -164,6 +164,17 @@ async fn manager(
         .try_lock()
         .map_err(|_| "another manager process is running")?;
     let site = SiteConfig::load(&settings.site_file)?;
+    // What a killed predecessor left running goes first: no orphans, and no
+    // duplicate refusing our own launches.
+    let orphans = launch::orphans(ctx.address().as_str());
+    if !orphans.is_empty() {
+        for (pid, command) in &orphans {
+            ctx.log(format!(
+                "stopping pid {pid} ({command}), left running by an earlier manager"
+            ));
+        }
+        launch::reap_orphans(&orphans, Duration::from_secs(5)).await;
+    }
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
     let scheduler = Scheduler::new(settings.address_root.clone(), events_tx.clone());
     let launcher = Launcher::new(ctx.clone(), settings.clone(), events_tx);
