@@ -692,4 +692,116 @@ mod tests {
         assert!(table.expire_due(t0 + TIMEOUT, 0).is_empty());
         assert_eq!(table.expire_due(reconnected + TIMEOUT, 0), [FAKER]);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            /// A heartbeat of `agent` from `incarnation`; `replay` resends
+            /// that incarnation's last sequence number (a stale duplicate).
+            Beat {
+                agent: usize,
+                incarnation: usize,
+                leaving: bool,
+                replay: bool,
+            },
+            /// Time passes (milliseconds).
+            Advance(u64),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                3 => (0..4usize, 0..3usize, prop::bool::weighted(0.1), prop::bool::weighted(0.1)).prop_map(
+                    |(agent, incarnation, leaving, replay)| Step::Beat { agent, incarnation, leaving, replay }
+                ),
+                2 => (0..7_000u64).prop_map(Step::Advance),
+            ]
+        }
+
+        const INCARNATIONS: [&str; 3] = [
+            INCARNATION_A,
+            INCARNATION_B,
+            "0d9e6c4a-5b3f-4e2d-8c1a-7f6e5d4c3b2a",
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Whatever heartbeats, goodbyes, replays, rival incarnations and
+            /// clock advances come, with expiry run as the service runs it:
+            /// an agent is alive exactly while its deadline is ahead,
+            /// time_expired is the moment of expiry (never later than now,
+            /// never before the deadline), expired agents' op codes are all
+            /// EXPIRED, and the table stays within its bounds.
+            #[test]
+            fn the_table_keeps_its_invariants(steps in prop::collection::vec(step(), 1..80)) {
+                let mut table = table();
+                let t0 = Instant::now();
+                let mut elapsed_ms: u64 = 0;
+                let mut seqs = [[0u64; 3]; 4];
+                let mut max_advance = 0u64;
+                let timeout_ms = TIMEOUT.as_millis() as i64;
+                for step in steps {
+                    match step {
+                        Step::Beat { agent, incarnation, leaving, replay } => {
+                            let seq = &mut seqs[agent][incarnation];
+                            if !replay || *seq == 0 {
+                                *seq += 1;
+                            }
+                            let mut heartbeat = beat(
+                                &format!("observatory.agent{agent}"),
+                                INCARNATIONS[incarnation],
+                                *seq,
+                                &[("acq", OpCode::Running), ("count", OpCode::Succeeded)],
+                            );
+                            heartbeat.leaving = leaving;
+                            let now = t0 + Duration::from_millis(elapsed_ms);
+                            table.observe(&heartbeat, now, elapsed_ms as i64);
+                        }
+                        Step::Advance(ms) => {
+                            elapsed_ms += ms;
+                            max_advance = max_advance.max(ms);
+                        }
+                    }
+                    let now = t0 + Duration::from_millis(elapsed_ms);
+                    let now_ms = elapsed_ms as i64;
+                    table.expire_due(now, now_ms);
+                    table.forget_due(now);
+                    prop_assert!(table.len() <= 3, "max_agents is 3");
+                    prop_assert!(table.conflicts() <= table.len());
+                    if let Some(deadline) = table.next_deadline() {
+                        prop_assert!(deadline > now, "a due deadline was left unprocessed");
+                    }
+                    for record in table.records() {
+                        let deadline = record.last_updated_unix_ms + timeout_ms;
+                        match proto::AgentState::try_from(record.state).unwrap() {
+                            proto::AgentState::Alive => {
+                                prop_assert!(!record.expired);
+                                prop_assert!(deadline > now_ms, "alive past its deadline: {record:?} at {now_ms}");
+                                prop_assert_eq!(record.time_expired_unix_ms, 0);
+                            }
+                            proto::AgentState::Expired => {
+                                prop_assert!(record.expired);
+                                prop_assert!(record.time_expired_unix_ms <= now_ms, "time_expired in the future");
+                                prop_assert!(record.time_expired_unix_ms >= deadline, "expired before its deadline: {record:?}");
+                                prop_assert!(
+                                    record.time_expired_unix_ms - deadline <= max_advance as i64,
+                                    "expired later than the step that passed its deadline"
+                                );
+                                prop_assert!(record.op_codes.iter().all(|op| op.op_code == OpCode::Expired.value()));
+                            }
+                            proto::AgentState::Left => {
+                                prop_assert!(record.expired);
+                                prop_assert_eq!(record.time_expired_unix_ms, record.last_updated_unix_ms);
+                                prop_assert!(record.op_codes.iter().all(|op| op.op_code == OpCode::Expired.value()));
+                            }
+                            proto::AgentState::Unspecified => prop_assert!(false, "unspecified state"),
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
