@@ -35,6 +35,14 @@ pub struct Config {
     /// Largest heartbeat accepted, in bytes.
     #[arg(long, env = "OCS_REGISTRY_MAX_HEARTBEAT_BYTES", default_value_t = 64 * 1024)]
     pub max_heartbeat_bytes: usize,
+    /// Self-preservation: when more than this share of the alive agents would
+    /// expire at once, hold expiries (the registry is likely cut off from
+    /// them) until heartbeats return.
+    #[arg(long, env = "OCS_REGISTRY_HOLD_FRACTION", default_value_t = 0.5)]
+    pub hold_fraction: f64,
+    /// Self-preservation applies from this many alive agents on (0: never hold).
+    #[arg(long, env = "OCS_REGISTRY_HOLD_MIN_AGENTS", default_value_t = 10)]
+    pub hold_min_agents: usize,
     /// Address of the HTTP endpoints (/metrics, /healthz).
     #[arg(long, env = "OCS_REGISTRY_LISTEN", default_value = "127.0.0.1:9463")]
     pub listen: SocketAddr,
@@ -58,6 +66,8 @@ impl Config {
             agent_timeout: self.agent_timeout,
             forget_after: self.forget_after,
             max_agents: self.max_agents,
+            hold_fraction: self.hold_fraction,
+            hold_min_agents: self.hold_min_agents,
         }
     }
 }

@@ -67,6 +67,7 @@ pub struct RegistryMetrics {
     pub(crate) nats_connected: Gauge,
     pub(crate) conflicts: Gauge,
     pub(crate) conflicting_heartbeats: Counter,
+    pub(crate) self_preservation: Gauge,
 }
 
 impl RegistryMetrics {
@@ -84,6 +85,7 @@ impl RegistryMetrics {
             nats_connected: Gauge::default(),
             conflicts: Gauge::default(),
             conflicting_heartbeats: Counter::default(),
+            self_preservation: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,6 +137,11 @@ impl RegistryMetrics {
             "conflicting_heartbeats",
             "Heartbeats from a displaced incarnation that still runs",
             metrics.conflicting_heartbeats.clone(),
+        );
+        registry.register(
+            "self_preservation",
+            "1 while expiries are held because most agents fell silent at once (the registry is likely cut off from them)",
+            metrics.self_preservation.clone(),
         );
         for reason in DropReason::ALL {
             let _ = metrics

@@ -129,6 +129,7 @@ pub(crate) async fn main_process(
     let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut was_connected = client.connection_state() == State::Connected;
+    let mut was_holding = false;
     loop {
         let connected = client.connection_state() == State::Connected;
         registry.metrics.nats_connected.set(i64::from(connected));
@@ -152,6 +153,19 @@ pub(crate) async fn main_process(
                 // Heartbeats already queued arrived before the deadline; count them first.
                 registry.drain_ready(&mut heartbeats);
                 registry.expire_and_forget();
+                let holding = lock(&registry.table).holding();
+                if holding != was_holding {
+                    was_holding = holding;
+                    registry.metrics.self_preservation.set(i64::from(holding));
+                    ctx.set_degraded(holding);
+                    if holding {
+                        warn!("most agents fell silent at once: holding expiries (self-preservation) until heartbeats return");
+                        ctx.log("Most agents fell silent at once: holding expiries until heartbeats return (self-preservation).");
+                    } else {
+                        info!("heartbeats returned: expiries resume, every agent with a fresh timeout");
+                        ctx.log("Heartbeats returned: expiries resume, every agent with a fresh timeout.");
+                    }
+                }
             }
             message = heartbeats.next() => {
                 let Some(message) = message else {

@@ -23,7 +23,20 @@ pub struct TableConfig {
     pub forget_after: Duration,
     /// Most agents tracked at once; heartbeats from further new addresses are dropped.
     pub max_agents: usize,
+    /// Self-preservation: when more than this share of the alive agents would
+    /// expire together, the registry assumes it is cut off from them and
+    /// holds expiries until heartbeats return.
+    pub hold_fraction: f64,
+    /// ...provided at least this many agents are alive (0 disables holding).
+    pub hold_min_agents: usize,
 }
+
+/// Deadlines this close together count as "at once" for self-preservation:
+/// agents heartbeat about once a second, so a partition makes all their
+/// deadlines pass within about a second.
+const HOLD_WINDOW: Duration = Duration::from_secs(2);
+/// How often a holding table looks again whether heartbeats returned.
+const HOLD_RECHECK: Duration = Duration::from_millis(250);
 
 /// The liveness of one agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +123,8 @@ pub struct AgentTable {
     expiries: BTreeSet<(Instant, String)>,
     /// `(deadline, address)` of expired or departed agents.
     forgets: BTreeSet<(Instant, String)>,
+    /// While holding expiries (self-preservation): when to look again.
+    hold_recheck: Option<Instant>,
 }
 
 fn all_expired(op_codes: &[proto::OperationCode]) -> Vec<proto::OperationCode> {
@@ -131,7 +146,29 @@ impl AgentTable {
             agents: HashMap::new(),
             expiries: BTreeSet::new(),
             forgets: BTreeSet::new(),
+            hold_recheck: None,
         }
+    }
+
+    /// Whether expiries are held because too many agents fell silent at once.
+    pub fn holding(&self) -> bool {
+        self.hold_recheck.is_some()
+    }
+
+    /// Whether so many alive agents are due together that the silence is
+    /// more likely this registry's partition than their deaths.
+    fn mass_expiry(&self, now: Instant) -> bool {
+        let alive = self.expiries.len();
+        if self.config.hold_min_agents == 0 || alive < self.config.hold_min_agents {
+            return false;
+        }
+        let horizon = now + HOLD_WINDOW;
+        let due = self
+            .expiries
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= horizon)
+            .count();
+        due as f64 > self.config.hold_fraction * alive as f64
     }
 
     /// Number of agents tracked.
@@ -311,7 +348,9 @@ impl AgentTable {
 
     /// The earliest pending deadline (an expiry or a forgetting).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let expiry = self.expiries.first().map(|(at, _)| *at);
+        let expiry = self
+            .hold_recheck
+            .or_else(|| self.expiries.first().map(|(at, _)| *at));
         let forget = self.forgets.first().map(|(at, _)| *at);
         match (expiry, forget) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -321,7 +360,23 @@ impl AgentTable {
 
     /// Expires every alive agent whose deadline is at or before `now`;
     /// returns their addresses. `time_expired` is the moment of expiry.
+    ///
+    /// Unless most agents are due at once (see [`TableConfig::hold_fraction`]):
+    /// then it holds every expiry, and once heartbeats have returned it gives
+    /// every agent a fresh timeout, so those that really died expire one
+    /// timeout later and those whose heartbeats trickle back in do not.
     pub fn expire_due(&mut self, now: Instant, now_unix_ms: i64) -> Vec<String> {
+        let due_now = self
+            .expiries
+            .first()
+            .is_some_and(|(deadline, _)| *deadline <= now);
+        if (due_now || self.holding()) && self.mass_expiry(now) {
+            self.hold_recheck = Some(now + HOLD_RECHECK);
+            return Vec::new();
+        }
+        if self.hold_recheck.take().is_some() {
+            self.grant_fresh_timeouts(now);
+        }
         let mut expired = Vec::new();
         while let Some((deadline, _)) = self.expiries.first() {
             if *deadline > now {
@@ -449,6 +504,8 @@ mod tests {
             agent_timeout: TIMEOUT,
             forget_after: FORGET,
             max_agents: 3,
+            hold_fraction: 0.5,
+            hold_min_agents: 10,
         })
     }
 
@@ -691,6 +748,71 @@ mod tests {
         table.grant_fresh_timeouts(reconnected);
         assert!(table.expire_due(t0 + TIMEOUT, 0).is_empty());
         assert_eq!(table.expire_due(reconnected + TIMEOUT, 0), [FAKER]);
+    }
+
+    #[test]
+    fn most_agents_silent_at_once_holds_expiries_until_heartbeats_return() {
+        let mut table = AgentTable::new(TableConfig {
+            agent_timeout: TIMEOUT,
+            forget_after: FORGET,
+            max_agents: 100,
+            hold_fraction: 0.5,
+            hold_min_agents: 10,
+        });
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let address = |i: usize| format!("observatory.agent{i}");
+        let mut seq = 0;
+        let mut beat_all = |table: &mut AgentTable, agents: std::ops::Range<usize>, ms: u64| {
+            seq += 1;
+            for i in agents {
+                // Spread over the second, as real heartbeats are.
+                let now = at(ms + i as u64 * 50);
+                table.observe(
+                    &beat(&address(i), INCARNATION_A, seq, &[]),
+                    now,
+                    now_ms(now, t0),
+                );
+            }
+        };
+        fn now_ms(now: Instant, t0: Instant) -> i64 {
+            now.duration_since(t0).as_millis() as i64
+        }
+        beat_all(&mut table, 0..12, 0);
+        // A partition: nobody is heard any more. At the first deadline the
+        // registry holds instead of expiring twelve agents.
+        let first_deadline = table.next_deadline().unwrap();
+        assert_eq!(first_deadline, at(5_000));
+        assert!(table.expire_due(first_deadline, 5_000).is_empty());
+        assert!(table.holding());
+        assert!(
+            table.expire_due(at(20_000), 20_000).is_empty(),
+            "held however long it lasts"
+        );
+        assert_eq!(table.counts(), (12, 0, 0));
+        // The holding table wakes the service to look again, not in a loop.
+        assert!(table.next_deadline().unwrap() > at(20_000));
+        // Heartbeats return, but not agent11's: it really died. Once most are
+        // back the hold ends and everyone gets a fresh timeout...
+        beat_all(&mut table, 0..11, 21_000);
+        assert!(table.expire_due(at(21_600), 21_600).is_empty());
+        assert!(!table.holding());
+        assert_eq!(table.counts(), (12, 0, 0));
+        // ...so the dead one expires a timeout later, the others not.
+        beat_all(&mut table, 0..11, 22_000);
+        beat_all(&mut table, 0..11, 23_000);
+        beat_all(&mut table, 0..11, 24_000);
+        beat_all(&mut table, 0..11, 25_000);
+        beat_all(&mut table, 0..11, 26_000);
+        assert_eq!(table.expire_due(at(26_600), 26_600), [address(11)]);
+        assert!(!table.holding());
+
+        // One death among many is no partition: it expires at its deadline.
+        for ms in [27_000, 28_000, 29_000, 30_000, 31_000] {
+            beat_all(&mut table, 1..11, ms);
+        }
+        assert_eq!(table.expire_due(at(31_000), 31_000), [address(0)]);
+        assert!(!table.holding());
     }
 
     mod properties {

@@ -694,3 +694,90 @@ async fn an_instance_running_twice_is_a_conflict_on_the_record_the_feed_and_metr
     drop(second);
     registry.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn most_agents_falling_silent_at_once_is_held_not_expired() {
+    let nats = NatsServer::start();
+    let registry =
+        Registry::start(&nats, &["--agent-timeout", "3", "--hold-min-agents", "4"]).await;
+    let client = client(&nats).await;
+    let names = ["f1", "f2", "f3", "f4", "f5"];
+    let _agents: Vec<Process> = names.iter().map(|name| faker(&nats, name)).collect();
+    for name in names {
+        let address = format!("observatory.{name}");
+        eventually(Duration::from_secs(10), "registered", || {
+            record(&client, &address)
+        })
+        .await;
+    }
+    let set_heartbeat = |name: &'static str, on: bool| {
+        let client = &client;
+        async move {
+            let params = to_msgpack(&serde_json::json!({ "heartbeat": on })).unwrap();
+            let reply = client
+                .operation(
+                    &InstanceId::new(name).unwrap(),
+                    &OpName::new("set_heartbeat").unwrap(),
+                    Action::Start,
+                    params,
+                    None,
+                    Duration::from_secs(3),
+                )
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 0, "{}", reply.message);
+        }
+    };
+    // Five of six agents (the registry is one) fall silent together, as in a
+    // partition between them and the registry.
+    for name in names {
+        set_heartbeat(name, false).await;
+    }
+    eventually(Duration::from_secs(8), "self-preservation", || async {
+        let (_, metrics) = http_get(registry.http, "/metrics").await;
+        metrics
+            .contains("ocs_registry_self_preservation 1")
+            .then_some(())
+    })
+    .await;
+    // Held well past the timeout: nobody expires, and the registry says why.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for name in names {
+        let record = record(&client, &format!("observatory.{name}"))
+            .await
+            .unwrap();
+        assert_eq!(record["expired"], false, "{name} expired during the hold");
+    }
+    let main = registry_agents(&client).await.unwrap();
+    assert_eq!(
+        main["observatory.registry"]["op_codes"]["main"], 8,
+        "DEGRADED while holding"
+    );
+    // Four come back; f5 stays silent: the hold ends, and f5 expires one
+    // timeout later, alone.
+    for name in &names[..4] {
+        set_heartbeat(name, true).await;
+    }
+    eventually(Duration::from_secs(8), "f5 expired", || async {
+        record(&client, "observatory.f5")
+            .await
+            .filter(|record| record["expired"] == true)
+    })
+    .await;
+    for name in &names[..4] {
+        let record = record(&client, &format!("observatory.{name}"))
+            .await
+            .unwrap();
+        assert_eq!(record["expired"], false, "{name}");
+    }
+    let (_, metrics) = http_get(registry.http, "/metrics").await;
+    assert!(
+        metrics.contains("ocs_registry_self_preservation 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ocs_registry_expiries_total 1"),
+        "{metrics}"
+    );
+    registry.stop().await;
+}
