@@ -43,6 +43,10 @@ pub struct Config {
     /// Self-preservation applies from this many alive agents on (0: never hold).
     #[arg(long, env = "OCS_REGISTRY_HOLD_MIN_AGENTS", default_value_t = 10)]
     pub hold_min_agents: usize,
+    /// Heartbeats accepted per second from one address on average (bursts of
+    /// twice as many pass); the rest are dropped and counted.
+    #[arg(long, env = "OCS_REGISTRY_MAX_HEARTBEAT_RATE", default_value_t = 10.0)]
+    pub max_heartbeat_rate: f64,
     /// Address of the HTTP endpoints (/metrics, /healthz).
     #[arg(long, env = "OCS_REGISTRY_LISTEN", default_value = "127.0.0.1:9463")]
     pub listen: SocketAddr,
@@ -68,6 +72,7 @@ impl Config {
             max_agents: self.max_agents,
             hold_fraction: self.hold_fraction,
             hold_min_agents: self.hold_min_agents,
+            max_heartbeat_rate: self.max_heartbeat_rate,
         }
     }
 }

@@ -24,11 +24,13 @@ pub enum DropReason {
     stale,
     /// A new address while the table is full.
     table_full,
+    /// Faster than `--max-heartbeat-rate` from one address.
+    rate_limited,
 }
 
 impl DropReason {
     /// Every reason, to pre-create the series.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::oversized,
         DropReason::undecodable,
         DropReason::unsupported_version,
@@ -36,6 +38,7 @@ impl DropReason {
         DropReason::address_mismatch,
         DropReason::stale,
         DropReason::table_full,
+        DropReason::rate_limited,
     ];
 }
 

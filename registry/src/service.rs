@@ -276,6 +276,14 @@ impl Registry {
             Observation::TableFull => {
                 self.drop_heartbeat(DropReason::table_full, subject, &"table full")
             }
+            Observation::RateLimited => self.drop_heartbeat(
+                DropReason::rate_limited,
+                subject,
+                &format!(
+                    "faster than {} per second",
+                    self.settings.table.max_heartbeat_rate
+                ),
+            ),
             Observation::Conflict { new } => {
                 self.metrics.conflicting_heartbeats.inc();
                 if new {

@@ -29,6 +29,10 @@ pub struct TableConfig {
     pub hold_fraction: f64,
     /// ...provided at least this many agents are alive (0 disables holding).
     pub hold_min_agents: usize,
+    /// Heartbeats accepted per second from one address, on average (a burst
+    /// of twice as many is allowed): agents beat once a second plus once per
+    /// op-code change, so more is a broken or hostile sender.
+    pub max_heartbeat_rate: f64,
 }
 
 /// Deadlines this close together count as "at once" for self-preservation:
@@ -72,6 +76,8 @@ pub enum Observation {
     Stale,
     /// Dropped: the table is full and this is a new address.
     TableFull,
+    /// Dropped: this address sends faster than `max_heartbeat_rate`.
+    RateLimited,
     /// Dropped: from an incarnation that a newer one displaced but that still
     /// heartbeats. The record is marked as a conflict (and changed when the
     /// conflict is new).
@@ -102,6 +108,10 @@ struct Entry {
     rival: Option<Rival>,
     /// Two incarnations heartbeat at this address at once.
     conflict: bool,
+    /// Token bucket of the rate limit: heartbeats it may still accept, as of
+    /// `tokens_at`.
+    tokens: f64,
+    tokens_at: Instant,
 }
 
 /// An incarnation displaced by a newer one at the same address. If it keeps
@@ -148,6 +158,11 @@ impl AgentTable {
             forgets: BTreeSet::new(),
             hold_recheck: None,
         }
+    }
+
+    /// The rate limit's burst: twice the rate, at least two.
+    fn burst(&self) -> f64 {
+        2.0 * self.config.max_heartbeat_rate.max(1.0)
     }
 
     /// Whether expiries are held because too many agents fell silent at once.
@@ -205,6 +220,20 @@ impl AgentTable {
     ) -> Observation {
         let address = heartbeat.agent_address.as_str();
         let timeout = self.timeout_for(heartbeat.interval_ms);
+        let mut tokens = self.burst();
+        if let Some(entry) = self.agents.get_mut(address) {
+            // Refill since the last accepted heartbeat, then take one.
+            let refill = now.saturating_duration_since(entry.tokens_at).as_secs_f64()
+                * self.config.max_heartbeat_rate;
+            tokens = (entry.tokens + refill).min(2.0 * self.config.max_heartbeat_rate.max(1.0));
+            entry.tokens_at = entry.tokens_at.max(now);
+            if tokens < 1.0 {
+                entry.tokens = tokens;
+                return Observation::RateLimited;
+            }
+            tokens -= 1.0;
+            entry.tokens = tokens;
+        }
         if let Some(entry) = self.agents.get_mut(address)
             && entry.incarnation != heartbeat.incarnation
             && let Some(rival) = entry
@@ -334,6 +363,8 @@ impl AgentTable {
                 time_expired_unix_ms,
                 incarnations_seen,
                 last_heard: now,
+                tokens,
+                tokens_at: now,
                 rival: rival.filter(|_| !heartbeat.leaving),
                 conflict: conflict && !heartbeat.leaving,
             },
@@ -506,6 +537,7 @@ mod tests {
             max_agents: 3,
             hold_fraction: 0.5,
             hold_min_agents: 10,
+            max_heartbeat_rate: 10.0,
         })
     }
 
@@ -751,6 +783,34 @@ mod tests {
     }
 
     #[test]
+    fn a_sender_faster_than_the_rate_limit_is_cut_to_it() {
+        let mut table = table();
+        let t0 = Instant::now();
+        let mut accepted = 0;
+        let mut limited = 0;
+        // 200 heartbeats in 2 s (100 per second) from one address: a burst of
+        // 20, then 10 per second.
+        for seq in 1..=200u64 {
+            let now = t0 + Duration::from_millis(seq * 10);
+            match table.observe(&beat(FAKER, INCARNATION_A, seq, &[]), now, 0) {
+                Observation::RateLimited => limited += 1,
+                _ => accepted += 1,
+            }
+        }
+        assert!((38..=42).contains(&accepted), "accepted {accepted}");
+        assert_eq!(accepted + limited, 200);
+        // Another address is not affected, and a calm sender is never limited.
+        let other = "observatory.other";
+        for seq in 1..=30u64 {
+            let now = t0 + Duration::from_millis(seq * 1000);
+            assert_ne!(
+                table.observe(&beat(other, INCARNATION_A, seq, &[]), now, 0),
+                Observation::RateLimited
+            );
+        }
+    }
+
+    #[test]
     fn most_agents_silent_at_once_holds_expiries_until_heartbeats_return() {
         let mut table = AgentTable::new(TableConfig {
             agent_timeout: TIMEOUT,
@@ -758,6 +818,7 @@ mod tests {
             max_agents: 100,
             hold_fraction: 0.5,
             hold_min_agents: 10,
+            max_heartbeat_rate: 10.0,
         });
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);

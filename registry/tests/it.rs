@@ -443,7 +443,23 @@ async fn bad_heartbeats_are_counted_and_dropped_and_memory_stays_bounded() {
     ] {
         assert_eq!(metrics.dropped_count(reason), 1, "{reason:?}");
     }
+    // One sender flooding its own subject: cut to the rate limit (a burst of
+    // 20, then 10 per second), and still alive.
+    for seq in 1..=300 {
+        bus.publish(
+            subject("bogus0"),
+            codec::encode(&valid("observatory.bogus0", 1_000 + seq)).into(),
+        )
+        .await
+        .unwrap();
+    }
+    bus.flush().await.unwrap();
+    eventually(Duration::from_secs(5), "the flood rate-limited", || async {
+        (metrics.dropped_count(DropReason::rate_limited) >= 250).then_some(())
+    })
+    .await;
     let agents = registry_agents(&client).await.unwrap();
+    assert_eq!(agents["observatory.bogus0"]["expired"], false);
     assert_eq!(agents.len(), 50, "the table is bounded");
     assert_eq!(
         agents[FAKER]["agent_class"], "FakeDataAgent",
