@@ -41,6 +41,7 @@
 mod agent;
 pub mod client;
 mod context;
+pub mod endpoints;
 pub mod exposition;
 mod heartbeat;
 pub mod host_manager;

@@ -56,11 +56,7 @@ pub async fn run(
     info!(address = %listener.local_addr()?, "serving /metrics and /healthz");
     let router = http::router(metrics.clone(), fleet.clone(), config.stale_after);
     let http_shutdown = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await
-    });
+    let http = tokio::spawn(ocs_agent::endpoints::serve(listener, router, http_shutdown));
     let settings = feed::FeedSettings {
         registry,
         probe_interval: config.probe_interval,

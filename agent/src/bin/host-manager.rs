@@ -80,7 +80,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let report = host_manager::metrics::ManagerReport::default();
     let router = host_manager::metrics::router(report.clone());
     // Read-only endpoints; they end with the process.
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::spawn(ocs_agent::endpoints::serve(
+        listener,
+        router,
+        tokio_util::sync::CancellationToken::new(),
+    ));
     let settings = Settings {
         site_file,
         host,
