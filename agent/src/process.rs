@@ -28,6 +28,59 @@ pub struct CommonArgs {
     /// This host's name in the site file (default: the host name).
     #[arg(long, env = crate::site::SITE_HOST_ENV)]
     pub site_host: Option<String>,
+    /// How to authenticate to NATS and check its certificate.
+    #[command(flatten)]
+    pub nats_auth: NatsAuth,
+}
+
+/// NATS authentication and TLS. Secrets are best given by environment
+/// variable or file: command-line arguments show in `ps`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NatsAuth {
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[arg(
+        long,
+        env = "NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<String>,
+    /// NATS credentials file (a user JWT and nkey seed, from nsc).
+    #[arg(long, env = "NATS_CREDS", conflicts_with = "nats_user")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) to check the server's with; implies TLS.
+    #[arg(long, env = "NATS_TLS_CA")]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for servers that verify clients (with --nats-tls-key).
+    #[arg(long, env = "NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<std::path::PathBuf>,
+    /// Client certificate key (PEM).
+    #[arg(long, env = "NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<std::path::PathBuf>,
+}
+
+impl NatsAuth {
+    /// `options` with these credentials and TLS settings.
+    pub async fn apply(&self, mut options: ConnectOptions) -> std::io::Result<ConnectOptions> {
+        if let Some(creds) = &self.nats_creds {
+            options = options.credentials_file(creds).await?;
+        }
+        if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(ca) = &self.nats_tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.nats_tls_cert, &self.nats_tls_key) {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        Ok(options)
+    }
 }
 
 /// Parses the command line of an agent or service, with its arguments from
@@ -168,7 +221,19 @@ pub async fn connect_service(
     nats_url: &str,
     name: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    ConnectOptions::new()
+    connect_service_as(nats_url, name, &NatsAuth::default()).await
+}
+
+/// [`connect_service`] with credentials and TLS settings.
+pub async fn connect_service_as(
+    nats_url: &str,
+    name: &str,
+    auth: &NatsAuth,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let options = auth.apply(ConnectOptions::new()).await.map_err(|err| {
+        async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, err)
+    })?;
+    options
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -196,8 +261,12 @@ pub async fn connect_service(
 /// Connects a short-lived client (the CLI): one attempt, bounded in time.
 pub async fn connect_client(
     nats_url: &str,
+    auth: &NatsAuth,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    ConnectOptions::new()
+    let options = auth.apply(ConnectOptions::new()).await.map_err(|err| {
+        async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, err)
+    })?;
+    options
         .name("ocs-cli")
         .connection_timeout(Duration::from_secs(3))
         .connect(nats_url)
@@ -217,7 +286,7 @@ pub async fn serve_agent(
     stop_with_parent();
     let shutdown = shutdown_on_signals();
     info!(nats_url = %common.nats_url, %address, "connecting");
-    let client = connect_service(&common.nats_url, address.as_str())
+    let client = connect_service_as(&common.nats_url, address.as_str(), &common.nats_auth)
         .await
         .with_context(|| format!("cannot connect to NATS at {}", common.nats_url))?;
     notify_systemd(&shutdown);

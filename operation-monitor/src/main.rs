@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use ocs_agent::process::{
-    connect_service, drain, init_tracing, notify_systemd, shutdown_on_signals,
+    connect_service_as, drain, init_tracing, notify_systemd, shutdown_on_signals,
 };
 use ocs_operation_monitor::Config;
 
@@ -27,9 +27,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let shutdown = shutdown_on_signals();
-    let client = connect_service(&config.common.nats_url, "ocs-operation-monitor")
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", config.common.nats_url))?;
+    let client = connect_service_as(
+        &config.common.nats_url,
+        "ocs-operation-monitor",
+        &config.common.nats_auth,
+    )
+    .await
+    .with_context(|| format!("cannot connect to NATS at {}", config.common.nats_url))?;
     notify_systemd(&shutdown);
     ocs_operation_monitor::run(config, client.clone(), listener, shutdown).await?;
     drain(&client).await;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ocs_agent::process::{
-    connect_service, drain, init_tracing, notify_systemd, shutdown_on_signals,
+    connect_service_as, drain, init_tracing, notify_systemd, shutdown_on_signals,
 };
 use ocs_registry::{Config, RegistryMetrics};
 
@@ -29,7 +29,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ocs_agent::process::stop_with_parent();
     let shutdown = shutdown_on_signals();
     let name = format!("{}.{}", config.common.address_root, config.instance_id);
-    let client = connect_service(&config.common.nats_url, &name)
+    let client = connect_service_as(&config.common.nats_url, &name, &config.common.nats_auth)
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.common.nats_url))?;
     notify_systemd(&shutdown);

@@ -797,3 +797,56 @@ async fn most_agents_falling_silent_at_once_is_held_not_expired() {
     );
     registry.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_agents_and_the_cli_authenticate_to_nats() {
+    let nats = NatsServer::start_with(&["--user", "ocs", "--pass", "s3cret"]);
+    let url = nats.url();
+    let with_password = |command: &mut Command| {
+        command
+            .env("NATS_USER", "ocs")
+            .env("NATS_PASSWORD", "s3cret");
+    };
+    let mut registry = Command::new(workspace_binary("ocs-registry"));
+    registry.args(["--nats-url", &url, "--listen", "127.0.0.1:0"]);
+    with_password(&mut registry);
+    let _registry = Process::spawn("ocs-registry", registry);
+    let mut agent = Command::new(workspace_binary("ocs-fake-data-agent"));
+    agent.args([
+        "--nats-url",
+        &url,
+        "--instance-id",
+        "faker",
+        "--mode",
+        "idle",
+    ]);
+    with_password(&mut agent);
+    let _agent = Process::spawn("faker", agent);
+
+    let status = || {
+        let mut ocs = Command::new(workspace_binary("ocs"));
+        ocs.args(["--nats-url", &url, "registry", "main", "status", "--json"]);
+        ocs
+    };
+    let (code, stdout) = eventually(Duration::from_secs(10), "the faker registered", || async {
+        let mut command = status();
+        with_password(&mut command);
+        let output = command.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        stdout
+            .contains(FAKER)
+            .then(|| (output.status.code(), stdout))
+    })
+    .await;
+    assert_eq!(code, Some(0), "{stdout}");
+
+    // Without the password the server refuses the connection: one clear line.
+    let output = status().output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with(&format!("error: cannot connect to NATS at {url}")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}

@@ -97,18 +97,26 @@ pub struct NatsServer {
     port: u16,
     monitor_port: u16,
     dir: TempDir,
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts a server on free ports (`-p -1 -m -1`).
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with further nats-server arguments (e.g. `--user`, `--pass`).
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = TempDir::new("ocs-nats");
-        let (child, port, monitor_port) = spawn_server(dir.path(), None);
+        let extra: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
+        let (child, port, monitor_port) = spawn_server(dir.path(), None, &extra);
         NatsServer {
             child: Some(child),
             port,
             monitor_port,
             dir,
+            extra,
         }
     }
 
@@ -138,7 +146,7 @@ impl NatsServer {
     /// Starts the server again on the same port, with the same JetStream store.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, _, monitor_port) = spawn_server(self.dir.path(), Some(self.port));
+        let (child, _, monitor_port) = spawn_server(self.dir.path(), Some(self.port), &self.extra);
         self.child = Some(child);
         self.monitor_port = monitor_port;
     }
@@ -152,7 +160,7 @@ impl Drop for NatsServer {
 
 // The child is returned to `NatsServer`, which kills and reaps it on drop.
 #[allow(clippy::zombie_processes)]
-fn spawn_server(dir: &Path, port: Option<u16>) -> (Child, u16, u16) {
+fn spawn_server(dir: &Path, port: Option<u16>, extra: &[String]) -> (Child, u16, u16) {
     let ports_dir = dir.join("ports");
     let _ = std::fs::remove_dir_all(&ports_dir);
     std::fs::create_dir_all(&ports_dir).expect("create ports dir");
@@ -163,6 +171,7 @@ fn spawn_server(dir: &Path, port: Option<u16>) -> (Child, u16, u16) {
         .arg(dir.join("jetstream"))
         .arg("--ports_file_dir")
         .arg(&ports_dir)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -151,7 +151,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let connect = || async {
-        connect_client(&cli.common.nats_url)
+        connect_client(&cli.common.nats_url, &cli.common.nats_auth)
             .await
             .with_context(|| format!("cannot connect to NATS at {}", cli.common.nats_url))
     };
