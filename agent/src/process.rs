@@ -63,6 +63,14 @@ pub struct NatsAuth {
 }
 
 impl NatsAuth {
+    /// Fresh connect options with these settings; a credentials file that
+    /// cannot be read is a connection error.
+    async fn options(&self) -> Result<ConnectOptions, async_nats::ConnectError> {
+        self.apply(ConnectOptions::new()).await.map_err(|err| {
+            async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, err)
+        })
+    }
+
     /// `options` with these credentials and TLS settings.
     pub async fn apply(&self, mut options: ConnectOptions) -> std::io::Result<ConnectOptions> {
         if let Some(creds) = &self.nats_creds {
@@ -230,9 +238,7 @@ pub async fn connect_service_as(
     name: &str,
     auth: &NatsAuth,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    let options = auth.apply(ConnectOptions::new()).await.map_err(|err| {
-        async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, err)
-    })?;
+    let options = auth.options().await?;
     options
         .name(name)
         .retry_on_initial_connect()
@@ -263,9 +269,7 @@ pub async fn connect_client(
     nats_url: &str,
     auth: &NatsAuth,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    let options = auth.apply(ConnectOptions::new()).await.map_err(|err| {
-        async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, err)
-    })?;
+    let options = auth.options().await?;
     options
         .name("ocs-cli")
         .connection_timeout(Duration::from_secs(3))

@@ -85,18 +85,7 @@ async fn client(nats: &NatsServer) -> OcsClient {
 
 /// The manager process's session, when it answers.
 async fn manager_session(client: &OcsClient) -> Option<Value> {
-    let reply = client
-        .operation(
-            &InstanceId::new(MANAGER).unwrap(),
-            &OpName::new("manager").unwrap(),
-            Action::Status,
-            Vec::new(),
-            None,
-            Duration::from_secs(2),
-        )
-        .await
-        .ok()?;
-    let session = ocs_protocol::json::reply(&reply).ok()?["session"].clone();
+    let session = status(client, MANAGER, "manager").await?["session"].clone();
     session["data"]
         .get("child_states")
         .is_some()
@@ -188,11 +177,12 @@ fn registry(nats: &NatsServer) -> Process {
     Process::spawn("ocs-registry", command)
 }
 
-async fn registry_record(client: &OcsClient, instance_id: &str) -> Option<Value> {
+/// `status` of `op` on `instance_id`, as OCS-shaped JSON.
+async fn status(client: &OcsClient, instance_id: &str, op: &str) -> Option<Value> {
     let reply = client
         .operation(
-            &InstanceId::new("registry").unwrap(),
-            &OpName::new("main").unwrap(),
+            &InstanceId::new(instance_id).unwrap(),
+            &OpName::new(op).unwrap(),
             Action::Status,
             Vec::new(),
             None,
@@ -200,7 +190,11 @@ async fn registry_record(client: &OcsClient, instance_id: &str) -> Option<Value>
         )
         .await
         .ok()?;
-    let reply = ocs_protocol::json::reply(&reply).ok()?;
+    ocs_protocol::json::reply(&reply).ok()
+}
+
+async fn registry_record(client: &OcsClient, instance_id: &str) -> Option<Value> {
+    let reply = status(client, "registry", "main").await?;
     reply["session"]["data"]
         .get(format!("observatory.{instance_id}"))
         .cloned()
@@ -608,18 +602,7 @@ async fn scheduled_operations_run_on_time() {
         "Started task \"count\"."
     );
     // The agent ran them as ordinary operations.
-    let status = client
-        .operation(
-            &InstanceId::new("faker1").unwrap(),
-            &OpName::new("count").unwrap(),
-            Action::Status,
-            Vec::new(),
-            None,
-            Duration::from_secs(2),
-        )
-        .await
-        .unwrap();
-    let status = ocs_protocol::json::reply(&status).unwrap();
+    let status = status(&client, "faker1", "count").await.unwrap();
     let session_id = status["session"]["session_id"].as_u64().unwrap();
     assert!(
         session_id >= count_runs + 2,
