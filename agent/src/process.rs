@@ -134,6 +134,13 @@ pub fn init_tracing(format: LogFormat) {
     }
 }
 
+/// This host's name, as the kernel has it.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+}
+
 /// Set by the host manager for its children: the manager's pid.
 pub const PARENT_PID_ENV: &str = "OCS_PARENT_PID";
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use ocs_agent::OcsClient;
 use ocs_protocol::codec::to_msgpack;
-use ocs_protocol::{Action, AddressRoot, InstanceId, OpName};
+use ocs_protocol::{Action, AddressRoot, InstanceId, OpName, proto};
 use ocs_testkit::{NatsServer, Process, TempDir, eventually, http_get, tool, workspace_binary};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -427,6 +427,20 @@ impl Prometheus {
     }
 }
 
+async fn start_delay_task(client: &OcsClient, params: Value) -> proto::OperationReply {
+    client
+        .operation(
+            &InstanceId::new("faker").unwrap(),
+            &OpName::new("delay_task").unwrap(),
+            Action::Start,
+            to_msgpack(&params).unwrap(),
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+}
+
 fn is_alert(alert: &Value, name: &str, agent: &str, operation: Option<&str>) -> bool {
     alert["labels"]["alertname"] == name
         && alert["labels"]["agent"] == agent
@@ -456,18 +470,8 @@ async fn prometheus_fires_and_resolves_agent_and_operation_alerts() {
         async_nats::connect(nats.url()).await.unwrap(),
         AddressRoot::default(),
     );
-    let params = to_msgpack(&serde_json::json!({"delay": 0.1, "succeed": false})).unwrap();
-    let reply = client
-        .operation(
-            &InstanceId::new("faker").unwrap(),
-            &OpName::new("delay_task").unwrap(),
-            Action::Start,
-            params,
-            None,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let reply =
+        start_delay_task(&client, serde_json::json!({"delay": 0.1, "succeed": false})).await;
     assert_eq!(reply.status, 0);
     eventually(
         Duration::from_secs(15),
@@ -546,18 +550,7 @@ async fn prometheus_fires_and_resolves_agent_and_operation_alerts() {
         },
     )
     .await;
-    let params = to_msgpack(&serde_json::json!({"delay": 0.1})).unwrap();
-    let reply = client
-        .operation(
-            &InstanceId::new("faker").unwrap(),
-            &OpName::new("delay_task").unwrap(),
-            Action::Start,
-            params,
-            None,
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let reply = start_delay_task(&client, serde_json::json!({"delay": 0.1})).await;
     assert_eq!(reply.status, 0, "{}", reply.message);
     eventually(
         Duration::from_secs(20),

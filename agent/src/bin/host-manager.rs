@@ -60,9 +60,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     SiteConfig::load(&site_file)?;
     let host = match &config.common.site_host {
         Some(host) => host.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|name| name.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".to_owned()),
+        None => ocs_agent::process::hostname().unwrap_or_else(|| "localhost".to_owned()),
     };
     let instance_id = match config.instance_id.clone() {
         Some(id) => id,

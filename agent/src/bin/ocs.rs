@@ -234,9 +234,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let manager = match manager {
                 Some(manager) => manager,
                 None => {
-                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                        .context("cannot read this host's name: give --manager")?;
-                    InstanceId::new(format!("hm-{}", host.trim()))?
+                    let host = ocs_agent::process::hostname()
+                        .ok_or_else(|| anyhow!("cannot read this host's name: give --manager"))?;
+                    InstanceId::new(format!("hm-{host}"))?
                 }
             };
             let names = if all {
