@@ -267,8 +267,19 @@ pub async fn connect_service_as(
                 Event::ClientError(_) | Event::Draining | Event::Closed => {}
             }
         })
-        .connect(nats_url)
+        .connect(server_urls(nats_url).as_slice())
         .await
+}
+
+/// The servers of a comma-separated URL list (`nats://a:4222,nats://b:4222`):
+/// async-nats reads a single string as one server, so a cluster's URLs are
+/// split here and the client fails over between them.
+fn server_urls(nats_url: &str) -> Vec<&str> {
+    nats_url
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
 }
 
 /// Connects a short-lived client (the CLI): one attempt, bounded in time.
@@ -280,7 +291,7 @@ pub async fn connect_client(
     options
         .name("ocs-cli")
         .connection_timeout(Duration::from_secs(3))
-        .connect(nats_url)
+        .connect(server_urls(nats_url).as_slice())
         .await
 }
 
