@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     /// Feed name → (subject, last sequence number).
     pub(crate) feeds: HashMap<String, (String, AtomicU64)>,
     pub(crate) heartbeat_on: AtomicBool,
+    /// For a replica: whether it may heartbeat for the address now.
+    pub(crate) replica_gate: Option<ReplicaGate>,
     /// Wakes the heartbeat so an op-code change reaches the registry at once.
     pub(crate) op_codes_changed: Notify,
     /// Wakes the journal writer so a session change is stored.
@@ -95,8 +97,13 @@ pub struct AgentBuilder {
     interval: Duration,
     shutdown_grace: Duration,
     operation_threads: usize,
+    replica_gate: Option<ReplicaGate>,
     errors: Vec<String>,
 }
+
+/// Whether this replica may speak for a replicated agent's address now
+/// (see [`AgentBuilder::replicated`]).
+pub type ReplicaGate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// A running or runnable agent.
 pub struct Agent {
@@ -116,6 +123,7 @@ impl AgentBuilder {
             interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(3),
             operation_threads: 2,
+            replica_gate: None,
             errors: Vec::new(),
         }
     }
@@ -243,6 +251,18 @@ impl AgentBuilder {
         self
     }
 
+    /// Runs this process as one of several replicas of one address (a
+    /// highly available service such as the registry). Requests are shared
+    /// among the replicas through a NATS queue group, so any one answers; the
+    /// address heartbeats only while `may_speak` says this replica leads, so
+    /// the registry sees one incarnation, not a conflict. Replicas keep no
+    /// session journal: a standby would otherwise mark the leader's running
+    /// session as left behind by a dead process.
+    pub fn replicated(mut self, may_speak: ReplicaGate) -> Self {
+        self.replica_gate = Some(may_speak);
+        self
+    }
+
     /// Checks the definition and binds it to an address.
     pub fn build(mut self, address: AgentAddress) -> Result<Agent, AgentError> {
         for (op_name, _) in &self.startup {
@@ -313,6 +333,7 @@ impl Agent {
             table: Mutex::new(builder.table),
             feeds,
             heartbeat_on: AtomicBool::new(true),
+            replica_gate: builder.replica_gate.clone(),
             op_codes_changed: Notify::new(),
             sessions_changed: Notify::new(),
         });
@@ -329,9 +350,12 @@ impl Agent {
 
         let ops_subject = subject::all_operations(&address);
         let api_subject = subject::api(&address);
-        let mut op_requests = subscribe(&client, &ops_subject).await?;
-        let mut api_requests = subscribe(&client, &api_subject).await?;
-        let mut ping_requests = subscribe(&client, &subject::ping(&address)).await?;
+        // Replicas of one address share its requests: one of them answers each.
+        let queue_group = builder.replica_gate.is_some().then(|| address.to_string());
+        let queue_group = queue_group.as_deref();
+        let mut op_requests = subscribe(&client, &ops_subject, queue_group).await?;
+        let mut api_requests = subscribe(&client, &api_subject, queue_group).await?;
+        let mut ping_requests = subscribe(&client, &subject::ping(&address), queue_group).await?;
 
         let heartbeat_stop = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), heartbeat_stop.clone()));
@@ -345,11 +369,15 @@ impl Agent {
         // heartbeat nor the startup operations wait for JetStream. Restoring
         // never replaces a session this incarnation already has.
         let journal_stop = CancellationToken::new();
-        let journal = tokio::spawn(keep_journal(
-            shared.clone(),
-            client.clone(),
-            journal_stop.clone(),
-        ));
+        let journal = if builder.replica_gate.is_none() {
+            tokio::spawn(keep_journal(
+                shared.clone(),
+                client.clone(),
+                journal_stop.clone(),
+            ))
+        } else {
+            tokio::spawn(async {})
+        };
         for (op_name, params) in &builder.startup {
             let reply = start_operation(&shared, &operations, op_name, params);
             info!(op = %op_name, status = reply.status.name(), message = %reply.message, "startup operation");
@@ -543,14 +571,20 @@ impl Drop for OperationsRuntime {
 async fn subscribe(
     client: &async_nats::Client,
     subject: &str,
+    queue_group: Option<&str>,
 ) -> Result<async_nats::Subscriber, AgentError> {
-    client
-        .subscribe(subject.to_owned())
-        .await
-        .map_err(|err| AgentError::Subscribe {
-            subject: subject.to_owned(),
-            reason: err.to_string(),
-        })
+    match queue_group {
+        Some(group) => {
+            client
+                .queue_subscribe(subject.to_owned(), group.to_owned())
+                .await
+        }
+        None => client.subscribe(subject.to_owned()).await,
+    }
+    .map_err(|err| AgentError::Subscribe {
+        subject: subject.to_owned(),
+        reason: err.to_string(),
+    })
 }
 
 fn hostname() -> String {

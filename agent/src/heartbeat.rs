@@ -103,6 +103,15 @@ async fn send(
     if shared.client.connection_state() != State::Connected {
         return false;
     }
+    // A replica that does not lead stays silent, and so does one that was
+    // frozen past its lease: checked at the moment of sending, not cached.
+    if shared
+        .replica_gate
+        .as_ref()
+        .is_some_and(|may_speak| !may_speak())
+    {
+        return true;
+    }
     let op_codes = shared
         .table
         .lock()

@@ -52,7 +52,7 @@ pub mod process;
 mod session;
 pub mod site;
 
-pub use agent::{Agent, AgentBuilder, AgentError};
+pub use agent::{Agent, AgentBuilder, AgentError, ReplicaGate};
 pub use client::{ClientError, OcsClient};
 pub use context::{OpContext, PublishError};
 pub use operations::{BoxError, OpFuture, OpKind, OpResult, Reply};

@@ -77,7 +77,8 @@ envelope!(
     proto::PingReply,
     proto::StoredSession,
     proto::FeedMessage,
-    proto::AgentOperations
+    proto::AgentOperations,
+    proto::StoredAgent
 );
 
 /// Encodes an envelope.

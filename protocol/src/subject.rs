@@ -73,6 +73,29 @@ pub fn session_key(address: &AgentAddress, op_name: &str) -> String {
     format!("{address}.{op_name}")
 }
 
+/// The JetStream KV bucket where registries keep their agent records.
+pub const REGISTRY_BUCKET: &str = "ocs_registry";
+
+/// The key prefix of one registry's records in [`REGISTRY_BUCKET`]:
+/// `{registry}.agents.`.
+pub fn registry_records_prefix(registry: &AgentAddress) -> String {
+    format!("{registry}.agents.")
+}
+
+/// The key of `agent`'s record kept by `registry` in [`REGISTRY_BUCKET`].
+pub fn registry_record_key(registry: &AgentAddress, agent: &str) -> String {
+    format!("{registry}.agents.{agent}")
+}
+
+/// The JetStream KV bucket of registry leases: its entries expire by
+/// themselves, so a leader that dies releases its lease.
+pub const REGISTRY_LEASE_BUCKET: &str = "ocs_registry_leases";
+
+/// The key of the lease of the replicas of `registry`: its holder publishes the feed.
+pub fn registry_lease_key(registry: &AgentAddress) -> String {
+    format!("{registry}.leader")
+}
+
 /// `{address}.ping`: a liveness check answered without touching operations.
 pub fn ping(address: &AgentAddress) -> String {
     format!("{address}.ping")
