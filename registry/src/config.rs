@@ -47,6 +47,19 @@ pub struct Config {
     /// twice as many pass); the rest are dropped and counted.
     #[arg(long, env = "OCS_REGISTRY_MAX_HEARTBEAT_RATE", default_value_t = 10.0)]
     pub max_heartbeat_rate: f64,
+    /// Run as one of several replicas of this registry: the replica holding a
+    /// lease in JetStream KV publishes the feed; the others track every agent
+    /// too and take over when it stops renewing.
+    #[arg(long, env = "OCS_REGISTRY_HA")]
+    pub ha: bool,
+    /// Seconds a replica's lease lives without renewal: a dead leader is
+    /// replaced within about this long.
+    #[arg(long, env = "OCS_REGISTRY_LEASE_TTL", default_value = "2", value_parser = parse_seconds)]
+    pub lease_ttl: Duration,
+    /// Copies of the stored records and the lease kept by a NATS cluster
+    /// (1 on a single server; 3 on a three-node cluster).
+    #[arg(long, env = "OCS_REGISTRY_KV_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub kv_replicas: u8,
     /// Address of the HTTP endpoints (/metrics, /healthz).
     #[arg(long, env = "OCS_REGISTRY_LISTEN", default_value = "127.0.0.1:9463")]
     pub listen: SocketAddr,

@@ -7,22 +7,29 @@
 //!
 //! - [`table`]: the sans-I/O [`table::AgentTable`] (observe, expire, forget);
 //! - `service`: the `main` process loop that feeds the table and publishes;
+//! - `store`: the agent records kept in JetStream KV across restarts;
+//! - [`lease`]: which replica leads when several run (`--ha`);
 //! - [`metrics`] and [`http`]: `/metrics` and `/healthz`;
 //! - [`config`]: the command line.
 
 pub mod config;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 mod service;
+mod store;
 pub mod table;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ocs_agent::{Agent, AgentError, NoParams};
 use ocs_protocol::AgentAddress;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+
+use lease::{Lease, SharedLease};
 
 pub use config::Config;
 pub use metrics::RegistryMetrics;
@@ -48,7 +55,31 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RegistryError> {
     let address = AgentAddress::new(&config.common.address_root, &config.instance_id);
+    let lease: SharedLease = Arc::new(Mutex::new(if config.ha {
+        Lease::contested(config.lease_ttl)
+    } else {
+        Lease::uncontested()
+    }));
+    let (leading_tx, leading) = watch::channel(lease::leads(&lease));
+    let election_stop = CancellationToken::new();
+    let election = config.ha.then(|| {
+        tokio::spawn(lease::elect(
+            client.clone(),
+            address.clone(),
+            format!(
+                "{}:{}",
+                ocs_agent::process::hostname().unwrap_or_default(),
+                std::process::id()
+            ),
+            usize::from(config.kv_replicas),
+            lease.clone(),
+            leading_tx,
+            election_stop.clone(),
+        ))
+    });
     let settings = Arc::new(service::Settings {
+        kv_replicas: usize::from(config.kv_replicas),
+        lease: lease.clone(),
         root: config.common.address_root.clone(),
         address: address.clone(),
         table: config.table(),
@@ -61,17 +92,28 @@ pub async fn run(
             "main",
             "Track agents by their heartbeats and publish the agent_operations feed.",
             move |ctx, _: NoParams| {
-                service::main_process(ctx, settings.clone(), main_metrics.clone())
+                service::main_process(ctx, settings.clone(), main_metrics.clone(), leading.clone())
             },
         )
-        .startup("main", serde_json::json!({}))
-        .build(address)?;
+        .startup("main", serde_json::json!({}));
+    let agent = if config.ha {
+        let gate = lease.clone();
+        agent.replicated(Arc::new(move || lease::leads(&gate)))
+    } else {
+        agent
+    }
+    .build(address)?;
 
     info!(address = %listener.local_addr()?, "serving /metrics and /healthz");
     let router = http::router(metrics, client.clone());
     let http_shutdown = shutdown.clone();
     let http = tokio::spawn(ocs_agent::endpoints::serve(listener, router, http_shutdown));
     let result = agent.run(client, shutdown).await;
+    // Released only now: the leaving heartbeat above still spoke for the address.
+    election_stop.cancel();
+    if let Some(election) = election {
+        let _ = election.await;
+    }
     http.abort();
     result?;
     Ok(())

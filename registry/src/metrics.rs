@@ -71,6 +71,12 @@ pub struct RegistryMetrics {
     pub(crate) conflicts: Gauge,
     pub(crate) conflicting_heartbeats: Counter,
     pub(crate) self_preservation: Gauge,
+    pub(crate) leader: Gauge,
+    pub(crate) store_writes: Counter,
+    pub(crate) store_failures: Counter,
+    pub(crate) restored: Counter,
+    pub(crate) stalls: Counter,
+    pub(crate) cut_off: Gauge,
 }
 
 impl RegistryMetrics {
@@ -89,6 +95,12 @@ impl RegistryMetrics {
             conflicts: Gauge::default(),
             conflicting_heartbeats: Counter::default(),
             self_preservation: Gauge::default(),
+            leader: Gauge::default(),
+            store_writes: Counter::default(),
+            store_failures: Counter::default(),
+            restored: Counter::default(),
+            stalls: Counter::default(),
+            cut_off: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -145,6 +157,36 @@ impl RegistryMetrics {
             "self_preservation",
             "1 while expiries are held because most agents fell silent at once (the registry is likely cut off from them)",
             metrics.self_preservation.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease and publishes the feed (always 1 without --ha)",
+            metrics.leader.clone(),
+        );
+        registry.register(
+            "store_writes",
+            "Agent records written to or deleted from the JetStream KV bucket",
+            metrics.store_writes.clone(),
+        );
+        registry.register(
+            "store_failures",
+            "Agent record writes to the JetStream KV bucket that failed (retried)",
+            metrics.store_failures.clone(),
+        );
+        registry.register(
+            "restored_agents",
+            "Agent records taken back from the JetStream KV bucket at start",
+            metrics.restored.clone(),
+        );
+        registry.register(
+            "stalls",
+            "Times this process did not run for over a second (stopped or starved) and gave every agent a fresh timeout",
+            metrics.stalls.clone(),
+        );
+        registry.register(
+            "cut_off",
+            "1 while the registry cannot hear the bus (disconnected, or its own heartbeat does not come back) and holds expiries",
+            metrics.cut_off.clone(),
         );
         for reason in DropReason::ALL {
             let _ = metrics

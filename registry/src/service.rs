@@ -13,13 +13,26 @@ use ocs_protocol::{AddressRoot, AgentAddress, json, proto, subject};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
+use crate::lease::{self, SharedLease};
 use crate::metrics::{DropReason, KindLabel, RegistryMetrics};
+use crate::store::{self, AgentStore, PendingWrites};
 use crate::table::{AgentTable, Observation, TableConfig};
 
 /// Records per feed message; keeps a snapshot of any size under NATS's 1 MiB payload limit.
 pub const RECORDS_PER_MESSAGE: usize = 1000;
 /// Heartbeats handled before expiries are checked and changes published.
 const BATCH: usize = 1024;
+/// The loop wakes at least every 250 ms (housekeeping); a longer gap means
+/// this process did not run (SIGSTOP, a paused VM, a starved host) and could
+/// not read the heartbeats sent meanwhile, which still sit unread in the
+/// socket. Agents beat every second, so their deadlines are at least a
+/// timeout less a second away: a second of not running cannot yet make an
+/// alive agent look dead, a longer gap can.
+const STALL: Duration = Duration::from_secs(1);
+/// The registry is cut off when its own heartbeat (sent every second) has not
+/// come back through NATS for this long: two missed beats, well inside the
+/// shortest sensible agent timeout (three intervals).
+const CANARY: Duration = Duration::from_millis(2500);
 
 /// What the `main` process needs to know.
 pub(crate) struct Settings {
@@ -28,6 +41,10 @@ pub(crate) struct Settings {
     pub(crate) table: TableConfig,
     pub(crate) wait_time: Duration,
     pub(crate) max_heartbeat_bytes: usize,
+    /// Copies of each record (and of the lease) in a NATS cluster.
+    pub(crate) kv_replicas: usize,
+    /// Whether this replica leads (always, without `--ha`).
+    pub(crate) lease: SharedLease,
 }
 
 /// Logs the first drop of each reason with its context, then a count at most once a minute,
@@ -67,6 +84,10 @@ struct Registry {
     changed: BTreeSet<String>,
     forgotten: Vec<String>,
     drops: DropLog,
+    /// Records to write to the KV bucket, while leading.
+    pending_writes: Arc<PendingWrites>,
+    /// When a heartbeat for the registry's own address last came back.
+    own_heartbeat_heard: Instant,
 }
 
 fn lock(table: &Mutex<AgentTable>) -> MutexGuard<'_, AgentTable> {
@@ -85,6 +106,7 @@ pub(crate) async fn main_process(
     ctx: OpContext,
     settings: Arc<Settings>,
     metrics: Arc<RegistryMetrics>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
 ) -> OpResult {
     let table = Arc::new(Mutex::new(AgentTable::new(settings.table.clone())));
     let view = table.clone();
@@ -120,7 +142,27 @@ pub(crate) async fn main_process(
         drops: DropLog {
             last: HashMap::new(),
         },
+        pending_writes: Arc::new(PendingWrites::default()),
+        // A grace period for the first beat to make the round trip.
+        own_heartbeat_heard: Instant::now(),
     };
+    // The stored records arrive once JetStream answers; heartbeats are
+    // handled meanwhile, and a record heard live wins over a stored one.
+    let storage_stop = tokio_util::sync::CancellationToken::new();
+    let (restored_tx, mut restored_rx) = tokio::sync::oneshot::channel();
+    let storage = tokio::spawn(keep_records(
+        client.clone(),
+        settings.clone(),
+        registry.pending_writes.clone(),
+        registry.metrics.clone(),
+        restored_tx,
+        storage_stop.clone(),
+    ));
+    let mut awaiting_records = true;
+    registry
+        .metrics
+        .leader
+        .set(i64::from(lease::leads(&settings.lease)));
     info!(subject = %subject::all_heartbeats(&settings.root), timeout = ?settings.table.agent_timeout, "registry main process running");
 
     let mut snapshots =
@@ -128,20 +170,34 @@ pub(crate) async fn main_process(
     snapshots.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut was_connected = client.connection_state() == State::Connected;
+    let mut was_hearing = client.connection_state() == State::Connected;
     let mut was_holding = false;
+    let mut last_awake = Instant::now();
     loop {
         let connected = client.connection_state() == State::Connected;
         registry.metrics.nats_connected.set(i64::from(connected));
-        if connected && !was_connected {
+        // The registry's own heartbeat makes the round trip through NATS
+        // every second. When it stops coming back while the connection still
+        // looks up (a frozen server, a half-open connection, a partition
+        // between servers), nobody's silence means anything.
+        let hears_itself =
+            Instant::now().saturating_duration_since(registry.own_heartbeat_heard) <= CANARY;
+        let hearing = connected && hears_itself;
+        registry.metrics.cut_off.set(i64::from(!hearing));
+        if hearing && !was_hearing {
             // Nobody could be heard while we were cut off: silence is not evidence of death.
             lock(&registry.table).grant_fresh_timeouts(Instant::now());
-            info!("reconnected to NATS; every agent gets a fresh timeout");
+            info!("hearing the bus again; every agent gets a fresh timeout");
             registry.publish_snapshot().await;
+        } else if !hearing && was_hearing {
+            warn!(
+                connected,
+                "cut off from the bus (disconnected, or our own heartbeat no longer comes back): holding expiries"
+            );
         }
-        was_connected = connected;
-        // While disconnected, expiries wait: the registry cannot tell a dead agent from its own outage.
-        let next_deadline = if connected {
+        was_hearing = hearing;
+        // While cut off, expiries wait: the registry cannot tell a dead agent from its own outage.
+        let next_deadline = if hearing {
             lock(&registry.table).next_deadline()
         } else {
             None
@@ -150,6 +206,14 @@ pub(crate) async fn main_process(
             biased;
             _ = ctx.stopping() => break,
             _ = sleep_until(next_deadline), if next_deadline.is_some() => {
+                let now = Instant::now();
+                let asleep = now.saturating_duration_since(last_awake);
+                if asleep > STALL {
+                    // Like a NATS outage: the silence was ours, not theirs.
+                    lock(&registry.table).grant_fresh_timeouts(now);
+                    registry.metrics.stalls.inc();
+                    warn!(?asleep, "this process did not run for a while (stopped or starved); every agent gets a fresh timeout");
+                }
                 // Heartbeats already queued arrived before the deadline; count them first.
                 registry.drain_ready(&mut heartbeats);
                 registry.expire_and_forget();
@@ -186,6 +250,24 @@ pub(crate) async fn main_process(
                     let _ = client.publish(reply, bytes::Bytes::new()).await;
                 }
             }
+            stored = &mut restored_rx, if awaiting_records => {
+                awaiting_records = false;
+                if let Ok(stored) = stored {
+                    registry.restore(stored);
+                    registry.publish_snapshot().await;
+                }
+            }
+            Ok(()) = leading.changed() => {
+                let leads = *leading.borrow_and_update();
+                registry.metrics.leader.set(i64::from(leads));
+                if leads {
+                    info!("leading: this replica publishes the feed and keeps the records");
+                    registry.store_all();
+                    registry.publish_snapshot().await;
+                } else {
+                    warn!("not leading: another replica publishes the feed");
+                }
+            }
             _ = housekeeping.tick() => {
                 let (counts, conflicts) = {
                     let table = lock(&registry.table);
@@ -195,8 +277,52 @@ pub(crate) async fn main_process(
             }
         }
         registry.publish_changes().await;
+        last_awake = Instant::now();
     }
+    storage_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(3), storage).await;
     Ok("Stopped registry main process".into())
+}
+
+/// Opens the KV bucket (retrying until JetStream answers), hands the stored
+/// records to the main loop, then writes what the main loop queues.
+async fn keep_records(
+    client: async_nats::Client,
+    settings: Arc<Settings>,
+    pending: Arc<PendingWrites>,
+    metrics: Arc<RegistryMetrics>,
+    restored: tokio::sync::oneshot::Sender<Vec<proto::StoredAgent>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut complained = false;
+    let (store, records) = loop {
+        let attempt = async {
+            let store = AgentStore::open(&client, &settings.address, settings.kv_replicas).await?;
+            let loaded = store.load().await?;
+            Ok::<_, String>((store, loaded))
+        };
+        match attempt.await {
+            Ok((store, (records, unreadable))) => {
+                if unreadable > 0 {
+                    warn!(unreadable, "skipped unreadable stored agent records");
+                }
+                info!(records = records.len(), "read the stored agent records");
+                break (store, records);
+            }
+            Err(err) => {
+                if !complained {
+                    warn!(error = %err, "cannot read the stored agent records (JetStream KV); tracking from heartbeats alone until it answers");
+                    complained = true;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    let _ = restored.send(records);
+    store::write_loop(store, pending, metrics, stop).await;
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -258,6 +384,10 @@ impl Registry {
         if !address_matches {
             let detail = format!("payload claims {}", heartbeat.agent_address);
             return self.drop_heartbeat(DropReason::address_mismatch, subject, &detail);
+        }
+        if heartbeat.agent_address == self.settings.address.as_str() {
+            // Ours, or (with replicas) the leader's: either proves the bus carries heartbeats to us.
+            self.own_heartbeat_heard = Instant::now();
         }
         let observation = lock(&self.table).observe(&heartbeat, Instant::now(), now_unix_ms());
         match observation {
@@ -362,10 +492,65 @@ impl Registry {
         published
     }
 
-    /// Publishes the records that changed since the last call, at once.
+    fn leads(&self) -> bool {
+        lease::leads(&self.settings.lease)
+    }
+
+    /// Takes back what a predecessor stored; announces it with a snapshot.
+    fn restore(&mut self, stored: Vec<proto::StoredAgent>) {
+        let now = Instant::now();
+        let now_unix = now_unix_ms();
+        let restored = {
+            let mut table = lock(&self.table);
+            stored
+                .into_iter()
+                .map(|stored| table.restore(stored, now, now_unix))
+                .filter(|restored| *restored)
+                .count()
+        };
+        self.metrics.restored.inc_by(restored as u64);
+        info!(
+            restored,
+            "took back the stored agent records; live agents get a fresh timeout"
+        );
+    }
+
+    /// Queues every record for writing: a new leader makes the bucket match what it knows.
+    fn store_all(&mut self) {
+        let now = Instant::now();
+        let now_unix = now_unix_ms();
+        let table = lock(&self.table);
+        for record in table.records() {
+            if let Some(stored) = table.stored(&record.agent_address, now, now_unix) {
+                self.pending_writes.put(&stored);
+            }
+        }
+    }
+
+    /// Publishes the records that changed since the last call, at once, and
+    /// queues them for the KV bucket.
     async fn publish_changes(&mut self) {
         if self.changed.is_empty() && self.forgotten.is_empty() {
             return;
+        }
+        if !self.leads() {
+            // The leader publishes and stores; a standby only keeps its table current.
+            self.changed.clear();
+            self.forgotten.clear();
+            return;
+        }
+        {
+            let now = Instant::now();
+            let now_unix = now_unix_ms();
+            let table = lock(&self.table);
+            for address in &self.changed {
+                if let Some(stored) = table.stored(address, now, now_unix) {
+                    self.pending_writes.put(&stored);
+                }
+            }
+            for address in &self.forgotten {
+                self.pending_writes.delete(address);
+            }
         }
         let changed: Vec<String> = std::mem::take(&mut self.changed).into_iter().collect();
         let records: Vec<proto::AgentRecord> = {
@@ -390,6 +575,9 @@ impl Registry {
 
     /// Publishes every record, in parts if needed, so late subscribers catch up.
     async fn publish_snapshot(&mut self) {
+        if !self.leads() {
+            return;
+        }
         let records = lock(&self.table).records();
         let parts: Vec<&[proto::AgentRecord]> = if records.is_empty() {
             vec![&[]]

@@ -459,6 +459,93 @@ impl AgentTable {
         }
     }
 
+    /// What to keep of `address` across registry restarts; `None` if untracked.
+    pub fn stored(
+        &self,
+        address: &str,
+        now: Instant,
+        now_unix_ms: i64,
+    ) -> Option<proto::StoredAgent> {
+        let entry = self.agents.get(address)?;
+        let forget_at_unix_ms = match entry.state {
+            AgentState::Alive => 0,
+            AgentState::Expired | AgentState::Left => {
+                let left = entry.deadline.saturating_duration_since(now);
+                now_unix_ms.saturating_add(i64::try_from(left.as_millis()).unwrap_or(i64::MAX))
+            }
+        };
+        Some(proto::StoredAgent {
+            protocol_version: ocs_protocol::PROTOCOL_VERSION,
+            record: Some(to_record(address, entry)),
+            forget_at_unix_ms,
+        })
+    }
+
+    /// Takes back an agent a previous registry stored, unless this table
+    /// already heard it (a live heartbeat is newer than any stored record).
+    ///
+    /// An alive agent gets a fresh full timeout from `now`: the registry was
+    /// not listening, so its silence proves nothing (as controllers do after a
+    /// restart). An expired or departed one stays so, with its original
+    /// `time_expired`, and is forgotten when it would have been.
+    pub fn restore(&mut self, stored: proto::StoredAgent, now: Instant, now_unix_ms: i64) -> bool {
+        let Some(record) = stored.record else {
+            return false;
+        };
+        if self.agents.contains_key(&record.agent_address)
+            || self.agents.len() >= self.config.max_agents
+        {
+            return false;
+        }
+        let state = match proto::AgentState::try_from(record.state) {
+            Ok(proto::AgentState::Alive) => AgentState::Alive,
+            Ok(proto::AgentState::Left) => AgentState::Left,
+            _ if !record.expired => AgentState::Alive,
+            _ => AgentState::Expired,
+        };
+        let deadline = match state {
+            AgentState::Alive => now + self.timeout_for(record.interval_ms),
+            AgentState::Expired | AgentState::Left => {
+                let left = stored.forget_at_unix_ms.saturating_sub(now_unix_ms).max(0);
+                now + Duration::from_millis(left as u64).min(self.config.forget_after)
+            }
+        };
+        let address = record.agent_address;
+        match state {
+            AgentState::Alive => self.expiries.insert((deadline, address.clone())),
+            AgentState::Expired | AgentState::Left => {
+                self.forgets.insert((deadline, address.clone()))
+            }
+        };
+        self.agents.insert(
+            address,
+            Entry {
+                agent_class: record.agent_class,
+                incarnation: record.incarnation,
+                // The next heartbeat of this incarnation is newer than anything stored.
+                seq: 0,
+                host: record.host,
+                pid: record.pid,
+                agent_version: record.agent_version,
+                interval_ms: record.interval_ms,
+                op_codes: record.op_codes,
+                state,
+                deadline,
+                first_seen_unix_ms: record.first_seen_unix_ms,
+                last_updated_unix_ms: record.last_updated_unix_ms,
+                time_expired_unix_ms: (state != AgentState::Alive)
+                    .then_some(record.time_expired_unix_ms.min(now_unix_ms)),
+                incarnations_seen: record.incarnations_seen.max(1),
+                last_heard: now,
+                rival: None,
+                conflict: false,
+                tokens: self.burst(),
+                tokens_at: now,
+            },
+        );
+        true
+    }
+
     /// The state of `address`, if tracked.
     pub fn state(&self, address: &str) -> Option<AgentState> {
         self.agents.get(address).map(|entry| entry.state)
@@ -603,6 +690,73 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(table.record(FAKER).unwrap().time_expired_unix_ms, 7000);
+    }
+
+    #[test]
+    fn a_restored_table_keeps_expiries_and_gives_the_living_a_fresh_timeout() {
+        let mut before = table();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let acq = [("acq", OpCode::Running)];
+        before.observe(&beat(FAKER, INCARNATION_A, 1, &acq), at(0), 1_000);
+        before.observe(
+            &beat("observatory.other", INCARNATION_B, 1, &acq),
+            at(4_000),
+            5_000,
+        );
+        assert_eq!(before.expire_due(at(5_000), 6_000), [FAKER]);
+        let stored: Vec<proto::StoredAgent> = [FAKER, "observatory.other"]
+            .iter()
+            .map(|address| before.stored(address, at(5_000), 6_000).unwrap())
+            .collect();
+        assert_eq!(
+            stored[0].forget_at_unix_ms,
+            6_000 + FORGET.as_millis() as i64
+        );
+        assert_eq!(stored[1].forget_at_unix_ms, 0);
+
+        // A new registry process, 30 s later on the wall clock, on its own monotonic clock.
+        let mut after = table();
+        let t1 = Instant::now() + Duration::from_secs(1000);
+        for stored in stored.iter().cloned() {
+            assert!(after.restore(stored, t1, 36_000));
+        }
+        let expired = after.record(FAKER).unwrap();
+        assert!(expired.expired);
+        assert_eq!(
+            expired.time_expired_unix_ms, 6_000,
+            "the original moment of expiry"
+        );
+        assert_eq!(expired.incarnation, INCARNATION_A);
+        // Forgotten when it would have been: 60 s after expiry, 30 s of which passed.
+        assert!(
+            after
+                .forget_due(t1 + Duration::from_millis(29_999))
+                .is_empty()
+        );
+        let other = after.record("observatory.other").unwrap();
+        assert!(!other.expired);
+        // A full timeout from the restart, not from its last heartbeat.
+        assert!(
+            after
+                .expire_due(t1 + TIMEOUT - Duration::from_millis(1), 40_999)
+                .is_empty()
+        );
+        assert_eq!(
+            after.expire_due(t1 + TIMEOUT, 41_000),
+            ["observatory.other"]
+        );
+        assert_eq!(after.forget_due(t1 + Duration::from_secs(30)), [FAKER]);
+        // Its next heartbeat (any seq) is accepted; a record heard live is not overwritten.
+        assert_eq!(
+            after.observe(
+                &beat(FAKER, INCARNATION_A, 1, &acq),
+                t1 + Duration::from_secs(31),
+                67_000
+            ),
+            Observation::New
+        );
+        assert!(!after.restore(stored[0].clone(), t1 + Duration::from_secs(31), 67_000));
     }
 
     #[test]

@@ -3,16 +3,18 @@
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use futures::StreamExt;
 use ocs_agent::OcsClient;
-use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
-use ocs_protocol::{Action, AddressRoot, InstanceId, OpName, json, proto};
+use ocs_protocol::codec::{self, to_msgpack};
+use ocs_protocol::{Action, InstanceId, OpName, proto};
 use ocs_registry::metrics::DropReason;
 use ocs_registry::{Config, RegistryMetrics};
+mod common;
+
+use common::{FeedLog, feed_record, record, registry_agents};
 use ocs_testkit::{NatsServer, Process, eventually, http_get, workspace_binary};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -88,70 +90,11 @@ fn faker(nats: &NatsServer, instance_id: &str) -> Process {
 }
 
 async fn client(nats: &NatsServer) -> OcsClient {
-    let nats_client = async_nats::connect(nats.url()).await.unwrap();
-    OcsClient::new(nats_client, AddressRoot::default())
+    common::client(&nats.url()).await
 }
-
-/// The registry's `main` session data: address → OCS record.
-async fn registry_agents(client: &OcsClient) -> Option<serde_json::Map<String, Value>> {
-    let reply = client
-        .operation(
-            &InstanceId::new("registry").unwrap(),
-            &OpName::new("main").unwrap(),
-            Action::Status,
-            Vec::new(),
-            None,
-            Duration::from_secs(2),
-        )
-        .await
-        .ok()?;
-    json::reply(&reply).ok()?["session"]["data"]
-        .as_object()
-        .cloned()
-}
-
-async fn record(client: &OcsClient, address: &str) -> Option<Value> {
-    registry_agents(client).await?.get(address).cloned()
-}
-
-/// Every agent_operations feed message, with its arrival time.
-type FeedLog = Arc<Mutex<Vec<(Instant, proto::AgentOperations)>>>;
 
 async fn record_feed(nats: &NatsServer) -> FeedLog {
-    let client = ocs_agent::process::connect_service(&nats.url(), "feed-recorder")
-        .await
-        .unwrap();
-    let mut feed = client
-        .subscribe("observatory.registry.feeds.agent_operations")
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
-    let log: FeedLog = Arc::default();
-    let sink = log.clone();
-    tokio::spawn(async move {
-        let _client = client;
-        while let Some(message) = feed.next().await {
-            let decoded: proto::AgentOperations =
-                codec::decode(&message.payload, MAX_MESSAGE_BYTES).unwrap();
-            sink.lock().unwrap().push((Instant::now(), decoded));
-        }
-    });
-    log
-}
-
-/// The first feed record of `address` matching `predicate`, with its arrival time.
-fn feed_record(
-    log: &FeedLog,
-    address: &str,
-    predicate: impl Fn(&proto::AgentRecord) -> bool,
-) -> Option<(Instant, proto::AgentRecord)> {
-    log.lock().unwrap().iter().find_map(|(at, message)| {
-        message
-            .agents
-            .iter()
-            .find(|record| record.agent_address == address && predicate(record))
-            .map(|record| (*at, record.clone()))
-    })
+    common::record_feed(&nats.url()).await
 }
 
 fn op_codes(record: &Value) -> HashMap<String, i64> {

@@ -143,6 +143,19 @@ impl NatsServer {
         }
     }
 
+    /// Sends a signal by name (`STOP` freezes the server with its
+    /// connections open, as a hung host would; `CONT` thaws it).
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -{signal} nats-server failed");
+        }
+    }
+
     /// Starts the server again on the same port, with the same JetStream store.
     pub fn restart(&mut self) {
         self.kill();
@@ -150,6 +163,103 @@ impl NatsServer {
         self.child = Some(child);
         self.monitor_port = monitor_port;
     }
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// A cluster of nats-servers with JetStream, routed to each other on loopback.
+pub struct NatsCluster {
+    /// The nodes, in order; each can be killed and restarted alone.
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes and waits until JetStream has a meta leader.
+    pub fn start(size: usize) -> Self {
+        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = cluster_ports
+            .iter()
+            .enumerate()
+            .map(|(index, cluster_port)| {
+                let extra = [
+                    "--server_name".to_owned(),
+                    format!("n{}", index + 1),
+                    "--cluster_name".to_owned(),
+                    "ocs".to_owned(),
+                    "--cluster".to_owned(),
+                    format!("nats://127.0.0.1:{cluster_port}"),
+                    "--routes".to_owned(),
+                    routes.clone(),
+                ];
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                NatsServer::start_with(&extra)
+            })
+            .collect();
+        let cluster = NatsCluster { nodes };
+        cluster.wait_for_jetstream(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Client URLs of the given nodes, comma-separated, in that order.
+    pub fn urls(&self, nodes: &[usize]) -> String {
+        nodes
+            .iter()
+            .map(|&index| self.nodes[index].url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until some node reports a JetStream meta leader.
+    pub fn wait_for_jetstream(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ready = self
+                .nodes
+                .iter()
+                .filter(|node| node.child.is_some())
+                .any(|node| {
+                    let address = std::net::SocketAddr::from(([127, 0, 0, 1], node.monitor_port));
+                    blocking_http_get(address, "/jsz?leader-only=false")
+                        .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+                        .is_some_and(|jsz| {
+                            jsz["meta_cluster"]["leader"]
+                                .as_str()
+                                .is_some_and(|leader| !leader.is_empty())
+                        })
+                });
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the NATS cluster elected no JetStream leader in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn blocking_http_get(address: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
 }
 
 impl Drop for NatsServer {

@@ -1,0 +1,84 @@
+//! Helpers shared by the registry's end-to-end tests and its fault matrix.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use ocs_agent::OcsClient;
+use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES};
+use ocs_protocol::{Action, AddressRoot, InstanceId, OpName, json, proto};
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// A CLI-like client on `nats_url` (comma-separated URLs allowed).
+pub async fn client(nats_url: &str) -> OcsClient {
+    let nats_client = ocs_agent::process::connect_service(nats_url, "test-client")
+        .await
+        .unwrap();
+    OcsClient::new(nats_client, AddressRoot::default())
+}
+
+/// The registry's `main` session data: address → OCS record.
+pub async fn registry_agents(client: &OcsClient) -> Option<serde_json::Map<String, Value>> {
+    let reply = client
+        .operation(
+            &InstanceId::new("registry").unwrap(),
+            &OpName::new("main").unwrap(),
+            Action::Status,
+            Vec::new(),
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()?;
+    json::reply(&reply).ok()?["session"]["data"]
+        .as_object()
+        .cloned()
+}
+
+pub async fn record(client: &OcsClient, address: &str) -> Option<Value> {
+    registry_agents(client).await?.get(address).cloned()
+}
+
+/// Every agent_operations feed message, with its arrival time.
+pub type FeedLog = Arc<Mutex<Vec<(Instant, proto::AgentOperations)>>>;
+
+/// Records the registry's feed from now on, through reconnects.
+pub async fn record_feed(nats_url: &str) -> FeedLog {
+    let client = ocs_agent::process::connect_service(nats_url, "feed-recorder")
+        .await
+        .unwrap();
+    let mut feed = client
+        .subscribe("observatory.registry.feeds.agent_operations")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let log: FeedLog = Arc::default();
+    let sink = log.clone();
+    tokio::spawn(async move {
+        let _client = client;
+        while let Some(message) = feed.next().await {
+            let decoded: proto::AgentOperations =
+                codec::decode(&message.payload, MAX_MESSAGE_BYTES).unwrap();
+            sink.lock().unwrap().push((Instant::now(), decoded));
+        }
+    });
+    log
+}
+
+/// The first feed record of `address` matching `predicate`, with its arrival time.
+pub fn feed_record(
+    log: &FeedLog,
+    address: &str,
+    predicate: impl Fn(&proto::AgentRecord) -> bool,
+) -> Option<(Instant, proto::AgentRecord)> {
+    log.lock().unwrap().iter().find_map(|(at, message)| {
+        message
+            .agents
+            .iter()
+            .find(|record| record.agent_address == address && predicate(record))
+            .map(|record| (*at, record.clone()))
+    })
+}
