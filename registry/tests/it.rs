@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use futures::StreamExt;
 use ocs_agent::OcsClient;
 use ocs_protocol::codec::{self, to_msgpack};
 use ocs_protocol::{Action, InstanceId, OpName, proto};
@@ -792,4 +793,306 @@ async fn services_agents_and_the_cli_authenticate_to_nats() {
         "{stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+/// The shipped per-role permissions (deploy/nats/permissions.conf), with test passwords.
+fn nats_with_role_permissions(dir: &ocs_testkit::TempDir) -> NatsServer {
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/permissions.conf");
+    let mut conf = String::new();
+    for role in [
+        "REGISTRY", "MONITOR", "FAKER1", "FAKER2", "OPERATOR", "VIEWER",
+    ] {
+        conf.push_str(&format!("OCS_NATS_PASSWORD_{role}: \"pw-{role}\"\n"));
+    }
+    // Variables do not cross an include, so the shipped text is inlined after them.
+    conf.push_str(&std::fs::read_to_string(shipped).unwrap());
+    let path = dir.path().join("nats.conf");
+    std::fs::write(&path, conf).unwrap();
+    NatsServer::start_with(&["-c", path.to_str().unwrap()])
+}
+
+fn as_user(command: &mut Command, user: &str, role: &str) {
+    command
+        .env("NATS_USER", user)
+        .env("NATS_PASSWORD", format!("pw-{role}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_start() {
+    let dir = ocs_testkit::TempDir::new("ocs-perms");
+    let nats = nats_with_role_permissions(&dir);
+    let url = nats.url();
+    let mut registry = Command::new(workspace_binary("ocs-registry"));
+    registry
+        .args(["--nats-url", &url, "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn");
+    as_user(&mut registry, "registry", "REGISTRY");
+    let _registry = Process::spawn("ocs-registry", registry);
+    let mut agents = Vec::new();
+    for (iid, role) in [("faker1", "FAKER1"), ("faker2", "FAKER2")] {
+        let mut agent = Command::new(workspace_binary("ocs-fake-data-agent"));
+        agent
+            .args(["--nats-url", &url, "--instance-id", iid, "--mode", "idle"])
+            .env("RUST_LOG", "warn");
+        as_user(&mut agent, iid, role);
+        agents.push(Process::spawn(iid, agent));
+    }
+    let ocs_as = |user: &str, role: &str, args: &[&str]| {
+        let mut command = Command::new(workspace_binary("ocs"));
+        command.args(["--nats-url", &url]).args(args);
+        as_user(&mut command, user, role);
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // Each role can do its job: the registry hears both agents, a viewer reads its status.
+    eventually(
+        Duration::from_secs(15),
+        "both agents registered",
+        || async {
+            let (code, stdout, _) = ocs_as(
+                "viewer",
+                "VIEWER",
+                &["registry", "main", "status", "--json"],
+            );
+            (code == Some(0)
+                && stdout.contains("observatory.faker1")
+                && stdout.contains("observatory.faker2"))
+            .then_some(())
+        },
+    )
+    .await;
+
+    // faker1's credentials cannot speak for faker2: the server refuses the publish.
+    let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = violations.clone();
+    let spoofer =
+        async_nats::ConnectOptions::with_user_and_password("faker1".into(), "pw-FAKER1".into())
+            .event_callback(move |event| {
+                let seen = seen.clone();
+                async move {
+                    if let async_nats::Event::ServerError(err) = event {
+                        seen.lock().unwrap().push(err.to_string());
+                    }
+                }
+            })
+            .connect(&url)
+            .await
+            .unwrap();
+    let spoof = proto::Heartbeat {
+        protocol_version: 1,
+        agent_address: "observatory.faker2".into(),
+        agent_class: "FakeDataAgent".into(),
+        incarnation: "6f7a1c0e-1d2b-4c3a-8e9f-0a1b2c3d4e5f".into(),
+        seq: 1,
+        interval_ms: 1000,
+        leaving: true,
+        ..Default::default()
+    };
+    spoofer
+        .publish(
+            "observatory.faker2.feeds.heartbeat",
+            codec::encode(&spoof).into(),
+        )
+        .await
+        .unwrap();
+    spoofer.flush().await.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "a permissions violation",
+        || async {
+            violations
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|err| {
+                    err.contains("Permissions Violation")
+                        && err.contains("observatory.faker2.feeds.heartbeat")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // ...nor listen to another agent's operations.
+    let mut eavesdrop = spoofer.subscribe("observatory.faker2.ops.>").await.unwrap();
+    spoofer.flush().await.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "a subscription violation",
+        || async {
+            violations
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|err| err.contains("Subscription to \"observatory.faker2.ops.>\""))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), eavesdrop.next())
+            .await
+            .map_or(true, |message| message.is_none())
+    );
+
+    // The read-only operator is refused `start`; the operator may.
+    let (code, _, stderr) = ocs_as("viewer", "VIEWER", &["faker1", "acq", "start"]);
+    assert_ne!(code, Some(0), "a viewer started an operation: {stderr}");
+    let (code, stdout, _) = ocs_as("viewer", "VIEWER", &["faker1", "acq", "status", "--json"]);
+    assert_eq!(code, Some(0));
+    assert!(!stdout.contains("\"running\""), "{stdout}");
+    let (code, stdout, stderr) = ocs_as("operator", "OPERATOR", &["faker1", "acq", "start"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    // The spoofed "leaving" beat never arrived: faker2 is alive.
+    let (_, stdout, _) = ocs_as(
+        "viewer",
+        "VIEWER",
+        &["registry", "main", "status", "--json"],
+    );
+    let agents: Value = serde_json::from_str(&stdout).unwrap();
+    let faker2 = agents["session"]["data"]["observatory.faker2"].clone();
+    assert_eq!(faker2["expired"], false, "{faker2}");
+}
+
+/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate with openssl.
+fn make_certificates(dir: &std::path::Path) {
+    let openssl = ocs_testkit::tool("openssl", "apt-get install openssl");
+    let run = |args: &[&str]| {
+        let output = Command::new(&openssl)
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=ocs-test-ca",
+            "-days",
+            "2",
+        ],
+    ]
+    .concat());
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for name in ["server", "client"] {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        run(&[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN=ocs-{name}"),
+            ],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_agents_and_the_cli_speak_tls_with_client_certificates() {
+    let dir = ocs_testkit::TempDir::new("ocs-tls");
+    make_certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let nats = NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        &file("server.pem"),
+        "--tlskey",
+        &file("server.key"),
+        "--tlsverify",
+        "--tlscacert",
+        &file("ca.pem"),
+    ]);
+    let url = format!("tls://127.0.0.1:{}", nats.port());
+    let with_tls = |command: &mut Command| {
+        command
+            .env("NATS_URL", &url)
+            .env("NATS_TLS_CA", file("ca.pem"))
+            .env("NATS_TLS_CERT", file("client.pem"))
+            .env("NATS_TLS_KEY", file("client.key"))
+            .env("RUST_LOG", "warn");
+    };
+    let mut registry = Command::new(workspace_binary("ocs-registry"));
+    registry.args(["--listen", "127.0.0.1:0"]);
+    with_tls(&mut registry);
+    let _registry = Process::spawn("ocs-registry", registry);
+    let mut agent = Command::new(workspace_binary("ocs-fake-data-agent"));
+    agent.args(["--instance-id", "faker", "--mode", "idle"]);
+    with_tls(&mut agent);
+    let _agent = Process::spawn("faker", agent);
+    eventually(
+        Duration::from_secs(15),
+        "the faker registered over TLS",
+        || async {
+            let mut ocs = Command::new(workspace_binary("ocs"));
+            ocs.args(["registry", "main", "status", "--json"]);
+            with_tls(&mut ocs);
+            let output = ocs.output().unwrap();
+            (output.status.success() && String::from_utf8_lossy(&output.stdout).contains(FAKER))
+                .then_some(())
+        },
+    )
+    .await;
+    // The server verifies clients: without a certificate, no connection.
+    let output = Command::new(workspace_binary("ocs"))
+        .args(["--nats-url", &url, "--nats-tls-ca", &file("ca.pem")])
+        .args(["registry", "main", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect to NATS"));
 }
