@@ -68,6 +68,8 @@ pub struct AgentView {
     pub incarnations_seen: u64,
     /// A second incarnation heartbeats at the address too.
     pub conflict: bool,
+    /// Expires and returns repeatedly (see the registry's hysteresis).
+    pub flapping: bool,
     /// Operations in the agent's order.
     pub operations: Vec<Operation>,
 }
@@ -235,6 +237,7 @@ impl Fleet {
                 incarnation: truncated(&record.incarnation),
                 incarnations_seen: record.incarnations_seen,
                 conflict: record.conflict.is_some(),
+                flapping: record.flapping,
                 operations,
             },
         );

@@ -102,6 +102,17 @@ impl Collector for FleetCollector {
         )?;
         gauge(
             &mut encoder,
+            "ocs_agent_flapping",
+            "1 while the agent keeps expiring and returning (3 expiries in 10 minutes; cleared after 10 minutes without one), else 0",
+            fleet.agents().map(|agent| {
+                (
+                    agent_labels(&agent.address, &agent.agent_class),
+                    i64::from(agent.flapping),
+                )
+            }),
+        )?;
+        gauge(
+            &mut encoder,
             "ocs_agent_last_heartbeat_timestamp_seconds",
             "Registry time of the agent's last accepted heartbeat, unix seconds",
             fleet.agents().map(|agent| {

@@ -83,6 +83,7 @@ pub fn agent_record(record: &proto::AgentRecord) -> Value {
         "first_seen": unix_ms_to_seconds(record.first_seen_unix_ms),
         "heartbeat_interval": record.interval_ms as f64 / 1000.0,
         "incarnations_seen": record.incarnations_seen,
+        "flapping": record.flapping,
         "conflict": record.conflict.as_ref().map(|other| json!({
             "incarnation": other.incarnation,
             "host": other.host,

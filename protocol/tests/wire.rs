@@ -110,6 +110,7 @@ fn agent_operations_golden_bytes() {
             interval_ms: 1000,
             incarnations_seen: 1,
             conflict: None,
+            flapping: false,
         }],
         forgotten: vec!["observatory.old".into()],
         seq: 7,

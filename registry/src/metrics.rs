@@ -77,6 +77,7 @@ pub struct RegistryMetrics {
     pub(crate) restored: Counter,
     pub(crate) stalls: Counter,
     pub(crate) cut_off: Gauge,
+    pub(crate) flapping: Gauge,
 }
 
 impl RegistryMetrics {
@@ -101,6 +102,7 @@ impl RegistryMetrics {
             restored: Counter::default(),
             stalls: Counter::default(),
             cut_off: Gauge::default(),
+            flapping: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -187,6 +189,11 @@ impl RegistryMetrics {
             "cut_off",
             "1 while the registry cannot hear the bus (disconnected, or its own heartbeat does not come back) and holds expiries",
             metrics.cut_off.clone(),
+        );
+        registry.register(
+            "flapping_agents",
+            "Agents that keep expiring and returning (3 expiries in 10 minutes; cleared after 10 quiet minutes)",
+            metrics.flapping.clone(),
         );
         for reason in DropReason::ALL {
             let _ = metrics

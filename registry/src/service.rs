@@ -269,11 +269,14 @@ pub(crate) async fn main_process(
                 }
             }
             _ = housekeeping.tick() => {
-                let (counts, conflicts) = {
-                    let table = lock(&registry.table);
-                    (table.counts(), table.conflicts())
+                let (counts, conflicts, flapping, settled) = {
+                    let mut table = lock(&registry.table);
+                    let settled = table.settle_flapping(Instant::now());
+                    (table.counts(), table.conflicts(), table.flapping(), settled)
                 };
                 registry.metrics.set_agent_counts(counts, conflicts);
+                registry.metrics.flapping.set(flapping as i64);
+                registry.changed.extend(settled);
             }
         }
         registry.publish_changes().await;

@@ -41,6 +41,12 @@ pub struct TableConfig {
 const HOLD_WINDOW: Duration = Duration::from_secs(2);
 /// How often a holding table looks again whether heartbeats returned.
 const HOLD_RECHECK: Duration = Duration::from_millis(250);
+/// An agent flaps when it expires this many times...
+const FLAP_EXPIRIES: usize = 3;
+/// ...within this long; it stops flapping after this long without an expiry.
+/// The gap between entering (three expiries) and leaving (a quiet window)
+/// is the hysteresis: one late heartbeat neither raises nor clears it.
+pub const FLAP_WINDOW: Duration = Duration::from_secs(600);
 
 /// The liveness of one agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +114,10 @@ struct Entry {
     rival: Option<Rival>,
     /// Two incarnations heartbeat at this address at once.
     conflict: bool,
+    /// The last few expiries, oldest first (at most [`FLAP_EXPIRIES`]).
+    recent_expiries: Vec<Instant>,
+    /// Expires and returns repeatedly.
+    flapping: bool,
     /// Token bucket of the rate limit: heartbeats it may still accept, as of
     /// `tokens_at`.
     tokens: f64,
@@ -339,6 +349,12 @@ impl AgentTable {
                 None,
             )
         };
+        // Flapping is about the address, whichever incarnation beats there.
+        let (recent_expiries, flapping) = self
+            .agents
+            .get_mut(address)
+            .map(|entry| (std::mem::take(&mut entry.recent_expiries), entry.flapping))
+            .unwrap_or_default();
         match state {
             AgentState::Alive => self.expiries.insert((deadline, address.to_owned())),
             AgentState::Expired | AgentState::Left => {
@@ -367,9 +383,33 @@ impl AgentTable {
                 tokens_at: now,
                 rival: rival.filter(|_| !heartbeat.leaving),
                 conflict: conflict && !heartbeat.leaving,
+                recent_expiries,
+                flapping,
             },
         );
         observation
+    }
+
+    /// Clears the flapping mark of agents without an expiry for
+    /// [`FLAP_WINDOW`]; returns their addresses.
+    pub fn settle_flapping(&mut self, now: Instant) -> Vec<String> {
+        let mut settled = Vec::new();
+        for (address, entry) in &mut self.agents {
+            let quiet = entry
+                .recent_expiries
+                .last()
+                .is_none_or(|last| now.saturating_duration_since(*last) >= FLAP_WINDOW);
+            if entry.flapping && quiet {
+                entry.flapping = false;
+                settled.push(address.clone());
+            }
+        }
+        settled
+    }
+
+    /// Agents marked as flapping.
+    pub fn flapping(&self) -> usize {
+        self.agents.values().filter(|entry| entry.flapping).count()
     }
 
     /// Addresses where two incarnations heartbeat at once.
@@ -420,6 +460,14 @@ impl AgentTable {
                 entry.time_expired_unix_ms = Some(now_unix_ms);
                 entry.op_codes = all_expired(&entry.op_codes);
                 entry.deadline = forget_at;
+                entry
+                    .recent_expiries
+                    .retain(|at| now.saturating_duration_since(*at) < FLAP_WINDOW);
+                if entry.recent_expiries.len() >= FLAP_EXPIRIES {
+                    entry.recent_expiries.remove(0);
+                }
+                entry.recent_expiries.push(now);
+                entry.flapping |= entry.recent_expiries.len() >= FLAP_EXPIRIES;
                 self.forgets.insert((forget_at, address.clone()));
             }
             expired.push(address);
@@ -539,6 +587,8 @@ impl AgentTable {
                 last_heard: now,
                 rival: None,
                 conflict: false,
+                recent_expiries: Vec::new(),
+                flapping: false,
                 tokens: self.burst(),
                 tokens_at: now,
             },
@@ -597,6 +647,7 @@ fn to_record(address: &str, entry: &Entry) -> proto::AgentRecord {
         agent_version: entry.agent_version.clone(),
         interval_ms: entry.interval_ms,
         incarnations_seen: entry.incarnations_seen,
+        flapping: entry.flapping,
         conflict: entry.conflict.then(|| {
             let rival = entry.rival.as_ref();
             proto::Conflict {
@@ -757,6 +808,42 @@ mod tests {
             Observation::New
         );
         assert!(!after.restore(stored[0].clone(), t1 + Duration::from_secs(31), 67_000));
+    }
+
+    #[test]
+    fn an_agent_flaps_after_three_expiries_in_the_window_and_settles_after_a_quiet_one() {
+        let mut table = table();
+        let t0 = Instant::now();
+        let at = |seconds: u64| t0 + Duration::from_secs(seconds);
+        let mut seq = 0;
+        let mut beat_at = |table: &mut AgentTable, seconds: u64| {
+            seq += 1;
+            table.observe(&beat(FAKER, INCARNATION_A, seq, &[]), at(seconds), 0);
+        };
+        // Expires twice: late, not flapping.
+        for start in [0, 100] {
+            beat_at(&mut table, start);
+            assert_eq!(table.expire_due(at(start + 5), 0), [FAKER]);
+        }
+        beat_at(&mut table, 200);
+        assert!(!table.record(FAKER).unwrap().flapping);
+        assert_eq!(table.expire_due(at(205), 0), [FAKER]);
+        assert!(
+            table.record(FAKER).unwrap().flapping,
+            "third expiry in ten minutes"
+        );
+        // Back and steady: still flapping until ten quiet minutes passed.
+        beat_at(&mut table, 206);
+        assert!(table.settle_flapping(at(205 + 599)).is_empty());
+        assert_eq!(table.flapping(), 1);
+        assert_eq!(table.settle_flapping(at(205 + 600)), [FAKER]);
+        assert!(!table.record(FAKER).unwrap().flapping);
+        // Expiries spread wider than the window never make it flap.
+        for start in [1000, 1400, 1800, 2200] {
+            beat_at(&mut table, start);
+            table.expire_due(at(start + 5), 0);
+            assert!(!table.record(FAKER).unwrap().flapping);
+        }
     }
 
     #[test]
