@@ -531,7 +531,7 @@ fn main() {
     }
     println!();
     println!(
-        "| {:<42} | {:<14} | {:<14} | {:<12} | {:<6} | note",
+        "| {:<50} | {:<14} | {:<14} | {:<12} | {:<6} | note",
         "fault", "false expiries", "death detected", "records lost", "result"
     );
     println!("|{}|", "-".repeat(130));
@@ -544,7 +544,7 @@ fn main() {
             }
         };
         println!(
-            "| {:<42} | {:<14} | {:<14} | {:<12} | {:<6} | {}",
+            "| {:<50} | {:<14} | {:<14} | {:<12} | {:<6} | {}",
             outcome.fault,
             list(&outcome.false_expiries),
             if outcome.death_detected { "yes" } else { "NO" },
