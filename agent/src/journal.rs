@@ -21,6 +21,27 @@ const MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Bounds every KV call: the journal must never hold up control work.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Opens the JetStream KV bucket `config.bucket`, creating it with `config`
+/// on first use; gives up after a bounded wait, so a caller without
+/// JetStream can carry on and retry.
+pub async fn open_kv_bucket(
+    client: &async_nats::Client,
+    config: kv::Config,
+) -> Result<kv::Store, String> {
+    let context = jetstream::new(client.clone());
+    tokio::time::timeout(TIMEOUT, async {
+        match context.get_key_value(&config.bucket).await {
+            Ok(store) => Ok(store),
+            Err(_) => context
+                .create_key_value(config)
+                .await
+                .map_err(|err| err.to_string()),
+        }
+    })
+    .await
+    .map_err(|_| "JetStream did not answer".to_owned())?
+}
+
 /// The agent's view of the bucket.
 pub(crate) struct Journal {
     store: kv::Store,
@@ -35,24 +56,17 @@ impl Journal {
         address: &AgentAddress,
         incarnation: String,
     ) -> Result<Journal, String> {
-        let context = jetstream::new(client.clone());
-        let store = tokio::time::timeout(TIMEOUT, async {
-            match context.get_key_value(subject::SESSIONS_BUCKET).await {
-                Ok(store) => Ok(store),
-                Err(_) => context
-                    .create_key_value(kv::Config {
-                        bucket: subject::SESSIONS_BUCKET.to_owned(),
-                        description: "Last sessions of every operation of every agent".to_owned(),
-                        history: HISTORY,
-                        max_age: MAX_AGE,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|err| err.to_string()),
-            }
-        })
-        .await
-        .map_err(|_| "JetStream did not answer".to_owned())??;
+        let store = open_kv_bucket(
+            client,
+            kv::Config {
+                bucket: subject::SESSIONS_BUCKET.to_owned(),
+                description: "Last sessions of every operation of every agent".to_owned(),
+                history: HISTORY,
+                max_age: MAX_AGE,
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(Journal {
             store,
             address: address.clone(),

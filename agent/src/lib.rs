@@ -55,6 +55,7 @@ pub mod site;
 pub use agent::{Agent, AgentBuilder, AgentError, ReplicaGate};
 pub use client::{ClientError, OcsClient};
 pub use context::{OpContext, PublishError};
+pub use journal::open_kv_bucket;
 pub use operations::{BoxError, OpFuture, OpKind, OpResult, Reply};
 pub use params::{NoParams, Params};
 pub use session::DataSource;

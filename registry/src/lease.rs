@@ -16,13 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use ocs_agent::open_kv_bucket;
 use ocs_protocol::{AgentAddress, subject};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-
-use crate::store::open_bucket;
 
 /// One replica's view of the lease; no I/O.
 #[derive(Debug)]
@@ -88,10 +87,7 @@ pub type SharedLease = Arc<Mutex<Lease>>;
 
 /// Whether `lease` is held now.
 pub fn leads(lease: &SharedLease) -> bool {
-    lease
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .leads(Instant::now())
+    with(lease, |lease| lease.leads(Instant::now()))
 }
 
 fn with<T>(lease: &SharedLease, f: impl FnOnce(&mut Lease) -> T) -> T {
@@ -119,7 +115,7 @@ pub async fn elect(
     let mut complained = false;
     loop {
         if store.is_none() {
-            match open_bucket(
+            match open_kv_bucket(
                 &client,
                 kv::Config {
                     bucket: subject::REGISTRY_LEASE_BUCKET.to_owned(),

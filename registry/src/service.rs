@@ -328,6 +328,21 @@ async fn keep_records(
     store::write_loop(store, pending, metrics, stop).await;
 }
 
+/// Queues the current stored form of each of `addresses` for the KV bucket.
+fn queue_writes<'a>(
+    pending: &PendingWrites,
+    table: &AgentTable,
+    addresses: impl Iterator<Item = &'a String>,
+) {
+    let now = Instant::now();
+    let now_unix = now_unix_ms();
+    for address in addresses {
+        if let Some(stored) = table.stored(address, now, now_unix) {
+            pending.put(&stored);
+        }
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -520,14 +535,8 @@ impl Registry {
 
     /// Queues every record for writing: a new leader makes the bucket match what it knows.
     fn store_all(&mut self) {
-        let now = Instant::now();
-        let now_unix = now_unix_ms();
         let table = lock(&self.table);
-        for record in table.records() {
-            if let Some(stored) = table.stored(&record.agent_address, now, now_unix) {
-                self.pending_writes.put(&stored);
-            }
-        }
+        queue_writes(&self.pending_writes, &table, table.addresses());
     }
 
     /// Publishes the records that changed since the last call, at once, and
@@ -542,18 +551,13 @@ impl Registry {
             self.forgotten.clear();
             return;
         }
-        {
-            let now = Instant::now();
-            let now_unix = now_unix_ms();
-            let table = lock(&self.table);
-            for address in &self.changed {
-                if let Some(stored) = table.stored(address, now, now_unix) {
-                    self.pending_writes.put(&stored);
-                }
-            }
-            for address in &self.forgotten {
-                self.pending_writes.delete(address);
-            }
+        queue_writes(
+            &self.pending_writes,
+            &lock(&self.table),
+            self.changed.iter(),
+        );
+        for address in &self.forgotten {
+            self.pending_writes.delete(address);
         }
         let changed: Vec<String> = std::mem::take(&mut self.changed).into_iter().collect();
         let records: Vec<proto::AgentRecord> = {

@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use ocs_agent::open_kv_bucket;
 use ocs_protocol::{AgentAddress, codec, proto, subject};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -29,25 +30,6 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 const CONCURRENT_WRITES: usize = 64;
 /// Pause after a failed round before retrying.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// Opens a KV bucket, creating it on first use.
-pub(crate) async fn open_bucket(
-    client: &async_nats::Client,
-    config: kv::Config,
-) -> Result<kv::Store, String> {
-    let context = jetstream::new(client.clone());
-    tokio::time::timeout(TIMEOUT, async {
-        match context.get_key_value(&config.bucket).await {
-            Ok(store) => Ok(store),
-            Err(_) => context
-                .create_key_value(config)
-                .await
-                .map_err(|err| err.to_string()),
-        }
-    })
-    .await
-    .map_err(|_| "JetStream did not answer".to_owned())?
-}
 
 /// One registry's records in the bucket.
 #[derive(Clone)]
@@ -63,7 +45,7 @@ impl AgentStore {
         registry: &AgentAddress,
         replicas: usize,
     ) -> Result<AgentStore, String> {
-        let store = open_bucket(
+        let store = open_kv_bucket(
             client,
             kv::Config {
                 bucket: subject::REGISTRY_BUCKET.to_owned(),

@@ -221,6 +221,15 @@ impl AgentTable {
         };
     }
 
+    /// Schedules `address`'s expiry (alive) or forgetting (expired, left) at `deadline`.
+    fn schedule(&mut self, address: &str, deadline: Instant, state: AgentState) {
+        let key = (deadline, address.to_owned());
+        match state {
+            AgentState::Alive => self.expiries.insert(key),
+            AgentState::Expired | AgentState::Left => self.forgets.insert(key),
+        };
+    }
+
     /// Records a validated heartbeat received at `now`.
     pub fn observe(
         &mut self,
@@ -355,12 +364,7 @@ impl AgentTable {
             .get_mut(address)
             .map(|entry| (std::mem::take(&mut entry.recent_expiries), entry.flapping))
             .unwrap_or_default();
-        match state {
-            AgentState::Alive => self.expiries.insert((deadline, address.to_owned())),
-            AgentState::Expired | AgentState::Left => {
-                self.forgets.insert((deadline, address.to_owned()))
-            }
-        };
+        self.schedule(address, deadline, state);
         self.agents.insert(
             address.to_owned(),
             Entry {
@@ -405,6 +409,11 @@ impl AgentTable {
             }
         }
         settled
+    }
+
+    /// Every tracked address, in no particular order.
+    pub fn addresses(&self) -> impl Iterator<Item = &String> {
+        self.agents.keys()
     }
 
     /// Agents marked as flapping.
@@ -559,12 +568,7 @@ impl AgentTable {
             }
         };
         let address = record.agent_address;
-        match state {
-            AgentState::Alive => self.expiries.insert((deadline, address.clone())),
-            AgentState::Expired | AgentState::Left => {
-                self.forgets.insert((deadline, address.clone()))
-            }
-        };
+        self.schedule(&address, deadline, state);
         self.agents.insert(
             address,
             Entry {

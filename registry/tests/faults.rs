@@ -136,7 +136,7 @@ impl Fleet {
             known_before: BTreeSet::new(),
         };
         fleet.known_before = fleet
-            .wait_for(Duration::from_secs(30), "every agent alive", |agents| {
+            .wait_for(Duration::from_secs(30), |agents| {
                 LIVE.iter().chain([&VICTIM]).all(|iid| {
                     agents
                         .get(&address(iid))
@@ -154,7 +154,6 @@ impl Fleet {
     async fn wait_for(
         &self,
         timeout: Duration,
-        _what: &str,
         check: impl Fn(&serde_json::Map<String, Value>) -> bool,
     ) -> Option<serde_json::Map<String, Value>> {
         let deadline = Instant::now() + timeout;
@@ -174,7 +173,7 @@ impl Fleet {
     /// Waits for the victim to be reported expired, then judges.
     async fn verdict(self, fault: &'static str, note: String) -> Outcome {
         let final_status = self
-            .wait_for(Duration::from_secs(25), "victim expired", |agents| {
+            .wait_for(Duration::from_secs(25), |agents| {
                 agents
                     .get(&address(VICTIM))
                     .is_some_and(|record| record["expired"] == true)
@@ -275,7 +274,7 @@ async fn registry_killed() -> Outcome {
     let mut fleet = Fleet::start(&nats.url(), &nats.url()).await;
     departed.kill();
     let before = fleet
-        .wait_for(Duration::from_secs(15), "departed expired", |agents| {
+        .wait_for(Duration::from_secs(15), |agents| {
             agents
                 .get(&address("departed"))
                 .is_some_and(|record| record["expired"] == true)
@@ -290,7 +289,7 @@ async fn registry_killed() -> Outcome {
     sleep(Duration::from_secs(2)).await;
     registry.restart();
     let after = fleet
-        .wait_for(Duration::from_secs(15), "registry back", |agents| {
+        .wait_for(Duration::from_secs(15), |agents| {
             agents.contains_key(&address("departed"))
         })
         .await;
