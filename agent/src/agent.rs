@@ -271,9 +271,11 @@ impl AgentBuilder {
                     .push(format!("startup operation {op_name:?} is not registered"));
             }
         }
-        if self.interval.is_zero() {
-            self.errors
-                .push("heartbeat interval must be positive".to_owned());
+        let longest = Duration::from_millis(u64::from(codec::MAX_HEARTBEAT_INTERVAL_MS));
+        if self.interval.is_zero() || self.interval > longest {
+            self.errors.push(format!(
+                "heartbeat interval must be positive and at most {longest:?} (the registry drops longer ones)"
+            ));
         }
         if !self.errors.is_empty() {
             return Err(AgentError::Definition(
@@ -686,7 +688,14 @@ async fn operation_reply(
             reply
         }
         Action::Status => shared.table().status(op_name),
-        Action::Wait => wait(shared, shutdown, op_name, request.timeout).await,
+        Action::Wait => match request.timeout {
+            // A NaN or infinite timeout has no deadline to sleep until; OCS's
+            // clients never send one, so it is a broken or hostile caller.
+            Some(seconds) if !seconds.is_finite() => error_reply(format!(
+                "malformed request: wait timeout must be a finite number of seconds, got {seconds}"
+            )),
+            timeout => wait(shared, shutdown, op_name, timeout).await,
+        },
     }
 }
 

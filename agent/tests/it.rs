@@ -309,6 +309,19 @@ async fn ocs_action_semantics_over_the_wire() {
         (-1, "No implementation for \"sleep\"")
     );
 
+    // A wait timeout that is no number of seconds is refused, not a panic
+    // that leaves the caller without a reply.
+    for timeout in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let (status, message, _) = call(c, "sleep", Action::Wait, json!({}), Some(timeout)).await;
+        assert_eq!(status, -1, "{timeout}: {message}");
+        assert!(message.contains("finite number of seconds"), "{message}");
+    }
+    // OCS: a negative timeout returns at once (TIMEOUT while running).
+    call(c, "sleep", Action::Start, json!({"seconds": 5.0}), None).await;
+    let (status, message, _) = call(c, "sleep", Action::Wait, json!({}), Some(-1.0)).await;
+    assert_eq!(status, 1, "{message}");
+    call(c, "sleep", Action::Abort, json!({}), None).await;
+
     agent.shutdown.cancel();
     agent.task.await.unwrap();
 }

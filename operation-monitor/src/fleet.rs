@@ -70,6 +70,8 @@ pub struct AgentView {
     pub conflict: bool,
     /// Expires and returns repeatedly (see the registry's hysteresis).
     pub flapping: bool,
+    /// Past its deadline, kept alive only by the registry's self-preservation.
+    pub unverified: bool,
     /// Operations in the agent's order.
     pub operations: Vec<Operation>,
 }
@@ -238,6 +240,7 @@ impl Fleet {
                 incarnations_seen: record.incarnations_seen,
                 conflict: record.conflict.is_some(),
                 flapping: record.flapping,
+                unverified: record.unverified,
                 operations,
             },
         );

@@ -113,6 +113,17 @@ impl Collector for FleetCollector {
         )?;
         gauge(
             &mut encoder,
+            "ocs_agent_unverified",
+            "1 while the agent is past its deadline but the registry holds expiries (self-preservation): neither proven alive nor expired, else 0",
+            fleet.agents().map(|agent| {
+                (
+                    agent_labels(&agent.address, &agent.agent_class),
+                    i64::from(agent.unverified),
+                )
+            }),
+        )?;
+        gauge(
+            &mut encoder,
             "ocs_agent_last_heartbeat_timestamp_seconds",
             "Registry time of the agent's last accepted heartbeat, unix seconds",
             fleet.agents().map(|agent| {

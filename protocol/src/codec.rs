@@ -101,6 +101,13 @@ pub fn decode<M: Envelope>(payload: &[u8], limit: usize) -> Result<M, CodecError
     }
 }
 
+/// The longest heartbeat interval a heartbeat may state. The registry waits
+/// three intervals before it expires an agent, so a longer one would let a
+/// single beat keep an address alive for longer than any operator expects
+/// (a day's interval, three days). 0 means "not stated": the registry's own
+/// timeout applies.
+pub const MAX_HEARTBEAT_INTERVAL_MS: u32 = 60_000;
+
 /// Decodes a heartbeat and checks every field a receiver relies on.
 pub fn decode_heartbeat(payload: &[u8], limit: usize) -> Result<proto::Heartbeat, CodecError> {
     let heartbeat: proto::Heartbeat = decode(payload, limit)?;
@@ -119,6 +126,15 @@ pub fn validate_heartbeat(heartbeat: &proto::Heartbeat) -> Result<(), CodecError
         return Err(CodecError::InvalidField {
             field: "seq",
             reason: "must start at 1".into(),
+        });
+    }
+    if heartbeat.interval_ms > MAX_HEARTBEAT_INTERVAL_MS {
+        return Err(CodecError::InvalidField {
+            field: "interval_ms",
+            reason: format!(
+                "{} ms is longer than the longest heartbeat interval, {MAX_HEARTBEAT_INTERVAL_MS} ms",
+                heartbeat.interval_ms
+            ),
         });
     }
     if heartbeat.agent_class.is_empty() || heartbeat.agent_class.len() > 256 {
@@ -196,6 +212,17 @@ mod tests {
     }
 
     #[test]
+    fn accepts_intervals_up_to_the_longest() {
+        let mut longest = heartbeat();
+        longest.interval_ms = MAX_HEARTBEAT_INTERVAL_MS;
+        let mut unstated = heartbeat();
+        unstated.interval_ms = 0;
+        for message in [longest, unstated] {
+            assert!(decode_heartbeat(&encode(&message), 1000).is_ok());
+        }
+    }
+
+    #[test]
     fn rejects_invalid_fields() {
         let mut bad_code = heartbeat();
         bad_code.op_codes[0].op_code = 9;
@@ -207,7 +234,20 @@ mod tests {
         zero_seq.seq = 0;
         let mut bad_op = heartbeat();
         bad_op.op_codes[0].op_name = "a b".into();
-        for message in [bad_code, bad_address, bad_incarnation, zero_seq, bad_op] {
+        // A day, or u32::MAX ms, would keep one beat alive for days.
+        let mut day_interval = heartbeat();
+        day_interval.interval_ms = 86_400_000;
+        let mut max_interval = heartbeat();
+        max_interval.interval_ms = u32::MAX;
+        for message in [
+            bad_code,
+            bad_address,
+            bad_incarnation,
+            zero_seq,
+            bad_op,
+            day_interval,
+            max_interval,
+        ] {
             assert!(
                 decode_heartbeat(&encode(&message), 1000).is_err(),
                 "{message:?}"

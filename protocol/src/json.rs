@@ -84,6 +84,7 @@ pub fn agent_record(record: &proto::AgentRecord) -> Value {
         "heartbeat_interval": record.interval_ms as f64 / 1000.0,
         "incarnations_seen": record.incarnations_seen,
         "flapping": record.flapping,
+        "unverified": record.unverified,
         "conflict": record.conflict.as_ref().map(|other| json!({
             "incarnation": other.incarnation,
             "host": other.host,

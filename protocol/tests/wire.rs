@@ -111,6 +111,7 @@ fn agent_operations_golden_bytes() {
             incarnations_seen: 1,
             conflict: None,
             flapping: false,
+            unverified: false,
         }],
         forgotten: vec!["observatory.old".into()],
         seq: 7,

@@ -43,6 +43,11 @@ pub struct Config {
     /// Self-preservation applies from this many alive agents on (0: never hold).
     #[arg(long, env = "OCS_REGISTRY_HOLD_MIN_AGENTS", default_value_t = 10)]
     pub hold_min_agents: usize,
+    /// Seconds a self-preservation hold lasts at most: then the agents still
+    /// silent expire (a host that died for good with most agents on it is
+    /// not held alive forever), and no new hold starts for as long again.
+    #[arg(long, env = "OCS_REGISTRY_MAX_HOLD", default_value = "60", value_parser = parse_seconds)]
+    pub max_hold: Duration,
     /// Heartbeats accepted per second from one address on average (bursts of
     /// twice as many pass); the rest are dropped and counted.
     #[arg(long, env = "OCS_REGISTRY_MAX_HEARTBEAT_RATE", default_value_t = 10.0)]
@@ -85,6 +90,7 @@ impl Config {
             max_agents: self.max_agents,
             hold_fraction: self.hold_fraction,
             hold_min_agents: self.hold_min_agents,
+            max_hold: self.max_hold,
             max_heartbeat_rate: self.max_heartbeat_rate,
         }
     }

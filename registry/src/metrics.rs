@@ -22,6 +22,8 @@ pub enum DropReason {
     address_mismatch,
     /// Not newer than the last accepted heartbeat of the incarnation.
     stale,
+    /// `seq` further ahead of the last accepted heartbeat than an agent can count.
+    seq_jump,
     /// A new address while the table is full.
     table_full,
     /// Faster than `--max-heartbeat-rate` from one address.
@@ -30,13 +32,14 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, to pre-create the series.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::oversized,
         DropReason::undecodable,
         DropReason::unsupported_version,
         DropReason::invalid,
         DropReason::address_mismatch,
         DropReason::stale,
+        DropReason::seq_jump,
         DropReason::table_full,
         DropReason::rate_limited,
     ];
@@ -78,6 +81,9 @@ pub struct RegistryMetrics {
     pub(crate) stalls: Counter,
     pub(crate) cut_off: Gauge,
     pub(crate) flapping: Gauge,
+    pub(crate) unverified: Gauge,
+    pub(crate) holds_exhausted: Counter,
+    pub(crate) seq_resyncs: Counter,
 }
 
 impl RegistryMetrics {
@@ -103,6 +109,9 @@ impl RegistryMetrics {
             stalls: Counter::default(),
             cut_off: Gauge::default(),
             flapping: Gauge::default(),
+            unverified: Gauge::default(),
+            holds_exhausted: Counter::default(),
+            seq_resyncs: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -194,6 +203,21 @@ impl RegistryMetrics {
             "flapping_agents",
             "Agents that keep expiring and returning (3 expiries in 10 minutes; cleared after 10 quiet minutes)",
             metrics.flapping.clone(),
+        );
+        registry.register(
+            "unverified_agents",
+            "Agents past their deadline kept alive only by self-preservation (not proven alive by a heartbeat)",
+            metrics.unverified.clone(),
+        );
+        registry.register(
+            "holds_exhausted",
+            "Self-preservation holds that reached --max-hold, after which the silent agents expired",
+            metrics.holds_exhausted.clone(),
+        );
+        registry.register(
+            "seq_resyncs",
+            "Heartbeats accepted with an out-of-range seq because their incarnation had been silent (a forged or corrupt seq was overruled)",
+            metrics.seq_resyncs.clone(),
         );
         for reason in DropReason::ALL {
             let _ = metrics

@@ -416,10 +416,24 @@ impl Registry {
                 self.changed.insert(heartbeat.agent_address);
             }
             Observation::Refreshed => {}
+            Observation::Resynced => {
+                self.metrics.seq_resyncs.inc();
+                warn!(
+                    agent = %heartbeat.agent_address,
+                    seq = heartbeat.seq,
+                    "accepted a heartbeat with an out-of-range seq after its incarnation fell silent (an earlier beat carried a forged or corrupt seq)"
+                );
+                self.changed.insert(heartbeat.agent_address);
+            }
             Observation::Stale => self.drop_heartbeat(
                 DropReason::stale,
                 subject,
                 &format!("seq {}", heartbeat.seq),
+            ),
+            Observation::SeqJump => self.drop_heartbeat(
+                DropReason::seq_jump,
+                subject,
+                &format!("seq {} runs too far ahead", heartbeat.seq),
             ),
             Observation::TableFull => {
                 self.drop_heartbeat(DropReason::table_full, subject, &"table full")
@@ -450,11 +464,21 @@ impl Registry {
 
     fn expire_and_forget(&mut self) {
         let now = Instant::now();
-        let (expired, forgotten) = {
+        let (expiries, forgotten, unverified) = {
             let mut table = lock(&self.table);
-            (table.expire_due(now, now_unix_ms()), table.forget_due(now))
+            let expiries = table.expire_due(now, now_unix_ms());
+            (expiries, table.forget_due(now), table.unverified())
         };
-        for address in expired {
+        self.metrics.unverified.set(unverified as i64);
+        if expiries.hold_exhausted {
+            self.metrics.holds_exhausted.inc();
+            warn!(
+                max_hold = ?self.settings.table.max_hold,
+                "self-preservation reached its maximum: the agents still silent expire now"
+            );
+        }
+        self.changed.extend(expiries.unverified);
+        for address in expiries.expired {
             warn!(agent = %address, "agent expired");
             self.metrics.expiries.inc();
             self.changed.insert(address);

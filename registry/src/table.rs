@@ -29,6 +29,10 @@ pub struct TableConfig {
     pub hold_fraction: f64,
     /// ...provided at least this many agents are alive (0 disables holding).
     pub hold_min_agents: usize,
+    /// The longest a hold lasts: then the agents still silent expire, and no
+    /// new hold starts for as long again. Without a bound, a host that died
+    /// for good with most agents on it would be held alive forever.
+    pub max_hold: Duration,
     /// Heartbeats accepted per second from one address, on average (a burst
     /// of twice as many is allowed): agents beat once a second plus once per
     /// op-code change, so more is a broken or hostile sender.
@@ -41,6 +45,23 @@ pub struct TableConfig {
 const HOLD_WINDOW: Duration = Duration::from_secs(2);
 /// How often a holding table looks again whether heartbeats returned.
 const HOLD_RECHECK: Duration = Duration::from_millis(250);
+/// Accepted heartbeats before an address counts for self-preservation: a
+/// burst of one-off beats (a misconfigured script, a spoofer) never
+/// established a steady heartbeat, so its silence is no sign of a partition.
+pub const STEADY_BEATS: u32 = 3;
+/// How far `seq` may run ahead of the last accepted one: this many, plus
+/// [`SEQ_JUMP_PER_SECOND`] for each second since. Agents number only the
+/// beats they send (about one a second, more on op-code changes), so a
+/// larger jump is a forged or corrupt beat that would make every later real
+/// one look stale.
+pub const SEQ_JUMP_BASE: u64 = 100;
+/// See [`SEQ_JUMP_BASE`].
+pub const SEQ_JUMP_PER_SECOND: u64 = 100;
+/// After this many of its own intervals without an accepted beat, the
+/// incarnation shown is taken as gone: a displaced incarnation that still
+/// beats takes the record back, and beats of the shown incarnation whose
+/// `seq` is out of range are accepted again (resynchronised).
+const SILENT_INTERVALS: u32 = 2;
 /// An agent flaps when it expires this many times...
 const FLAP_EXPIRIES: usize = 3;
 /// ...within this long; it stops flapping after this long without an expiry.
@@ -80,6 +101,13 @@ pub enum Observation {
     Refreshed,
     /// Dropped: not newer than the last accepted heartbeat of this incarnation.
     Stale,
+    /// Dropped: `seq` runs further ahead of the last accepted heartbeat than
+    /// an agent can count (see [`SEQ_JUMP_BASE`]).
+    SeqJump,
+    /// Accepted although its `seq` was out of range, because no beat of this
+    /// incarnation had been accepted for [`SILENT_INTERVALS`] intervals: an
+    /// earlier forged or corrupt `seq` no longer blocks the real agent.
+    Resynced,
     /// Dropped: the table is full and this is a new address.
     TableFull,
     /// Dropped: this address sends faster than `max_heartbeat_rate`.
@@ -118,6 +146,11 @@ struct Entry {
     recent_expiries: Vec<Instant>,
     /// Expires and returns repeatedly.
     flapping: bool,
+    /// Accepted heartbeats at this address (saturating); see [`STEADY_BEATS`].
+    beats: u32,
+    /// Its deadline passed while expiries were held: alive only by the
+    /// registry's assumption that it cannot hear, not by a heartbeat.
+    unverified: bool,
     /// Token bucket of the rate limit: heartbeats it may still accept, as of
     /// `tokens_at`.
     tokens: f64,
@@ -135,6 +168,17 @@ struct Rival {
     last_heard: Instant,
 }
 
+/// What [`AgentTable::observe`] keeps of the entry a heartbeat replaces.
+struct Previous {
+    deadline: Instant,
+    state: AgentState,
+    first_seen_unix_ms: i64,
+    incarnations_seen: u64,
+    beats: u32,
+    rival: Option<Rival>,
+    conflict: bool,
+}
+
 /// The registry's agents.
 pub struct AgentTable {
     config: TableConfig,
@@ -143,8 +187,46 @@ pub struct AgentTable {
     expiries: BTreeSet<(Instant, String)>,
     /// `(deadline, address)` of expired or departed agents.
     forgets: BTreeSet<(Instant, String)>,
-    /// While holding expiries (self-preservation): when to look again.
-    hold_recheck: Option<Instant>,
+    /// While holding expiries (self-preservation).
+    hold: Option<Hold>,
+    /// After a hold ran out, none starts again before this.
+    no_hold_until: Option<Instant>,
+}
+
+/// Self-preservation in progress.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    since: Instant,
+    /// When to look again whether heartbeats returned.
+    recheck: Instant,
+}
+
+/// What [`AgentTable::expire_due`] changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expiries {
+    /// Agents that expired now.
+    pub expired: Vec<String>,
+    /// Agents whose `unverified` mark was set or cleared.
+    pub unverified: Vec<String>,
+    /// A hold ended because it reached [`TableConfig::max_hold`].
+    pub hold_exhausted: bool,
+}
+
+/// How long silence from an agent beating every `interval_ms` means it is gone.
+fn silence_limit(interval_ms: u32) -> Duration {
+    let interval = if interval_ms == 0 { 1000 } else { interval_ms };
+    Duration::from_millis(u64::from(interval)) * SILENT_INTERVALS
+}
+
+/// Whether `seq` can follow `last`, accepted `elapsed` ago. 0 means unknown
+/// (a record restored from storage): anything follows it.
+fn seq_follows(last: u64, seq: u64, elapsed: Duration) -> bool {
+    if last == 0 {
+        return true;
+    }
+    let allowed =
+        SEQ_JUMP_BASE.saturating_add(SEQ_JUMP_PER_SECOND.saturating_mul(elapsed.as_secs()));
+    seq > last && seq - last <= allowed
 }
 
 fn all_expired(op_codes: &[proto::OperationCode]) -> Vec<proto::OperationCode> {
@@ -166,7 +248,8 @@ impl AgentTable {
             agents: HashMap::new(),
             expiries: BTreeSet::new(),
             forgets: BTreeSet::new(),
-            hold_recheck: None,
+            hold: None,
+            no_hold_until: None,
         }
     }
 
@@ -177,14 +260,20 @@ impl AgentTable {
 
     /// Whether expiries are held because too many agents fell silent at once.
     pub fn holding(&self) -> bool {
-        self.hold_recheck.is_some()
+        self.hold.is_some()
     }
 
-    /// Whether so many alive agents are due together that the silence is
-    /// more likely this registry's partition than their deaths.
+    fn steady(&self, address: &str) -> bool {
+        self.agents
+            .get(address)
+            .is_some_and(|entry| entry.beats >= STEADY_BEATS)
+    }
+
+    /// Whether so many steadily beating alive agents are due together that
+    /// the silence is more likely this registry's partition than their deaths.
     fn mass_expiry(&self, now: Instant) -> bool {
-        let alive = self.expiries.len();
-        if self.config.hold_min_agents == 0 || alive < self.config.hold_min_agents {
+        let min = self.config.hold_min_agents;
+        if min == 0 || self.expiries.len() < min {
             return false;
         }
         let horizon = now + HOLD_WINDOW;
@@ -192,8 +281,18 @@ impl AgentTable {
             .expiries
             .iter()
             .take_while(|(deadline, _)| *deadline <= horizon)
+            .filter(|(_, address)| self.steady(address))
             .count();
-        due as f64 > self.config.hold_fraction * alive as f64
+        // Cheap first: too few due to be most of even the smallest fleet that may hold.
+        if due as f64 <= self.config.hold_fraction * min as f64 {
+            return false;
+        }
+        let alive = self
+            .expiries
+            .iter()
+            .filter(|(_, address)| self.steady(address))
+            .count();
+        alive >= min && due as f64 > self.config.hold_fraction * alive as f64
     }
 
     /// Number of agents tracked.
@@ -253,6 +352,14 @@ impl AgentTable {
             tokens -= 1.0;
             entry.tokens = tokens;
         }
+        // Whether the incarnation shown has gone quiet: expired, departed, or
+        // not heard for a few of its intervals.
+        let shown_silent = self.agents.get(address).is_some_and(|entry| {
+            entry.state != AgentState::Alive
+                || now.saturating_duration_since(entry.last_heard)
+                    >= silence_limit(entry.interval_ms)
+        });
+        let mut rival_returns = false;
         if let Some(entry) = self.agents.get_mut(address)
             && entry.incarnation != heartbeat.incarnation
             && let Some(rival) = entry
@@ -260,31 +367,54 @@ impl AgentTable {
                 .as_mut()
                 .filter(|rival| rival.incarnation == heartbeat.incarnation)
         {
-            if heartbeat.seq <= rival.seq {
-                return Observation::Stale;
+            if shown_silent && !heartbeat.leaving {
+                // The incarnation shown went quiet while the displaced one
+                // still beats (a duplicate that died, or one forged beat):
+                // the record follows the living one.
+                rival_returns = true;
+            } else {
+                if heartbeat.seq <= rival.seq {
+                    return Observation::Stale;
+                }
+                if heartbeat.leaving {
+                    // The displaced one went away: no conflict any more.
+                    entry.rival = None;
+                    let was = std::mem::replace(&mut entry.conflict, false);
+                    return if was {
+                        Observation::Changed
+                    } else {
+                        Observation::Refreshed
+                    };
+                }
+                rival.seq = heartbeat.seq;
+                rival.last_heard = now;
+                let new = !std::mem::replace(&mut entry.conflict, true);
+                return Observation::Conflict { new };
             }
-            if heartbeat.leaving {
-                // The displaced one went away: no conflict any more.
-                entry.rival = None;
-                let was = std::mem::replace(&mut entry.conflict, false);
-                return if was {
-                    Observation::Changed
-                } else {
-                    Observation::Refreshed
-                };
-            }
-            rival.seq = heartbeat.seq;
-            rival.last_heard = now;
-            let new = !std::mem::replace(&mut entry.conflict, true);
-            return Observation::Conflict { new };
         }
+        let mut resynced = false;
         let (observation, previous) = match self.agents.get(address) {
             None if self.agents.len() >= self.config.max_agents => return Observation::TableFull,
             None => (Observation::New, None),
             Some(entry) => {
                 let same_incarnation = entry.incarnation == heartbeat.incarnation;
-                if same_incarnation && heartbeat.seq <= entry.seq {
-                    return Observation::Stale;
+                if same_incarnation
+                    && !seq_follows(
+                        entry.seq,
+                        heartbeat.seq,
+                        now.saturating_duration_since(entry.last_heard),
+                    )
+                {
+                    // Out of range. Accept it anyway once this incarnation has
+                    // been silent a while, so a forged high seq (or a buggy
+                    // counter) cannot lock the real agent out until it restarts.
+                    if shown_silent && !heartbeat.leaving {
+                        resynced = true;
+                    } else if heartbeat.seq <= entry.seq {
+                        return Observation::Stale;
+                    } else {
+                        return Observation::SeqJump;
+                    }
                 }
                 let rival = if same_incarnation {
                     // Still a conflict while the displaced one was heard within a timeout.
@@ -309,38 +439,46 @@ impl AgentTable {
                 let changed = !same_incarnation
                     || entry.state != AgentState::Alive
                     || heartbeat.leaving
+                    || entry.unverified
                     || entry.op_codes != heartbeat.op_codes
                     || entry.agent_class != heartbeat.agent_class
                     || entry.conflict != conflict;
-                let observation = if changed {
+                let observation = if resynced {
+                    Observation::Resynced
+                } else if changed {
                     Observation::Changed
                 } else {
                     Observation::Refreshed
                 };
                 (
                     observation,
-                    Some((
-                        entry.deadline,
-                        entry.state,
-                        entry.first_seen_unix_ms,
-                        entry.incarnations_seen,
-                        same_incarnation,
+                    Some(Previous {
+                        deadline: entry.deadline,
+                        state: entry.state,
+                        first_seen_unix_ms: entry.first_seen_unix_ms,
+                        incarnations_seen: if same_incarnation || rival_returns {
+                            entry.incarnations_seen
+                        } else {
+                            entry.incarnations_seen.saturating_add(1)
+                        },
+                        beats: entry.beats,
                         rival,
                         conflict,
-                    )),
+                    }),
                 )
             }
         };
-        if let Some((deadline, state, ..)) = previous {
-            self.unschedule(address, deadline, state);
-        }
-        let (first_seen_unix_ms, incarnations_seen, rival, conflict) = match previous {
-            None => (now_unix_ms, 1, None, false),
-            Some((_, _, first_seen, seen, true, rival, conflict)) => {
-                (first_seen, seen, rival, conflict)
-            }
-            Some((_, _, first_seen, seen, false, rival, conflict)) => {
-                (first_seen, seen + 1, rival, conflict)
+        let (first_seen_unix_ms, incarnations_seen, beats, rival, conflict) = match previous {
+            None => (now_unix_ms, 1, 0, None, false),
+            Some(previous) => {
+                self.unschedule(address, previous.deadline, previous.state);
+                (
+                    previous.first_seen_unix_ms,
+                    previous.incarnations_seen,
+                    previous.beats,
+                    previous.rival,
+                    previous.conflict,
+                )
             }
         };
         let (state, deadline, op_codes, time_expired_unix_ms) = if heartbeat.leaving {
@@ -389,6 +527,8 @@ impl AgentTable {
                 conflict: conflict && !heartbeat.leaving,
                 recent_expiries,
                 flapping,
+                beats: beats.saturating_add(1),
+                unverified: false,
             },
         );
         observation
@@ -429,7 +569,8 @@ impl AgentTable {
     /// The earliest pending deadline (an expiry or a forgetting).
     pub fn next_deadline(&self) -> Option<Instant> {
         let expiry = self
-            .hold_recheck
+            .hold
+            .map(|hold| hold.recheck)
             .or_else(|| self.expiries.first().map(|(at, _)| *at));
         let forget = self.forgets.first().map(|(at, _)| *at);
         match (expiry, forget) {
@@ -438,26 +579,47 @@ impl AgentTable {
         }
     }
 
-    /// Expires every alive agent whose deadline is at or before `now`;
-    /// returns their addresses. `time_expired` is the moment of expiry.
+    /// Expires every alive agent whose deadline is at or before `now`.
+    /// `time_expired` is the moment of expiry.
     ///
-    /// Unless most agents are due at once (see [`TableConfig::hold_fraction`]):
-    /// then it holds every expiry, and once heartbeats have returned it gives
-    /// every agent a fresh timeout, so those that really died expire one
-    /// timeout later and those whose heartbeats trickle back in do not.
-    pub fn expire_due(&mut self, now: Instant, now_unix_ms: i64) -> Vec<String> {
+    /// Unless most steadily beating agents are due at once (see
+    /// [`TableConfig::hold_fraction`]): then it holds every expiry and marks
+    /// the agents past their deadline as unverified. Once heartbeats have
+    /// returned it gives every agent a fresh timeout, so those that really
+    /// died expire one timeout later and those whose heartbeats trickle back
+    /// in do not. A hold lasts at most [`TableConfig::max_hold`]: then the
+    /// silent agents expire after all.
+    pub fn expire_due(&mut self, now: Instant, now_unix_ms: i64) -> Expiries {
+        let mut outcome = Expiries::default();
         let due_now = self
             .expiries
             .first()
             .is_some_and(|(deadline, _)| *deadline <= now);
-        if (due_now || self.holding()) && self.mass_expiry(now) {
-            self.hold_recheck = Some(now + HOLD_RECHECK);
-            return Vec::new();
+        let exhausted = self
+            .hold
+            .is_some_and(|hold| now.saturating_duration_since(hold.since) >= self.config.max_hold);
+        let may_hold = self.no_hold_until.is_none_or(|until| now >= until);
+        if !exhausted && may_hold && (due_now || self.holding()) && self.mass_expiry(now) {
+            let since = self.hold.map_or(now, |hold| hold.since);
+            self.hold = Some(Hold {
+                since,
+                recheck: now + HOLD_RECHECK,
+            });
+            outcome.unverified = self.mark_unverified(now);
+            return outcome;
         }
-        if self.hold_recheck.take().is_some() {
-            self.grant_fresh_timeouts(now);
+        if self.hold.take().is_some() {
+            outcome.unverified = self.clear_unverified();
+            if exhausted {
+                // Long enough that silence is evidence again: the agents
+                // still silent expire now, and the next hold waits as long.
+                outcome.hold_exhausted = true;
+                self.no_hold_until = Some(now + self.config.max_hold);
+            } else {
+                self.grant_fresh_timeouts(now);
+            }
         }
-        let mut expired = Vec::new();
+        let expired = &mut outcome.expired;
         while let Some((deadline, _)) = self.expiries.first() {
             if *deadline > now {
                 break;
@@ -481,7 +643,44 @@ impl AgentTable {
             }
             expired.push(address);
         }
-        expired
+        outcome
+    }
+
+    /// Marks the alive agents past their deadline as unverified; returns
+    /// those newly marked.
+    fn mark_unverified(&mut self, now: Instant) -> Vec<String> {
+        let mut marked = Vec::new();
+        for (_, address) in self
+            .expiries
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= now)
+        {
+            if let Some(entry) = self.agents.get_mut(address)
+                && !std::mem::replace(&mut entry.unverified, true)
+            {
+                marked.push(address.clone());
+            }
+        }
+        marked
+    }
+
+    /// Clears every unverified mark; returns the addresses that had one.
+    fn clear_unverified(&mut self) -> Vec<String> {
+        let mut cleared = Vec::new();
+        for (address, entry) in &mut self.agents {
+            if std::mem::replace(&mut entry.unverified, false) {
+                cleared.push(address.clone());
+            }
+        }
+        cleared
+    }
+
+    /// Agents alive only by the hold's assumption (see [`Expiries::unverified`]).
+    pub fn unverified(&self) -> usize {
+        self.agents
+            .values()
+            .filter(|entry| entry.unverified)
+            .count()
     }
 
     /// Forgets every agent expired or gone for longer than `forget_after`.
@@ -593,6 +792,9 @@ impl AgentTable {
                 conflict: false,
                 recent_expiries: Vec::new(),
                 flapping: false,
+                // It was tracked before: the registry's restart is no reason to doubt it.
+                beats: STEADY_BEATS,
+                unverified: false,
                 tokens: self.burst(),
                 tokens_at: now,
             },
@@ -652,6 +854,7 @@ fn to_record(address: &str, entry: &Entry) -> proto::AgentRecord {
         interval_ms: entry.interval_ms,
         incarnations_seen: entry.incarnations_seen,
         flapping: entry.flapping,
+        unverified: entry.unverified,
         conflict: entry.conflict.then(|| {
             let rival = entry.rival.as_ref();
             proto::Conflict {
@@ -679,6 +882,7 @@ mod tests {
             max_agents: 3,
             hold_fraction: 0.5,
             hold_min_agents: 10,
+            max_hold: Duration::from_secs(60),
             max_heartbeat_rate: 10.0,
         })
     }
@@ -710,6 +914,13 @@ mod tests {
 
     const FAKER: &str = "observatory.faker";
 
+    impl AgentTable {
+        /// The addresses [`AgentTable::expire_due`] expires.
+        fn expired_at(&mut self, now: Instant, now_unix_ms: i64) -> Vec<String> {
+            self.expire_due(now, now_unix_ms).expired
+        }
+    }
+
     #[test]
     fn expires_exactly_at_the_deadline_and_records_that_moment() {
         let mut table = table();
@@ -730,10 +941,10 @@ mod tests {
         assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(6)));
         assert!(
             table
-                .expire_due(t0 + Duration::from_millis(5999), 6999)
+                .expired_at(t0 + Duration::from_millis(5999), 6999)
                 .is_empty()
         );
-        assert_eq!(table.expire_due(t0 + Duration::from_secs(6), 7000), [FAKER]);
+        assert_eq!(table.expired_at(t0 + Duration::from_secs(6), 7000), [FAKER]);
         let record = table.record(FAKER).unwrap();
         assert!(record.expired);
         assert_eq!(record.time_expired_unix_ms, 7000);
@@ -741,7 +952,7 @@ mod tests {
         // Expiry happens once: time_expired is not rewritten later.
         assert!(
             table
-                .expire_due(t0 + Duration::from_secs(20), 21000)
+                .expired_at(t0 + Duration::from_secs(20), 21000)
                 .is_empty()
         );
         assert_eq!(table.record(FAKER).unwrap().time_expired_unix_ms, 7000);
@@ -759,7 +970,7 @@ mod tests {
             at(4_000),
             5_000,
         );
-        assert_eq!(before.expire_due(at(5_000), 6_000), [FAKER]);
+        assert_eq!(before.expired_at(at(5_000), 6_000), [FAKER]);
         let stored: Vec<proto::StoredAgent> = [FAKER, "observatory.other"]
             .iter()
             .map(|address| before.stored(address, at(5_000), 6_000).unwrap())
@@ -794,11 +1005,11 @@ mod tests {
         // A full timeout from the restart, not from its last heartbeat.
         assert!(
             after
-                .expire_due(t1 + TIMEOUT - Duration::from_millis(1), 40_999)
+                .expired_at(t1 + TIMEOUT - Duration::from_millis(1), 40_999)
                 .is_empty()
         );
         assert_eq!(
-            after.expire_due(t1 + TIMEOUT, 41_000),
+            after.expired_at(t1 + TIMEOUT, 41_000),
             ["observatory.other"]
         );
         assert_eq!(after.forget_due(t1 + Duration::from_secs(30)), [FAKER]);
@@ -827,11 +1038,11 @@ mod tests {
         // Expires twice: late, not flapping.
         for start in [0, 100] {
             beat_at(&mut table, start);
-            assert_eq!(table.expire_due(at(start + 5), 0), [FAKER]);
+            assert_eq!(table.expired_at(at(start + 5), 0), [FAKER]);
         }
         beat_at(&mut table, 200);
         assert!(!table.record(FAKER).unwrap().flapping);
-        assert_eq!(table.expire_due(at(205), 0), [FAKER]);
+        assert_eq!(table.expired_at(at(205), 0), [FAKER]);
         assert!(
             table.record(FAKER).unwrap().flapping,
             "third expiry in ten minutes"
@@ -845,7 +1056,7 @@ mod tests {
         // Expiries spread wider than the window never make it flap.
         for start in [1000, 1400, 1800, 2200] {
             beat_at(&mut table, start);
-            table.expire_due(at(start + 5), 0);
+            table.expired_at(at(start + 5), 0);
             assert!(!table.record(FAKER).unwrap().flapping);
         }
     }
@@ -941,7 +1152,7 @@ mod tests {
         let mut table = table();
         let t0 = Instant::now();
         table.observe(&beat(FAKER, INCARNATION_A, 1, &[]), t0, 0);
-        table.expire_due(t0 + TIMEOUT, 5000);
+        table.expired_at(t0 + TIMEOUT, 5000);
         assert_eq!(
             table.observe(&beat(FAKER, INCARNATION_A, 9, &[]), t0 + TIMEOUT * 2, 10000),
             Observation::Changed
@@ -969,7 +1180,7 @@ mod tests {
         );
         assert_eq!(table.state(FAKER), Some(AgentState::Left));
         assert!(
-            table.expire_due(t0 + TIMEOUT * 2, 0).is_empty(),
+            table.expired_at(t0 + TIMEOUT * 2, 0).is_empty(),
             "a departed agent does not expire again"
         );
         assert!(table.forget_due(t0 + FORGET).is_empty());
@@ -1023,8 +1234,8 @@ mod tests {
         table.observe(&beat(FAKER, INCARNATION_A, 1, &[]), t0, 0);
         let reconnected = t0 + Duration::from_secs(4);
         table.grant_fresh_timeouts(reconnected);
-        assert!(table.expire_due(t0 + TIMEOUT, 0).is_empty());
-        assert_eq!(table.expire_due(reconnected + TIMEOUT, 0), [FAKER]);
+        assert!(table.expired_at(t0 + TIMEOUT, 0).is_empty());
+        assert_eq!(table.expired_at(reconnected + TIMEOUT, 0), [FAKER]);
     }
 
     #[test]
@@ -1063,6 +1274,7 @@ mod tests {
             max_agents: 100,
             hold_fraction: 0.5,
             hold_min_agents: 10,
+            max_hold: Duration::from_secs(60),
             max_heartbeat_rate: 10.0,
         });
         let t0 = Instant::now();
@@ -1084,15 +1296,22 @@ mod tests {
         fn now_ms(now: Instant, t0: Instant) -> i64 {
             now.duration_since(t0).as_millis() as i64
         }
-        beat_all(&mut table, 0..12, 0);
+        for ms in [0, 1_000, 2_000] {
+            beat_all(&mut table, 0..12, ms);
+        }
         // A partition: nobody is heard any more. At the first deadline the
-        // registry holds instead of expiring twelve agents.
+        // registry holds instead of expiring twelve agents...
         let first_deadline = table.next_deadline().unwrap();
-        assert_eq!(first_deadline, at(5_000));
-        assert!(table.expire_due(first_deadline, 5_000).is_empty());
+        assert_eq!(first_deadline, at(7_000));
+        let held = table.expire_due(first_deadline, 7_000);
+        assert!(held.expired.is_empty());
         assert!(table.holding());
+        // ...and says the agents past their deadline are unverified, not alive.
+        assert_eq!(held.unverified, [address(0)]);
+        assert!(table.record(&address(0)).unwrap().unverified);
+        assert!(!table.record(&address(1)).unwrap().unverified);
         assert!(
-            table.expire_due(at(20_000), 20_000).is_empty(),
+            table.expired_at(at(20_000), 20_000).is_empty(),
             "held however long it lasts"
         );
         assert_eq!(table.counts(), (12, 0, 0));
@@ -1100,9 +1319,14 @@ mod tests {
         assert!(table.next_deadline().unwrap() > at(20_000));
         // Heartbeats return, but not agent11's: it really died. Once most are
         // back the hold ends and everyone gets a fresh timeout...
+        assert_eq!(table.unverified(), 12);
         beat_all(&mut table, 0..11, 21_000);
-        assert!(table.expire_due(at(21_600), 21_600).is_empty());
+        assert_eq!(table.unverified(), 1, "a heartbeat verifies its agent");
+        let released = table.expire_due(at(21_600), 21_600);
+        assert!(released.expired.is_empty());
+        assert_eq!(released.unverified, [address(11)]);
         assert!(!table.holding());
+        assert_eq!(table.unverified(), 0);
         assert_eq!(table.counts(), (12, 0, 0));
         // ...so the dead one expires a timeout later, the others not.
         beat_all(&mut table, 0..11, 22_000);
@@ -1110,15 +1334,177 @@ mod tests {
         beat_all(&mut table, 0..11, 24_000);
         beat_all(&mut table, 0..11, 25_000);
         beat_all(&mut table, 0..11, 26_000);
-        assert_eq!(table.expire_due(at(26_600), 26_600), [address(11)]);
+        assert_eq!(table.expired_at(at(26_600), 26_600), [address(11)]);
         assert!(!table.holding());
 
         // One death among many is no partition: it expires at its deadline.
         for ms in [27_000, 28_000, 29_000, 30_000, 31_000] {
             beat_all(&mut table, 1..11, ms);
         }
-        assert_eq!(table.expire_due(at(31_000), 31_000), [address(0)]);
+        assert_eq!(table.expired_at(at(31_000), 31_000), [address(0)]);
         assert!(!table.holding());
+    }
+
+    #[test]
+    fn a_duplicate_that_dies_leaves_the_record_to_the_survivor() {
+        let mut table = table();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let acq = [("acq", OpCode::Running)];
+        // A runs; B, the same instance started by mistake, displaces it.
+        for seq in 1..=3 {
+            table.observe(&beat(FAKER, INCARNATION_A, seq, &acq), at(seq * 1000), 0);
+        }
+        table.observe(&beat(FAKER, INCARNATION_B, 1, &acq), at(3_100), 0);
+        table.observe(&beat(FAKER, INCARNATION_B, 2, &acq), at(4_100), 0);
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 4, &acq), at(4_000), 0),
+            Observation::Conflict { new: true }
+        );
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 5, &acq), at(5_000), 0),
+            Observation::Conflict { new: false }
+        );
+        // B is killed after its beat at 4.1 s; A keeps beating. Two of B's
+        // intervals later A's next beat takes the record back, before B's
+        // deadline could expire it.
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 6, &acq), at(6_000), 0),
+            Observation::Conflict { new: false }
+        );
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 7, &acq), at(7_000), 0),
+            Observation::Changed
+        );
+        let record = table.record(FAKER).unwrap();
+        assert_eq!(record.incarnation, INCARNATION_A);
+        assert!(!record.expired);
+        assert_eq!(record.incarnations_seen, 2, "A is no new incarnation");
+        assert!(record.conflict.is_none(), "B is gone: no conflict");
+        for seq in 8..=20 {
+            table.observe(&beat(FAKER, INCARNATION_A, seq, &acq), at(seq * 1000), 0);
+            assert!(table.expired_at(at(seq * 1000), 0).is_empty());
+        }
+        assert_eq!(table.state(FAKER), Some(AgentState::Alive));
+        assert_eq!(table.conflicts(), 0);
+    }
+
+    #[test]
+    fn one_forged_beat_of_another_incarnation_does_not_expire_the_agent() {
+        let mut table = table();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        table.observe(&beat(FAKER, INCARNATION_A, 1, &[]), at(0), 0);
+        table.observe(&beat(FAKER, INCARNATION_B, 1, &[]), at(500), 0);
+        for seq in 2..=12 {
+            table.observe(
+                &beat(FAKER, INCARNATION_A, seq, &[]),
+                at(seq * 1000 - 1000),
+                0,
+            );
+            assert!(table.expired_at(at(seq * 1000 - 1000), 0).is_empty());
+        }
+        let record = table.record(FAKER).unwrap();
+        assert_eq!(record.incarnation, INCARNATION_A);
+        assert!(record.conflict.is_none());
+    }
+
+    #[test]
+    fn a_forged_seq_is_refused_or_overruled_within_two_intervals() {
+        let mut table = table();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        table.observe(&beat(FAKER, INCARNATION_A, 1, &[]), at(0), 0);
+        // Far beyond anything an agent counts: refused outright, as is a
+        // goodbye that jumps.
+        let mut poison = beat(FAKER, INCARNATION_A, u64::MAX, &[]);
+        assert_eq!(table.observe(&poison, at(100), 0), Observation::SeqJump);
+        poison.leaving = true;
+        assert_eq!(table.observe(&poison, at(200), 0), Observation::SeqJump);
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 2, &[]), at(1_000), 0),
+            Observation::Refreshed
+        );
+        // A plausible forged seq is accepted; the real beats that follow are
+        // stale only until two intervals pass, then they win again.
+        table.observe(&beat(FAKER, INCARNATION_A, 60, &[]), at(1_100), 0);
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 3, &[]), at(2_000), 0),
+            Observation::Stale
+        );
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 4, &[]), at(3_000), 0),
+            Observation::Stale
+        );
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 5, &[]), at(4_000), 0),
+            Observation::Resynced
+        );
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 6, &[]), at(5_000), 0),
+            Observation::Refreshed
+        );
+        assert!(table.expired_at(at(5_000), 0).is_empty());
+        // A forged goodbye within range marks it left; its next real beat
+        // brings it back at once.
+        let mut goodbye = beat(FAKER, INCARNATION_A, 9, &[]);
+        goodbye.leaving = true;
+        table.observe(&goodbye, at(5_100), 0);
+        assert_eq!(table.state(FAKER), Some(AgentState::Left));
+        assert_eq!(
+            table.observe(&beat(FAKER, INCARNATION_A, 7, &[]), at(6_000), 0),
+            Observation::Resynced
+        );
+        assert_eq!(table.state(FAKER), Some(AgentState::Alive));
+    }
+
+    #[test]
+    fn one_off_beats_never_hold_and_a_hold_ends_after_its_maximum() {
+        let config = TableConfig {
+            agent_timeout: TIMEOUT,
+            forget_after: FORGET,
+            max_agents: 100,
+            hold_fraction: 0.5,
+            hold_min_agents: 10,
+            max_hold: Duration::from_secs(30),
+            max_heartbeat_rate: 10.0,
+        };
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let address = |i: usize| format!("observatory.agent{i}");
+        // Twenty single beats from new addresses, then silence: nothing to hold.
+        let mut table = AgentTable::new(config.clone());
+        for i in 0..20 {
+            table.observe(&beat(&address(i), INCARNATION_A, 1, &[]), at(0), 0);
+        }
+        assert_eq!(table.expired_at(at(5_000), 5_000).len(), 20);
+        assert!(!table.holding());
+
+        // Twelve steady agents on one host that dies for good: held, then
+        // expired once the hold reaches its maximum.
+        let mut table = AgentTable::new(config);
+        for seq in 1..=3u64 {
+            for i in 0..12 {
+                table.observe(
+                    &beat(&address(i), INCARNATION_A, seq, &[]),
+                    at(seq * 1000),
+                    0,
+                );
+            }
+        }
+        assert!(table.expired_at(at(8_000), 8_000).is_empty());
+        assert!(table.holding());
+        assert_eq!(table.unverified(), 12);
+        assert!(table.expired_at(at(37_999), 37_999).is_empty());
+        let released = table.expire_due(at(38_000), 38_000);
+        assert!(released.hold_exhausted);
+        assert_eq!(released.expired.len(), 12);
+        assert_eq!(released.unverified.len(), 12, "the marks are cleared");
+        assert!(!table.holding());
+        assert_eq!(table.unverified(), 0);
+        let record = table.record(&address(0)).unwrap();
+        assert!(record.expired && !record.unverified);
+        assert_eq!(record.time_expired_unix_ms, 38_000);
     }
 
     mod properties {
@@ -1195,7 +1581,7 @@ mod tests {
                     }
                     let now = t0 + Duration::from_millis(elapsed_ms);
                     let now_ms = elapsed_ms as i64;
-                    table.expire_due(now, now_ms);
+                    table.expired_at(now, now_ms);
                     table.forget_due(now);
                     prop_assert!(table.len() <= 3, "max_agents is 3");
                     prop_assert!(table.conflicts() <= table.len());

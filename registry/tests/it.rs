@@ -6,89 +6,17 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use futures::StreamExt;
 use ocs_agent::OcsClient;
 use ocs_protocol::codec::{self, to_msgpack};
 use ocs_protocol::{Action, InstanceId, OpName, proto};
 use ocs_registry::metrics::DropReason;
-use ocs_registry::{Config, RegistryMetrics};
 mod common;
 
-use common::{FeedLog, feed_record, record, registry_agents};
+use common::{FeedLog, Registry, agent, faker, feed_record, record, registry_agents};
 use ocs_testkit::{NatsServer, Process, eventually, http_get, workspace_binary};
 use serde_json::Value;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
-struct Registry {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    metrics: Arc<RegistryMetrics>,
-    http: std::net::SocketAddr,
-}
-
-impl Registry {
-    async fn start(nats: &NatsServer, extra: &[&str]) -> Registry {
-        let url = nats.url();
-        let mut args = vec![
-            "ocs-registry",
-            "--nats-url",
-            url.as_str(),
-            "--listen",
-            "127.0.0.1:0",
-        ];
-        args.extend(extra);
-        let config = Config::parse_from(args);
-        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-        let http = listener.local_addr().unwrap();
-        let client = ocs_agent::process::connect_service(&url, "registry-under-test")
-            .await
-            .unwrap();
-        let metrics = Arc::new(RegistryMetrics::new());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn({
-            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-            async move {
-                ocs_registry::run(config, client, listener, metrics, shutdown)
-                    .await
-                    .unwrap()
-            }
-        });
-        Registry {
-            shutdown,
-            task,
-            metrics,
-            http,
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-}
-
-fn agent(nats: &NatsServer, binary: &str, instance_id: &str, extra: &[&str]) -> Process {
-    let mut command = Command::new(workspace_binary(binary));
-    command
-        .args(["--nats-url", &nats.url(), "--instance-id", instance_id])
-        .args(extra)
-        .env("RUST_LOG", "warn");
-    Process::spawn(instance_id, command)
-}
-
-fn faker(nats: &NatsServer, instance_id: &str) -> Process {
-    agent(
-        nats,
-        "ocs-fake-data-agent",
-        instance_id,
-        &["--mode", "idle"],
-    )
-}
 
 async fn client(nats: &NatsServer) -> OcsClient {
     common::client(&nats.url()).await

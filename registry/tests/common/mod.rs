@@ -2,8 +2,14 @@
 
 #![allow(dead_code)]
 
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use clap::Parser;
+use ocs_registry::{Config, RegistryMetrics};
+use ocs_testkit::{NatsServer, Process, workspace_binary};
+use tokio_util::sync::CancellationToken;
 
 use futures::StreamExt;
 use ocs_agent::OcsClient;
@@ -81,4 +87,78 @@ pub fn feed_record(
             .find(|record| record.agent_address == address && predicate(record))
             .map(|record| (*at, record.clone()))
     })
+}
+
+/// The registry in-process, on its own HTTP port.
+pub struct Registry {
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+    pub metrics: Arc<RegistryMetrics>,
+    pub http: std::net::SocketAddr,
+}
+
+impl Registry {
+    /// Starts it on `nats` with further command-line arguments.
+    pub async fn start(nats: &NatsServer, extra: &[&str]) -> Registry {
+        let url = nats.url();
+        let mut args = vec![
+            "ocs-registry",
+            "--nats-url",
+            url.as_str(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend(extra);
+        let config = Config::parse_from(args);
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let http = listener.local_addr().unwrap();
+        let client = ocs_agent::process::connect_service(&url, "registry-under-test")
+            .await
+            .unwrap();
+        let metrics = Arc::new(RegistryMetrics::new());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+            async move {
+                ocs_registry::run(config, client, listener, metrics, shutdown)
+                    .await
+                    .unwrap()
+            }
+        });
+        Registry {
+            shutdown,
+            task,
+            metrics,
+            http,
+        }
+    }
+
+    /// Stops it and waits for a clean end.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// An agent binary of the workspace as a process.
+pub fn agent(nats: &NatsServer, binary: &str, instance_id: &str, extra: &[&str]) -> Process {
+    let mut command = Command::new(workspace_binary(binary));
+    command
+        .args(["--nats-url", &nats.url(), "--instance-id", instance_id])
+        .args(extra)
+        .env("RUST_LOG", "warn");
+    Process::spawn(instance_id, command)
+}
+
+/// An idle fake-data agent.
+pub fn faker(nats: &NatsServer, instance_id: &str) -> Process {
+    agent(
+        nats,
+        "ocs-fake-data-agent",
+        instance_id,
+        &["--mode", "idle"],
+    )
 }
