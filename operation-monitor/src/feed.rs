@@ -90,10 +90,13 @@ pub(crate) async fn follow(
                 }
             }
             _ = probes.tick() => {
-                // A cheap request that touches no operation: is the registry there?
+                // `ping` answers in a few bytes whatever the fleet's size; `api`
+                // carries the main session's data (every record), which past a
+                // few thousand agents exceeds NATS's payload limit and would
+                // report a healthy registry as unreachable.
                 let reachable = tokio::time::timeout(
                     Duration::from_secs(2),
-                    client.request(subject::api(&settings.registry), bytes::Bytes::new()),
+                    client.request(subject::ping(&settings.registry), bytes::Bytes::new()),
                 )
                 .await
                 .is_ok_and(|reply| reply.is_ok());

@@ -340,6 +340,87 @@ async fn dashboard_and_rules_query_only_what_the_monitor_exports() {
     stack.stop().await;
 }
 
+/// Past a few thousand agents the registry's `status` (and `api`, which
+/// carries the same session data) no longer fits NATS's default 1 MiB
+/// payload; the monitor's probe must still find the registry reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_probe_tests_reachability_not_the_fleet_size() {
+    let nats = NatsServer::start();
+    let stack = Stack::start(&nats, "5").await;
+    let client = OcsClient::new(
+        async_nats::connect(nats.url()).await.unwrap(),
+        AddressRoot::default(),
+    );
+    let registry = InstanceId::new("registry").unwrap();
+    let main = OpName::new("main").unwrap();
+    let status = || async {
+        client
+            .operation(
+                &registry,
+                &main,
+                Action::Status,
+                Vec::new(),
+                None,
+                Duration::from_secs(2),
+            )
+            .await
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the registry answering",
+        || async { status().await.ok() },
+    )
+    .await;
+    let reachable = || async {
+        let (_, metrics) = http_get(stack.monitor, "/metrics").await;
+        metrics
+            .lines()
+            .any(|line| line == "ocs_monitor_registry_reachable 1")
+    };
+    eventually(Duration::from_secs(5), "the first probe", || async {
+        reachable().await.then_some(())
+    })
+    .await;
+    for i in 0..4000 {
+        let beat = proto::Heartbeat {
+            protocol_version: 1,
+            agent_address: format!("observatory.agent{i}"),
+            agent_class: "FleetAgent".into(),
+            incarnation: uuid::Uuid::new_v4().to_string(),
+            seq: 1,
+            interval_ms: 1000,
+            host: "host-with-a-realistic-name.observatory.example".into(),
+            op_codes: vec![proto::OperationCode {
+                op_name: "acq".into(),
+                op_code: 3,
+                op_type: "process".into(),
+            }],
+            ..Default::default()
+        };
+        client
+            .nats()
+            .publish(
+                format!("observatory.agent{i}.feeds.heartbeat"),
+                ocs_protocol::codec::encode(&beat).into(),
+            )
+            .await
+            .unwrap();
+    }
+    client.nats().flush().await.unwrap();
+    // The fleet is too large for a status reply...
+    eventually(Duration::from_secs(10), "status too large", || async {
+        status().await.is_err().then_some(())
+    })
+    .await;
+    // ...yet the registry is there, and the monitor says so probe after probe.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        assert!(reachable().await, "registry reported unreachable");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stack.stop().await;
+}
+
 fn encode_query(query: &str) -> String {
     query
         .bytes()
