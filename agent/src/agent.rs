@@ -416,21 +416,42 @@ impl Agent {
         } else if asked > 0 {
             info!(operations = asked, "operations stopped");
         }
+        // The last journal writes, the goodbye and the flush share one short
+        // deadline: with NATS unreachable each would otherwise wait out its
+        // own timeout, and the process would outlive its stop timeout.
+        let wind_down = tokio::time::Instant::now() + WIND_DOWN;
         requests.close();
         let _ = tokio::time::timeout(Duration::from_millis(500), requests.wait()).await;
         journal_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(3), journal).await;
+        finish_by(wind_down, journal, "the session journal").await;
         heartbeat_stop.cancel();
-        let _ = heartbeat.await;
-        if tokio::time::timeout(Duration::from_secs(2), client.flush())
-            .await
-            .is_err()
+        finish_by(wind_down, heartbeat, "the leaving heartbeat").await;
+        if client.connection_state() == async_nats::connection::State::Connected
+            && tokio::time::timeout_at(wind_down, client.flush())
+                .await
+                .is_err()
         {
             warn!("flushing NATS timed out");
         }
         drop(operations_runtime);
         info!("agent stopped");
         Ok(())
+    }
+}
+
+/// How long an agent spends, after its operations ended, on its last
+/// journal writes, its leaving heartbeat and flushing NATS, all together.
+const WIND_DOWN: Duration = Duration::from_secs(1);
+
+/// Waits for `task` until `deadline`, then abandons it.
+async fn finish_by(
+    deadline: tokio::time::Instant,
+    mut task: tokio::task::JoinHandle<()>,
+    what: &str,
+) {
+    if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+        warn!("{what} did not finish in time on shutdown (NATS unreachable?); abandoning it");
+        task.abort();
     }
 }
 

@@ -111,8 +111,15 @@ pub async fn run(
     let result = agent.run(client, shutdown).await;
     // Released only now: the leaving heartbeat above still spoke for the address.
     election_stop.cancel();
-    if let Some(election) = election {
-        let _ = election.await;
+    if let Some(mut election) = election {
+        // Handing the lease over takes one KV write; unreachable, the lease
+        // simply expires after its TTL.
+        if tokio::time::timeout(std::time::Duration::from_secs(1), &mut election)
+            .await
+            .is_err()
+        {
+            election.abort();
+        }
     }
     http.abort();
     result?;

@@ -255,3 +255,31 @@ async fn one_off_beats_do_not_hold_expiries_and_a_hold_ends_at_its_maximum() {
     );
     registry.stop().await;
 }
+
+/// The services' stop timeouts (compose's `stop_grace_period`, systemd's
+/// `TimeoutStopSec`) must hold even when NATS is gone: no final write,
+/// goodbye or flush may wait for a server that will not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_stop_within_their_grace_period_with_nats_unreachable() {
+    let mut nats = NatsServer::start();
+    let client = client(&nats.url()).await;
+    let mut registry = common::agent(
+        &nats,
+        "ocs-registry",
+        "registry",
+        &["--listen", "127.0.0.1:0"],
+    );
+    let mut agent = faker(&nats, "faker");
+    incarnation_of(&client, FAKER).await;
+    nats.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    registry.signal("TERM");
+    agent.signal("TERM");
+    // The agent framework's grace for operations is 3 s by default.
+    assert_eq!(
+        registry.wait_exit(Duration::from_secs(3)),
+        Some(0),
+        "registry"
+    );
+    assert_eq!(agent.wait_exit(Duration::from_secs(3)), Some(0), "agent");
+}
