@@ -29,9 +29,23 @@ pub struct NoParams {}
 impl Params for NoParams {}
 
 /// Decodes and validates params; the error is the text of an OCS `ParamError`.
+///
+/// The map is read as plain values first and then typed, so that an error
+/// names the parameter and the type it wanted ("delay: invalid type: string
+/// \"abc\", expected f64") rather than a MessagePack marker.
 pub(crate) fn decode<P: Params>(op_name: &str, bytes: &[u8]) -> Result<P, String> {
-    let params: P = ocs_protocol::codec::from_msgpack(bytes)
-        .map_err(|err| format!("Param error for \"{op_name}\": {err}"))?;
+    let fail = |reason: String| format!("Param error for \"{op_name}\": {reason}");
+    let values: serde_json::Value =
+        ocs_protocol::codec::from_msgpack(bytes).map_err(|err| fail(err.to_string()))?;
+    let params: P = serde_path_to_error::deserialize(values).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        fail(if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        })
+    })?;
     params
         .validate()
         .map_err(|reason| format!("Param error for \"{op_name}\": {reason}"))?;
@@ -72,6 +86,13 @@ mod tests {
             let err = decode::<Count>("count", &bytes).map(|_| ()).unwrap_err();
             assert!(err.starts_with("Param error for \"count\""), "{err}");
         }
+        let err = decode::<Count>("count", &to_msgpack(&json!({"target": "abc"})).unwrap())
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "Param error for \"count\": target: invalid type: string \"abc\", expected u32"
+        );
         assert!(decode::<NoParams>("x", &[]).is_ok());
         assert!(decode::<NoParams>("x", &to_msgpack(&json!({"a": 1})).unwrap()).is_err());
     }

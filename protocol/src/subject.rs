@@ -106,6 +106,40 @@ pub fn snapshot_request(registry: &AgentAddress) -> String {
     format!("{registry}.snapshot")
 }
 
+/// Checks a subscription pattern as nats-server does, so that a client can
+/// refuse a bad one with a reason instead of subscribing to nothing (the
+/// server only answers an invalid subject with an asynchronous error).
+///
+/// Tokens are separated by `.`, none empty or holding whitespace; `*` and `>`
+/// are wildcards only as whole tokens, and `>` only as the last one.
+pub fn validate_pattern(pattern: &str) -> Result<(), String> {
+    if pattern.is_empty() {
+        return Err("the subject is empty".into());
+    }
+    let tokens: Vec<&str> = pattern.split('.').collect();
+    for (index, token) in tokens.iter().enumerate() {
+        if token.is_empty() {
+            return Err(format!(
+                "{pattern:?} has an empty token (a leading, trailing or doubled '.')"
+            ));
+        }
+        if token.chars().any(char::is_whitespace) {
+            return Err(format!("{pattern:?} holds whitespace"));
+        }
+        if *token == ">" && index + 1 != tokens.len() {
+            return Err(format!(
+                "{pattern:?}: '>' matches the rest of a subject, so it must be the last token"
+            ));
+        }
+        if token.len() > 1 && (token.contains('>') || token.contains('*')) {
+            return Err(format!(
+                "{pattern:?}: wildcards '*' and '>' must be whole tokens, not part of {token:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The instance id in a heartbeat subject `{root}.{iid}.feeds.heartbeat`, if
 /// `subject` is one under `root`.
 pub fn instance_id_of_heartbeat<'s>(root: &AddressRoot, subject: &'s str) -> Option<&'s str> {
@@ -125,6 +159,31 @@ pub fn parse_operation<'s>(address: &AgentAddress, subject: &'s str) -> Option<(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn patterns_are_checked_as_the_server_does() {
+        for good in [
+            "observatory.>",
+            "observatory.*.feeds.heartbeat",
+            "a",
+            "*",
+            ">",
+        ] {
+            assert_eq!(super::validate_pattern(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "observatory.>.x",
+            "a..b",
+            ".a",
+            "a.",
+            "a b",
+            "obs*.x",
+            "a.b>",
+        ] {
+            assert!(super::validate_pattern(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
     use crate::address::InstanceId;
 

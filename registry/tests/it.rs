@@ -359,6 +359,74 @@ fn ocs(nats_url: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `ocs` with its standard output redirected to `stdout`; `(code, stderr)`.
+fn ocs_to(nats_url: &str, args: &[&str], stdout: std::process::Stdio) -> (i32, String) {
+    let output = Command::new(workspace_binary("ocs"))
+        .args(args)
+        .env("NATS_URL", nats_url)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_refuses_bad_subjects_names_bad_params_and_survives_closed_output() {
+    let nats = NatsServer::start();
+    let registry = Registry::start(&nats, &[]).await;
+    let client = client(&nats).await;
+    let _faker = faker(&nats, "faker");
+    eventually(Duration::from_secs(5), "faker registered", || {
+        record(&client, FAKER)
+    })
+    .await;
+    let url = nats.url();
+
+    // An invalid subject is refused at once instead of listening to nothing.
+    let (code, _, stderr) = ocs(&url, &["listen", "observatory.>.x", "--duration", "30"]);
+    assert_eq!(code, 2);
+    assert!(stderr.starts_with("error: invalid subject: "), "{stderr}");
+    assert!(stderr.contains("'>'"), "{stderr}");
+
+    // A parameter of the wrong type is named, with the type it needs.
+    let (code, stdout, _) = ocs(&url, &["faker", "delay_task", "start", "delay=abc"]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.starts_with(
+            "ERROR : Param error for \"delay_task\": delay: invalid type: string \"abc\", expected f64"
+        ),
+        "{stdout}"
+    );
+
+    // A reader that goes away: quiet, and the exit code still tells the result.
+    let mut reader = Command::new("true")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pipe = reader.stdin.take().unwrap();
+    reader.wait().unwrap();
+    let (code, stderr) = ocs_to(&url, &["registry", "main", "status"], pipe.into());
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    // Output that cannot be written is an error, not a panic.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let (code, stderr) = ocs_to(&url, &["registry", "main", "status"], full.into());
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: cannot write to standard output: No space left on device (os error 28)"
+    );
+    registry.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_prints_status_and_fails_clearly() {
     let nats = NatsServer::start();

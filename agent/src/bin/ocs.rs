@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -17,6 +18,38 @@ use ocs_agent::process::{CommonArgs, connect_client};
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
 use ocs_protocol::{Action, InstanceId, OpName, ResponseCode, json, proto, subject};
 use serde_json::{Map, Value};
+
+/// Standard output could not be written (a full disk, `/dev/full`). A closed
+/// pipe (`ocs … | head`) is not this: it silences the rest of the output.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to standard output: {0}")]
+struct StdoutError(std::io::Error);
+
+/// Set once a reader closed standard output.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes one line to standard output. After the reader went away the
+/// command carries on silently, so its exit code still tells the result.
+fn write_line(line: std::fmt::Arguments) -> Result<(), StdoutError> {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(err) => Err(StdoutError(err)),
+    }
+}
+
+/// `println!` that reports a failed write instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_line(format_args!($($arg)*))
+    };
+}
 
 /// Control and inspect OCS agents over NATS.
 ///
@@ -174,7 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(seconds) => listen_for_heartbeats(&client, &cli.common, seconds).await?,
                 None => registered_agents(&client, &registry, timeout).await?,
             };
-            print_scan(&agents, listen.is_some(), details, json);
+            print_scan(&agents, listen.is_some(), details, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Api {
@@ -197,7 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ping = client.ping(&instance_id, seconds(timeout)?).await?;
             let round_trip_ms = sent.elapsed().as_secs_f64() * 1000.0;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({
                         "agent_address": ping.agent_address,
@@ -206,15 +239,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "version": ping.agent_version,
                         "round_trip_ms": round_trip_ms,
                     })
-                );
+                )?;
             } else {
-                println!(
+                outln!(
                     "{}: incarnation {}, up {:.1} s, version {}, {round_trip_ms:.1} ms",
                     ping.agent_address,
                     ping.incarnation,
                     ping.uptime_ms as f64 / 1000.0,
                     ping.agent_version
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -267,9 +300,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // The update task's own outcome is what the operator asked about.
             let reply = json::reply(&call_operation(&client, call("wait")).await?)?;
             if json {
-                println!("{reply}");
+                outln!("{reply}")?;
             } else {
-                print_reply(&reply);
+                print_reply(&reply)?;
             }
             Ok(if reply["session"]["success"] == Value::Bool(true) {
                 ExitCode::SUCCESS
@@ -281,7 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let status = tokio::time::timeout(seconds(timeout)?, probe(&url))
                 .await
                 .map_err(|_| anyhow!("no answer from {url} within {timeout} s"))??;
-            println!("{url}: {status}");
+            outln!("{url}: {status}")?;
             Ok(if status.is_success() {
                 ExitCode::SUCCESS
             } else {
@@ -345,9 +378,9 @@ async fn operation(client: &OcsClient, call: OperationCall) -> anyhow::Result<Ex
     let reply = call_operation(client, call).await?;
     let value = json::reply(&reply)?;
     if json {
-        println!("{value}");
+        outln!("{value}")?;
     } else {
-        print_reply(&value);
+        print_reply(&value)?;
     }
     Ok(match ResponseCode::from_value(reply.status) {
         Some(ResponseCode::Ok) => ExitCode::SUCCESS,
@@ -401,19 +434,19 @@ fn status_name(status: i64) -> &'static str {
         .map_or("?", ResponseCode::name)
 }
 
-fn print_reply(reply: &Value) {
-    println!(
+fn print_reply(reply: &Value) -> Result<(), StdoutError> {
+    outln!(
         "{} : {}",
         status_name(reply["status"].as_i64().unwrap_or(-1)),
         reply["message"].as_str().unwrap_or("")
-    );
+    )?;
     let session = &reply["session"];
     if session.as_object().is_none_or(Map::is_empty) {
-        return;
+        return Ok(());
     }
     let start = session["start_time"].as_f64().unwrap_or(0.0);
     let end = session["end_time"].as_f64().unwrap_or_else(now_seconds);
-    println!(
+    outln!(
         "  {}[session={}]; status={} for {:.1} s; op_code={}; success={}",
         session["op_name"].as_str().unwrap_or("?"),
         session["session_id"],
@@ -421,25 +454,26 @@ fn print_reply(reply: &Value) {
         end - start,
         json::op_code_name(session["op_code"].as_i64().unwrap_or(0)),
         session["success"],
-    );
+    )?;
     if let Some(agents) = registry_data(&session["data"]) {
-        print_agent_table(&agents);
+        print_agent_table(&agents)?;
     } else if session["data"]
         .as_object()
         .is_some_and(|data| !data.is_empty())
     {
-        println!("  data: {}", session["data"]);
+        outln!("  data: {}", session["data"])?;
     }
     if let Some(messages) = session["messages"].as_array() {
-        println!("  messages:");
+        outln!("  messages:")?;
         for message in messages.iter().rev().take(10).rev() {
             let at = message[0].as_f64().unwrap_or(0.0);
             let at = chrono::DateTime::from_timestamp_micros((at * 1e6) as i64)
                 .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
                 .unwrap_or_default();
-            println!("    {at} {}", message[1].as_str().unwrap_or(""));
+            outln!("    {at} {}", message[1].as_str().unwrap_or(""))?;
         }
     }
+    Ok(())
 }
 
 /// The registry's `main` session data: a map of address → record.
@@ -452,13 +486,16 @@ fn registry_data(data: &Value) -> Option<BTreeMap<String, Value>> {
     is_registry.then(|| map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
-fn print_agent_table(agents: &BTreeMap<String, Value>) {
+fn print_agent_table(agents: &BTreeMap<String, Value>) -> Result<(), StdoutError> {
     let now = now_seconds();
     let width = agents.keys().map(String::len).max().unwrap_or(7).max(7);
-    println!(
+    outln!(
         "  {:<width$}  {:<20}  {:<7}  {:>8}  OPERATIONS",
-        "ADDRESS", "CLASS", "STATE", "HB AGE"
-    );
+        "ADDRESS",
+        "CLASS",
+        "STATE",
+        "HB AGE"
+    )?;
     for (address, record) in agents {
         let age = record["last_updated"]
             .as_f64()
@@ -473,7 +510,7 @@ fn print_agent_table(agents: &BTreeMap<String, Value>) {
                     .collect()
             })
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {address:<width$}  {:<20}  {:<7}  {age:>8}  {}",
             record["agent_class"].as_str().unwrap_or("?"),
             record["state"]
@@ -484,8 +521,9 @@ fn print_agent_table(agents: &BTreeMap<String, Value>) {
                     "alive"
                 }),
             ops.join(" ")
-        );
+        )?;
     }
+    Ok(())
 }
 
 async fn registered_agents(
@@ -534,27 +572,33 @@ async fn listen_for_heartbeats(
     Ok(agents)
 }
 
-fn print_scan(agents: &BTreeMap<String, Value>, listened: bool, details: bool, as_json: bool) {
+fn print_scan(
+    agents: &BTreeMap<String, Value>,
+    listened: bool,
+    details: bool,
+    as_json: bool,
+) -> Result<(), StdoutError> {
     if as_json {
-        println!("{}", Value::Object(agents.clone().into_iter().collect()));
-        return;
+        outln!("{}", Value::Object(agents.clone().into_iter().collect()))?;
+        return Ok(());
     }
     let heading = if listened { "Detected" } else { "Registered" };
-    println!("List of {heading} Agents: ({})", agents.len());
+    outln!("List of {heading} Agents: ({})", agents.len())?;
     for (address, record) in agents {
         let instance_id = address
             .split_once('.')
             .map_or(address.as_str(), |(_, iid)| iid);
-        println!("  {instance_id}");
+        outln!("  {instance_id}")?;
         if details && let Some(ops) = record["op_codes"].as_object() {
             for (op, code) in ops {
-                println!(
+                outln!(
                     "    {op:<20} {}",
                     json::op_code_name(code.as_i64().unwrap_or(0))
-                );
+                )?;
             }
         }
     }
+    Ok(())
 }
 
 fn print_api(api: &proto::ApiReply, as_json: bool) -> anyhow::Result<()> {
@@ -585,10 +629,10 @@ fn print_api(api: &proto::ApiReply, as_json: bool) -> anyhow::Result<()> {
             "feeds": api.feeds,
             "operations": operations,
         });
-        println!("{value}");
+        outln!("{value}")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{} ({}) on {} pid {}, version {}, up {:.0} s",
         api.agent_address,
         api.agent_class,
@@ -596,22 +640,22 @@ fn print_api(api: &proto::ApiReply, as_json: bool) -> anyhow::Result<()> {
         api.pid,
         api.agent_version,
         api.uptime_ms as f64 / 1000.0
-    );
-    println!("incarnation {}", api.incarnation);
+    )?;
+    outln!("incarnation {}", api.incarnation)?;
     if !api.feeds.is_empty() {
-        println!("feeds: {}", api.feeds.join(", "));
+        outln!("feeds: {}", api.feeds.join(", "))?;
     }
     for op in &api.operations {
         let code = op.session.as_ref().map_or(1, |session| session.op_code);
-        println!(
+        outln!(
             "{} {} [{}]: {}",
             op.op_type,
             op.op_name,
             json::op_code_name(code.into()),
             op.docstring
-        );
+        )?;
         for param in &op.params {
-            println!("    {}: {}", param.name, param.description);
+            outln!("    {}: {}", param.name, param.description)?;
         }
     }
     Ok(())
@@ -622,6 +666,9 @@ async fn listen(
     pattern: &str,
     duration: Option<f64>,
 ) -> anyhow::Result<()> {
+    // The server answers a bad subject only with an asynchronous error, and
+    // the subscription would wait forever for nothing.
+    subject::validate_pattern(pattern).map_err(|reason| anyhow!("invalid subject: {reason}"))?;
     let mut messages = client.subscribe(pattern.to_owned()).await?;
     let deadline = async {
         match duration {
@@ -643,8 +690,9 @@ async fn listen(
                 serde_json::json!({"subject": message.subject.as_str(), "error": err.to_string()})
             }
         };
+        outln!("{line}")?;
         // A closed pipe (`ocs listen ... | head`) ends the listening quietly.
-        if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+        if STDOUT_CLOSED.load(Ordering::Relaxed) {
             return Ok(());
         }
     }
