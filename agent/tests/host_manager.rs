@@ -40,6 +40,8 @@ impl Site {
         );
         // An ordinary program: it does not die with its parent as ocs agents do.
         script("sleeper.sh", "while :; do sleep 0.1; done");
+        // Daemonises: leaves a copy in the background (holding its stderr) and exits 0.
+        script("forker.sh", "sleep 300 &\nexit 0");
         // A free port for the manager's /metrics (parallel tests each need one).
         let http = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
@@ -56,7 +58,7 @@ impl Site {
     fn write(&self, instances: &str) {
         let dir = self.dir.path().display();
         let text = format!(
-            "agent-classes:\n  Crasher: {dir}/crasher.sh\n  Stubborn: {dir}/stubborn.sh\n  Sleeper: {dir}/sleeper.sh\nhosts:\n  testhost:\n    agent-instances:\n{instances}"
+            "agent-classes:\n  Crasher: {dir}/crasher.sh\n  Stubborn: {dir}/stubborn.sh\n  Sleeper: {dir}/sleeper.sh\n  Forker: {dir}/forker.sh\nhosts:\n  testhost:\n    agent-instances:\n{instances}"
         );
         // Write then rename: the manager never reads half a file.
         let partial = self.dir.path().join("site.yaml.new");
@@ -412,6 +414,62 @@ async fn killing_the_manager_leaves_no_orphans() {
             && log.contains("left running by an earlier manager"),
         "{log}"
     );
+}
+
+/// Processes whose process group is `group`.
+fn group_members(group: u64) -> Vec<u64> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // After "(comm)": state, ppid, pgrp.
+                stat.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .nth(2)
+                    == Some(&group.to_string())
+            })
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_daemonises_is_an_exit_and_what_it_left_is_stopped() {
+    let nats = NatsServer::start();
+    let site = Site::new("      - {agent-class: Forker, instance-id: forker}\n");
+    let _manager = site.manager(&nats);
+    let client = client(&nats).await;
+    let first = up_pid(&client, "forker").await;
+    // Reported as the exit it is (not "up" with a zombie's pid)...
+    let session = until_child(
+        &client,
+        "forker",
+        "the exit reported",
+        Duration::from_secs(5),
+        |child| child["state"] != "up" || child["pid"].as_u64() != Some(first),
+    )
+    .await;
+    assert!(!alive(first), "the exited process is reaped");
+    // ...and the copy it left in the background is stopped, not orphaned.
+    eventually(Duration::from_secs(5), "the leftover stopped", || async {
+        group_members(first).is_empty().then_some(())
+    })
+    .await;
+    let log = messages(&session).join("\n");
+    assert!(log.contains("forker"), "{log}");
+    // Restarted like any exit while it should be up.
+    until_child(
+        &client,
+        "forker",
+        "restarted",
+        Duration::from_secs(10),
+        |child| child["restarts"].as_u64().is_some_and(|n| n >= 1),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -292,19 +292,16 @@ async fn launch(
             pid,
         })
         .await;
-    let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
-    if let Some(stderr) = process.stderr.take() {
-        let mut lines = BufReader::new(stderr).lines();
-        // Forwarded with the instance's name, so the manager's log (journald)
-        // holds every child's; the tail is kept for the crash report.
-        while let Ok(Some(line)) = lines.next_line().await {
-            eprintln!("[{instance_id}] {line}");
-            if tail.len() == STDERR_TAIL_LINES {
-                tail.pop_front();
-            }
-            tail.push_back(line);
-        }
-    }
+    // Stderr is read beside the wait, not before it: a program that forks
+    // into the background hands its stderr to the forked process, and EOF
+    // would only come when that one ends, long after the exit we must report.
+    let tail = Arc::new(std::sync::Mutex::new(VecDeque::with_capacity(
+        STDERR_TAIL_LINES,
+    )));
+    let mut forwarding = process
+        .stderr
+        .take()
+        .map(|stderr| tokio::spawn(forward_stderr(instance_id.clone(), stderr, tail.clone())));
     let exit = match process.wait().await {
         Ok(status) => {
             use std::os::unix::process::ExitStatusExt;
@@ -314,17 +311,67 @@ async fn launch(
             }
         }
         Err(err) => {
-            tail.push_back(format!("cannot wait for the process: {err}"));
+            lock_tail(&tail).push_back(format!("cannot wait for the process: {err}"));
             Exit::default()
         }
     };
+    // The process that was started is the agent: once it ended, whatever it
+    // left in its process group (a daemonised copy, a stray helper) goes too,
+    // as systemd stops a service's remaining processes after its main one.
+    if let Some(group) = rustix::process::Pid::from_raw(pid as i32)
+        && rustix::process::kill_process_group(group, rustix::process::Signal::TERM).is_ok()
+    {
+        tracing::warn!(instance = %instance_id, pid, "the process exited but left others in its process group; stopping them");
+        if let Some(task) = forwarding.as_mut()
+            // Their stderr closes when they are gone.
+            && tokio::time::timeout(LEFTOVER_GRACE, task).await.is_ok()
+        {
+            forwarding = None;
+        }
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    }
+    if let Some(mut task) = forwarding {
+        // Whatever was still buffered in the pipe, briefly.
+        if tokio::time::timeout(std::time::Duration::from_millis(200), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+            tracing::warn!(instance = %instance_id, "stderr still open after the exit; no longer forwarded");
+        }
+    }
+    let tail: Vec<String> = lock_tail(&tail).drain(..).collect();
     let _ = events
         .send(Event::Exited {
             instance_id,
             exit,
-            stderr_tail: tail.into(),
+            stderr_tail: tail,
         })
         .await;
+}
+
+/// How long what a child left in its process group gets to end after SIGTERM.
+const LEFTOVER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+type Tail = Arc<std::sync::Mutex<VecDeque<String>>>;
+
+fn lock_tail(tail: &Tail) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+    tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Forwards a child's stderr to the manager's, prefixed with the instance,
+/// so the manager's log (journald) holds every child's; keeps the tail for
+/// the crash report.
+async fn forward_stderr(instance_id: String, stderr: tokio::process::ChildStderr, tail: Tail) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        eprintln!("[{instance_id}] {line}");
+        let mut tail = lock_tail(&tail);
+        if tail.len() == STDERR_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
 }
 
 /// Listens to the address's heartbeats for a while: a live (not leaving)
