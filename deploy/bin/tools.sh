@@ -54,3 +54,44 @@ ensure_prometheus_tools() {
     systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true
   fi
 }
+
+# Processes still marked with this run's OCS_TEST_RUN (set by deploy/bin/test
+# and inherited by everything the tests start). Waits up to 10 s for ones
+# still stopping, then names, kills and fails on the rest.
+leftover_check() {
+  env -u OCS_TEST_RUN python3 - "$OCS_TEST_RUN" <<'PY'
+import os, signal, sys, time
+
+mark = ("OCS_TEST_RUN=" + sys.argv[1]).encode()
+
+def leftovers():
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if mark not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                found[int(pid)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+    return found
+
+deadline = time.monotonic() + 10
+found = leftovers()
+while found and time.monotonic() < deadline:
+    time.sleep(0.5)
+    found = leftovers()
+for pid, command in sorted(found.items()):
+    print(f"left behind by the tests: pid {pid}: {command}")
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+print(f"process-check: {0 if found else 1} passed, {1 if found else 0} failed")
+sys.exit(1 if found else 0)
+PY
+}

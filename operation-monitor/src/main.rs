@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use ocs_agent::process::{
-    connect_service_as, drain, init_tracing, notify_systemd, shutdown_on_signals,
+    connect_service_as, drain, init_tracing, notify_systemd, shutdown_on_signals, stop_with_parent,
 };
 use ocs_operation_monitor::Config;
 
@@ -26,6 +26,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    // Run by a host manager (or a test), it stops when its parent dies.
+    stop_with_parent();
     let shutdown = shutdown_on_signals();
     let client = connect_service_as(
         &config.common.nats_url,

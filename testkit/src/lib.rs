@@ -327,7 +327,19 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
-/// A child process killed (SIGKILL) on drop.
+/// Set on every process a test starts: our binaries stop (SIGTERM) when the
+/// test process dies, even by SIGKILL (they read it as their parent's pid,
+/// as the host manager's children do). Same name as
+/// `ocs_agent::process::PARENT_PID_ENV`; the testkit does not depend on the
+/// agent crate.
+const PARENT_PID_ENV: &str = "OCS_PARENT_PID";
+/// How long a process gets to stop after SIGTERM when its `Process` drops.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A child process in a process group of its own. On drop it is stopped as
+/// a service manager would: SIGTERM (a host manager then stops its own
+/// children), and after [`STOP_GRACE`] SIGKILL to the whole group, so that
+/// nothing it started outlives the test.
 pub struct Process {
     child: Option<Child>,
     name: String,
@@ -336,9 +348,12 @@ pub struct Process {
 impl Process {
     /// Spawns `command` with stdin closed; stderr is inherited so failures show in test output.
     pub fn spawn(name: &str, mut command: Command) -> Self {
+        use std::os::unix::process::CommandExt;
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .env(PARENT_PID_ENV, std::process::id().to_string())
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|err| panic!("cannot start {name}: {err}"));
         Process {
@@ -347,7 +362,7 @@ impl Process {
         }
     }
 
-    /// The process id.
+    /// The process id (also its process group's).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -367,11 +382,14 @@ impl Process {
         );
     }
 
-    /// SIGKILL, then reap.
+    /// SIGKILL, as a crash; then reap, and SIGKILL what it left in its
+    /// process group (programs it started in groups of their own, as the
+    /// host manager's children, stay: tests of orphans rely on that).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            kill_group(child.id(), "KILL");
         }
     }
 
@@ -392,9 +410,39 @@ impl Process {
     }
 }
 
+/// Signals the process group `group` by signal name; an empty group is fine.
+fn kill_group(group: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{group}"))
+        .stderr(Stdio::null())
+        .status();
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
-        self.kill();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(None) = child.try_wait() {
+            // A frozen process (SIGSTOP in fault tests) must run to handle SIGTERM.
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        kill_group(child.id(), "KILL");
     }
 }
 
