@@ -527,14 +527,26 @@ async fn restore_sessions(shared: &Arc<Shared>, journal: &Journal) {
 }
 
 /// Stores every session change until `stop`, then once more (the final
-/// states after shutdown stopped the operations).
-async fn record_sessions(shared: Arc<Shared>, journal: Journal, stop: CancellationToken) {
+/// states after shutdown stopped the operations). Looks every
+/// [`BUCKET_CHECK`] (and after a failed write) whether the bucket is still
+/// there; one that vanished is created again and every session put back.
+async fn record_sessions(shared: Arc<Shared>, mut journal: Journal, stop: CancellationToken) {
     // (session id, status, success, degraded) last stored per operation.
     let mut stored: HashMap<String, (u64, String, Option<bool>, bool)> = HashMap::new();
     let mut failing = false;
+    let mut check =
+        tokio::time::interval_at(tokio::time::Instant::now() + BUCKET_CHECK, BUCKET_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = tokio::select! {
             _ = shared.sessions_changed.notified() => false,
+            _ = check.tick() => {
+                if journal.reopen().await == Ok(true) {
+                    warn!("the session journal's bucket is new (the JetStream store was lost?): storing every session anew");
+                    stored.clear();
+                }
+                false
+            }
             _ = stop.cancelled() => true,
         };
         let sessions = shared.table().sessions();
@@ -554,11 +566,15 @@ async fn record_sessions(shared: Arc<Shared>, journal: Journal, stop: Cancellati
                     stored.insert(op_name, signature);
                     failing = false;
                 }
-                Err(reason) if !failing => {
-                    warn!(op = %op_name, %reason, "cannot store the session; retrying on the next change");
-                    failing = true;
+                Err(reason) => {
+                    if !failing {
+                        warn!(op = %op_name, %reason, "cannot store the session; retrying");
+                        failing = true;
+                    }
+                    // The next check comes soon, and re-creates a vanished bucket.
+                    check.reset_after(JOURNAL_RETRY.min(BUCKET_CHECK));
+                    break;
                 }
-                Err(_) => {}
             }
         }
         if stopping {
@@ -566,6 +582,9 @@ async fn record_sessions(shared: Arc<Shared>, journal: Journal, stop: Cancellati
         }
     }
 }
+
+/// How often the journal makes sure its bucket still exists.
+const BUCKET_CHECK: Duration = Duration::from_secs(10);
 
 /// The runtime operations run on. Dropping a runtime inside async code
 /// panics, and `Agent::run` may be dropped mid-flight (a cancelled task), so

@@ -11,39 +11,35 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use ocs_protocol::{AgentAddress, SessionStatus, codec, proto, subject};
+
+use crate::kv_bucket::{BucketSpec, open_kv_bucket, reopen_kv_bucket};
 
 /// Past sessions kept per operation.
 pub const HISTORY: i64 = 5;
-/// How long a session is kept after its last change.
-const MAX_AGE: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Bounds every KV call: the journal must never hold up control work.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Opens the JetStream KV bucket `config.bucket`, creating it with `config`
-/// on first use; gives up after a bounded wait, so a caller without
-/// JetStream can carry on and retry.
-pub async fn open_kv_bucket(
-    client: &async_nats::Client,
-    config: kv::Config,
-) -> Result<kv::Store, String> {
-    let context = jetstream::new(client.clone());
-    tokio::time::timeout(TIMEOUT, async {
-        match context.get_key_value(&config.bucket).await {
-            Ok(store) => Ok(store),
-            Err(_) => context
-                .create_key_value(config)
-                .await
-                .map_err(|err| err.to_string()),
-        }
-    })
-    .await
-    .map_err(|_| "JetStream did not answer".to_owned())?
-}
+/// The bucket every agent journals into. Several writers share it, so it
+/// refuses rollups (one `Nats-Rollup: all` would wipe everyone's sessions),
+/// and its size is bounded so that no agent can fill JetStream for the rest.
+pub const SESSIONS_BUCKET: BucketSpec = BucketSpec {
+    name: subject::SESSIONS_BUCKET,
+    description: "Last sessions of every operation of every agent",
+    history: HISTORY,
+    // A session is kept 90 days after its last change.
+    max_age: Duration::from_secs(90 * 24 * 3600),
+    max_bytes: 64 * 1024 * 1024,
+    max_value_size: 256 * 1024,
+    allow_rollup: false,
+    replicas: 1,
+    storage: async_nats::jetstream::stream::StorageType::File,
+};
 
 /// The agent's view of the bucket.
 pub(crate) struct Journal {
+    client: async_nats::Client,
     store: kv::Store,
     address: AgentAddress,
     incarnation: String,
@@ -56,22 +52,20 @@ impl Journal {
         address: &AgentAddress,
         incarnation: String,
     ) -> Result<Journal, String> {
-        let store = open_kv_bucket(
-            client,
-            kv::Config {
-                bucket: subject::SESSIONS_BUCKET.to_owned(),
-                description: "Last sessions of every operation of every agent".to_owned(),
-                history: HISTORY,
-                max_age: MAX_AGE,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let store = open_kv_bucket(client, &SESSIONS_BUCKET).await?;
         Ok(Journal {
+            client: client.clone(),
             store,
             address: address.clone(),
             incarnation,
         })
+    }
+
+    /// Opens the bucket again, creating it if it vanished (a JetStream store
+    /// wiped under the running agent). Returns whether it is a new bucket:
+    /// then every session must be put back.
+    pub(crate) async fn reopen(&mut self) -> Result<bool, String> {
+        reopen_kv_bucket(&self.client, &SESSIONS_BUCKET, &mut self.store).await
     }
 
     /// The last stored session of `op_name`, if any.

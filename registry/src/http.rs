@@ -18,7 +18,7 @@ struct HttpState {
 }
 
 /// The router: `/metrics` (classic text, or OpenMetrics when asked) and `/healthz` (200 while
-/// connected to NATS, 503 otherwise).
+/// connected to NATS and storing its records, 503 otherwise).
 pub fn router(metrics: Arc<RegistryMetrics>, client: async_nats::Client) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
@@ -38,9 +38,15 @@ async fn metrics_handler(
 }
 
 async fn healthz(AxumState(state): AxumState<HttpState>) -> impl IntoResponse {
-    if state.client.connection_state() == State::Connected {
-        (StatusCode::OK, "ok\n")
-    } else {
+    if state.client.connection_state() != State::Connected {
         (StatusCode::SERVICE_UNAVAILABLE, "not connected to NATS\n")
+    } else if state.metrics.store_failing() {
+        // Degraded: it tracks agents, but a restart now would forget changes.
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "degraded: agent records cannot be written to JetStream KV (retrying)\n",
+        )
+    } else {
+        (StatusCode::OK, "ok\n")
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use ocs_agent::open_kv_bucket;
+use ocs_agent::{BucketSpec, open_kv_bucket};
 use ocs_protocol::{AgentAddress, subject};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -115,20 +115,18 @@ pub async fn elect(
     let mut complained = false;
     loop {
         if store.is_none() {
-            match open_kv_bucket(
-                &client,
-                kv::Config {
-                    bucket: subject::REGISTRY_LEASE_BUCKET.to_owned(),
-                    description: "Which registry replica publishes the feed".to_owned(),
-                    history: 1,
-                    max_age: ttl,
-                    num_replicas: replicas,
-                    storage: async_nats::jetstream::stream::StorageType::Memory,
-                    ..Default::default()
-                },
-            )
-            .await
-            {
+            let spec = BucketSpec {
+                name: subject::REGISTRY_LEASE_BUCKET,
+                description: "Which registry replica publishes the feed",
+                history: 1,
+                max_age: ttl,
+                max_bytes: 1024 * 1024,
+                max_value_size: 1024,
+                allow_rollup: false,
+                replicas,
+                storage: async_nats::jetstream::stream::StorageType::Memory,
+            };
+            match open_kv_bucket(&client, &spec).await {
                 Ok(opened) => store = Some(opened),
                 Err(err) if !complained => {
                     warn!(error = %err, "cannot open the lease bucket; no replica can lead until JetStream answers");
@@ -137,17 +135,29 @@ pub async fn elect(
                 Err(_) => {}
             }
         }
+        let mut store_lost = false;
         if let Some(store) = &store {
             let sent_at = Instant::now();
             let held = with(&lease, |lease| lease.revision(sent_at));
             let value = bytes::Bytes::from(holder.clone());
+            // The error, and whether it only says that someone else holds the lease.
             let attempt = match held {
                 Some(revision) => tokio::time::timeout(poll, store.update(&key, value, revision))
                     .await
-                    .map(|result| result.map_err(|err| err.to_string())),
+                    .map(|result| {
+                        result.map_err(|err| {
+                            let contested = err.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                            (err.to_string(), contested)
+                        })
+                    }),
                 None => tokio::time::timeout(poll, store.create(&key, value))
                     .await
-                    .map(|result| result.map_err(|err| err.to_string())),
+                    .map(|result| {
+                        result.map_err(|err| {
+                            let contested = err.kind() == kv::CreateErrorKind::AlreadyExists;
+                            (err.to_string(), contested)
+                        })
+                    }),
             };
             match attempt {
                 Ok(Ok(revision)) => {
@@ -158,11 +168,16 @@ pub async fn elect(
                     complained = false;
                 }
                 // Someone else holds it, or ours expired and was taken.
-                Ok(Err(err)) => {
+                Ok(Err((err, contested))) => {
                     if held.is_some() {
                         warn!(error = %err, "lost the registry lease");
                     }
                     with(&lease, Lease::lost);
+                    if !contested {
+                        // Not a rival: the bucket may be gone (a wiped JetStream
+                        // store). Opening it again creates it if so.
+                        store_lost = true;
+                    }
                 }
                 // No answer in time: keep the revision; the lease lapses on its own.
                 Err(_) => {
@@ -172,6 +187,9 @@ pub async fn elect(
                     }
                 }
             }
+        }
+        if store_lost {
+            store = None;
         }
         leading.send_if_modified(|leading| {
             let now = leads(&lease);

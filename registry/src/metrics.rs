@@ -77,6 +77,7 @@ pub struct RegistryMetrics {
     pub(crate) leader: Gauge,
     pub(crate) store_writes: Counter,
     pub(crate) store_failures: Counter,
+    pub(crate) store_failing: Gauge,
     pub(crate) restored: Counter,
     pub(crate) stalls: Counter,
     pub(crate) cut_off: Gauge,
@@ -105,6 +106,7 @@ impl RegistryMetrics {
             leader: Gauge::default(),
             store_writes: Counter::default(),
             store_failures: Counter::default(),
+            store_failing: Gauge::default(),
             restored: Counter::default(),
             stalls: Counter::default(),
             cut_off: Gauge::default(),
@@ -185,6 +187,11 @@ impl RegistryMetrics {
             metrics.store_failures.clone(),
         );
         registry.register(
+            "store_failing",
+            "1 while agent records cannot be written to the JetStream KV bucket (they are kept and retried)",
+            metrics.store_failing.clone(),
+        );
+        registry.register(
             "restored_agents",
             "Agent records taken back from the JetStream KV bucket at start",
             metrics.restored.clone(),
@@ -257,6 +264,11 @@ impl RegistryMetrics {
     /// The classic text exposition.
     pub fn encode(&self) -> String {
         ocs_agent::exposition::render(&self.registry, None).1
+    }
+
+    /// Whether agent records cannot be stored right now.
+    pub fn store_failing(&self) -> bool {
+        self.store_failing.get() != 0
     }
 
     /// A counter value, for tests and benchmarks.

@@ -150,12 +150,14 @@ pub(crate) async fn main_process(
     // handled meanwhile, and a record heard live wins over a stored one.
     let storage_stop = tokio_util::sync::CancellationToken::new();
     let (restored_tx, mut restored_rx) = tokio::sync::oneshot::channel();
+    let bucket_recreated = Arc::new(tokio::sync::Notify::new());
     let storage = tokio::spawn(keep_records(
         client.clone(),
         settings.clone(),
         registry.pending_writes.clone(),
         registry.metrics.clone(),
         restored_tx,
+        bucket_recreated.clone(),
         storage_stop.clone(),
     ));
     let mut awaiting_records = true;
@@ -257,6 +259,12 @@ pub(crate) async fn main_process(
                     registry.publish_snapshot().await;
                 }
             }
+            _ = bucket_recreated.notified() => {
+                // The stored records were lost with the bucket: put back what we know.
+                if registry.leads() {
+                    registry.store_all();
+                }
+            }
             Ok(()) = leading.changed() => {
                 let leads = *leading.borrow_and_update();
                 registry.metrics.leader.set(i64::from(leads));
@@ -304,6 +312,7 @@ async fn keep_records(
     pending: Arc<PendingWrites>,
     metrics: Arc<RegistryMetrics>,
     restored: tokio::sync::oneshot::Sender<Vec<proto::StoredAgent>>,
+    recreated: Arc<tokio::sync::Notify>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut complained = false;
@@ -322,6 +331,7 @@ async fn keep_records(
                 break (store, records);
             }
             Err(err) => {
+                metrics.store_failing.set(1);
                 if !complained {
                     warn!(error = %err, "cannot read the stored agent records (JetStream KV); tracking from heartbeats alone until it answers");
                     complained = true;
@@ -333,8 +343,9 @@ async fn keep_records(
             }
         }
     };
+    metrics.store_failing.set(0);
     let _ = restored.send(records);
-    store::write_loop(store, pending, metrics, stop).await;
+    store::write_loop(store, pending, metrics, recreated, stop).await;
 }
 
 /// Queues the current stored form of each of `addresses` for the KV bucket.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use ocs_agent::open_kv_bucket;
+use ocs_agent::{BucketSpec, open_kv_bucket, reopen_kv_bucket};
 use ocs_protocol::{AgentAddress, codec, proto, subject};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -34,8 +34,27 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// One registry's records in the bucket.
 #[derive(Clone)]
 pub(crate) struct AgentStore {
+    client: async_nats::Client,
+    replicas: usize,
     store: kv::Store,
     registry: AgentAddress,
+}
+
+/// The registry's records: one writer (the leading registry), so rollups stay
+/// allowed (forgetting an agent purges its record). Sized for the largest
+/// fleet a registry tracks (--max-agents 100,000 records of under 1 KiB).
+fn records_bucket(replicas: usize) -> BucketSpec {
+    BucketSpec {
+        name: subject::REGISTRY_BUCKET,
+        description: "What registries know of every agent",
+        history: 1,
+        max_age: Duration::ZERO,
+        max_bytes: 128 * 1024 * 1024,
+        max_value_size: 256 * 1024,
+        allow_rollup: true,
+        replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+    }
 }
 
 impl AgentStore {
@@ -45,21 +64,25 @@ impl AgentStore {
         registry: &AgentAddress,
         replicas: usize,
     ) -> Result<AgentStore, String> {
-        let store = open_kv_bucket(
-            client,
-            kv::Config {
-                bucket: subject::REGISTRY_BUCKET.to_owned(),
-                description: "What registries know of every agent".to_owned(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let store = open_kv_bucket(client, &records_bucket(replicas)).await?;
         Ok(AgentStore {
+            client: client.clone(),
+            replicas,
             store,
             registry: registry.clone(),
         })
+    }
+
+    /// Opens the bucket again, creating it if it vanished (a JetStream store
+    /// wiped under the running registry). Returns whether it is a new
+    /// bucket: then every record must be put back.
+    async fn reopen(&mut self) -> Result<bool, String> {
+        reopen_kv_bucket(
+            &self.client,
+            &records_bucket(self.replicas),
+            &mut self.store,
+        )
+        .await
     }
 
     /// Every record this registry stored. Unreadable records are skipped
@@ -174,21 +197,37 @@ impl PendingWrites {
     }
 }
 
-/// Opens the store (retrying until JetStream answers), then writes what is
-/// queued until `stop`, and what is still queued then, within [`TIMEOUT`].
+/// How often the registry makes sure its bucket still exists.
+const BUCKET_CHECK: Duration = Duration::from_secs(10);
+
+/// Writes what is queued until `stop`, and what is still queued then, within
+/// [`TIMEOUT`]. Every [`BUCKET_CHECK`], and after a failed round, looks
+/// whether the bucket is still there; when it had to create it again,
+/// `recreated` tells the main loop to queue every record anew.
 pub(crate) async fn write_loop(
-    store: AgentStore,
+    mut store: AgentStore,
     pending: Arc<PendingWrites>,
     metrics: Arc<RegistryMetrics>,
+    recreated: Arc<Notify>,
     stop: CancellationToken,
 ) {
     let mut failing = false;
+    let mut check =
+        tokio::time::interval_at(tokio::time::Instant::now() + BUCKET_CHECK, BUCKET_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = stop.is_cancelled();
         if !stopping {
             tokio::select! {
                 _ = stop.cancelled() => {}
                 _ = pending.queued.notified() => {}
+                _ = check.tick() => {
+                    if store.reopen().await == Ok(true) {
+                        warn!("the agent records' bucket is new (the JetStream store was lost?): writing every record anew");
+                        recreated.notify_one();
+                    }
+                    continue;
+                }
             }
         }
         let batch: Vec<(String, Option<Bytes>)> = pending.take().into_iter().collect();
@@ -224,6 +263,7 @@ pub(crate) async fn write_loop(
                     warn!(failed = failed.len(), error = %err, "cannot write agent records to JetStream KV; retrying");
                 }
                 failing = true;
+                metrics.store_failing.set(1);
                 pending.requeue(failed);
                 if stopping {
                     warn!(
@@ -236,6 +276,13 @@ pub(crate) async fn write_loop(
                     _ = stop.cancelled() => {}
                     _ = tokio::time::sleep(RETRY_AFTER) => {}
                 }
+                // The bucket may have vanished: the retry goes to a new one.
+                if store.reopen().await == Ok(true) {
+                    warn!(
+                        "the agent records' bucket is new (the JetStream store was lost?): writing every record anew"
+                    );
+                    recreated.notify_one();
+                }
                 pending.queued.notify_one();
             }
             None => {
@@ -243,6 +290,7 @@ pub(crate) async fn write_loop(
                     info!("agent records are written to JetStream KV again");
                 }
                 failing = false;
+                metrics.store_failing.set(0);
                 if stopping {
                     return;
                 }

@@ -283,3 +283,274 @@ async fn services_stop_within_their_grace_period_with_nats_unreachable() {
     );
     assert_eq!(agent.wait_exit(Duration::from_secs(3)), Some(0), "agent");
 }
+
+/// A process of ours logged in to `nats` as `user` (password of `role`).
+fn as_role(nats: &NatsServer, binary: &str, user: &str, role: &str, args: &[&str]) -> Process {
+    let mut command = std::process::Command::new(ocs_testkit::workspace_binary(binary));
+    command
+        .args(["--nats-url", &nats.url()])
+        .args(args)
+        .env("RUST_LOG", "warn");
+    common::as_user(&mut command, user, role);
+    Process::spawn(user, command)
+}
+
+async fn connect_as(nats: &NatsServer, user: &str, role: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::with_user_and_password(user.into(), format!("pw-{role}"))
+        .connect(nats.url())
+        .await
+        .unwrap()
+}
+
+/// `ocs` as `user`; `(exit code, stdout)`.
+fn ocs_as(nats: &NatsServer, user: &str, role: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut command = std::process::Command::new(ocs_testkit::workspace_binary("ocs"));
+    command.args(["--nats-url", &nats.url()]).args(args);
+    common::as_user(&mut command, user, role);
+    let output = command.output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// The registry's record of `address` as the viewer sees it.
+fn viewed_record(nats: &NatsServer, address: &str) -> Option<Value> {
+    let (code, stdout) = ocs_as(
+        nats,
+        "viewer",
+        "VIEWER",
+        &["registry", "main", "status", "--json"],
+    );
+    let reply: Value = serde_json::from_str(&stdout)
+        .ok()
+        .filter(|_| code == Some(0))?;
+    reply["session"]["data"].get(address).cloned()
+}
+
+/// With the shipped permissions, an agent can neither wipe nor read other
+/// agents' sessions, and filling its own part of JetStream leaves the
+/// registry's records writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_wipe_read_or_starve_the_others_state() {
+    let dir = ocs_testkit::TempDir::new("ocs-kv");
+    // The store holds every bucket's reservation (about 193 MiB), little more.
+    let nats =
+        common::nats_with_role_permissions_and(&dir, "jetstream { max_file_store: 256MB }\n");
+    let http = ocs_testkit::free_port().to_string();
+    let listen = format!("127.0.0.1:{http}");
+    let registry_args = ["--listen", listen.as_str()];
+    let mut registry = as_role(
+        &nats,
+        "ocs-registry",
+        "registry",
+        "REGISTRY",
+        &registry_args,
+    );
+    let _faker1 = as_role(
+        &nats,
+        "ocs-fake-data-agent",
+        "faker1",
+        "FAKER1",
+        &["--instance-id", "faker1", "--mode", "idle"],
+    );
+    let faker2_args = ["--instance-id", "faker2", "--mode", "idle"];
+    let mut faker2 = as_role(
+        &nats,
+        "ocs-fake-data-agent",
+        "faker2",
+        "FAKER2",
+        &faker2_args,
+    );
+    eventually(
+        Duration::from_secs(15),
+        "both agents registered",
+        || async {
+            (viewed_record(&nats, "observatory.faker1").is_some()
+                && viewed_record(&nats, "observatory.faker2").is_some())
+            .then_some(())
+        },
+    )
+    .await;
+    // faker2 has a session in the journal.
+    let (code, _) = ocs_as(
+        &nats,
+        "operator",
+        "OPERATOR",
+        &["faker2", "delay_task", "start", "delay=0.1"],
+    );
+    assert_eq!(code, Some(0));
+    let (code, _) = ocs_as(
+        &nats,
+        "operator",
+        "OPERATOR",
+        &["faker2", "delay_task", "wait", "--timeout", "5"],
+    );
+    assert_eq!(code, Some(0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let faker1 = connect_as(&nats, "faker1", "FAKER1").await;
+    let js = async_nats::jetstream::new(faker1.clone());
+    // A rollup of everything through faker1's own key is refused by the bucket.
+    let mut rollup = async_nats::HeaderMap::new();
+    rollup.insert("Nats-Rollup", "all");
+    let ack = js
+        .publish_with_headers("$KV.ocs_sessions.observatory.faker1.zz", rollup, "x".into())
+        .await
+        .unwrap()
+        .await;
+    assert!(ack.is_err(), "a rollup was accepted: {ack:?}");
+    // faker1 reads its own keys, not faker2's.
+    let sessions = js.get_key_value("ocs_sessions").await.unwrap();
+    assert!(sessions.get("observatory.faker1.acq").await.is_ok());
+    let theirs = tokio::time::timeout(
+        Duration::from_secs(3),
+        sessions.get("observatory.faker2.delay_task"),
+    )
+    .await;
+    assert!(
+        !matches!(theirs, Ok(Ok(Some(_)))),
+        "faker1 read faker2's session"
+    );
+    // Values are bounded, and so is the bucket: faker1 fills it...
+    let too_big = vec![b'x'; 300 * 1024];
+    assert!(
+        sessions
+            .put("observatory.faker1.big", too_big.into())
+            .await
+            .is_err()
+    );
+    let chunk = bytes::Bytes::from(vec![b'x'; 200 * 1024]);
+    let mut refused = None;
+    for i in 0..400 {
+        if let Err(err) = sessions
+            .put(format!("observatory.faker1.fill{i}"), chunk.clone())
+            .await
+        {
+            refused = Some((i, err.to_string()));
+            break;
+        }
+    }
+    let (writes, error) = refused.expect("the bucket took 80 MB");
+    assert!(writes > 300, "refused after {writes} writes: {error}");
+
+    // ...and the registry still stores what it learns: faker2 dies, and a
+    // restarted registry remembers the expiry exactly.
+    faker2.kill();
+    let expired = eventually(Duration::from_secs(10), "faker2 expired", || async {
+        viewed_record(&nats, "observatory.faker2").filter(|record| record["expired"] == true)
+    })
+    .await;
+    let metrics_address: std::net::SocketAddr = listen.parse().unwrap();
+    eventually(Duration::from_secs(5), "the expiry stored", || async {
+        let (_, metrics) = http_get(metrics_address, "/metrics").await;
+        metrics
+            .lines()
+            .any(|line| line == "ocs_registry_store_failing 0")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(http_get(metrics_address, "/healthz").await.0, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    registry.signal("TERM");
+    assert_eq!(registry.wait_exit(Duration::from_secs(5)), Some(0));
+    let _registry = as_role(
+        &nats,
+        "ocs-registry",
+        "registry",
+        "REGISTRY",
+        &registry_args,
+    );
+    let restored = eventually(Duration::from_secs(15), "faker2 restored", || async {
+        viewed_record(&nats, "observatory.faker2")
+    })
+    .await;
+    assert_eq!(restored["expired"], true, "{restored}");
+    assert_eq!(restored["time_expired"], expired["time_expired"]);
+    // faker2's journal survived the rollup: its next incarnation shows the last run.
+    let _faker2 = as_role(
+        &nats,
+        "ocs-fake-data-agent",
+        "faker2",
+        "FAKER2",
+        &faker2_args,
+    );
+    let status = eventually(Duration::from_secs(10), "faker2's last session", || async {
+        let (code, stdout) = ocs_as(
+            &nats,
+            "viewer",
+            "VIEWER",
+            &["faker2", "delay_task", "status", "--json"],
+        );
+        let reply: Value = serde_json::from_str(&stdout)
+            .ok()
+            .filter(|_| code == Some(0))?;
+        (reply["session"]["status"] == "done").then_some(reply)
+    })
+    .await;
+    assert_eq!(status["session"]["success"], true, "{status}");
+}
+
+/// A JetStream store lost under running services (disk replaced, store
+/// deleted): they create their buckets again and put back what they hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_rebuild_a_wiped_jetstream_store() {
+    let mut nats = NatsServer::start();
+    let registry = Registry::start(&nats, &["--agent-timeout", "3"]).await;
+    let client = client(&nats.url()).await;
+    let _faker = faker(&nats, "faker");
+    let mut doomed = faker(&nats, "doomed");
+    incarnation_of(&client, FAKER).await;
+    incarnation_of(&client, "observatory.doomed").await;
+    let (code, _) = {
+        let output = std::process::Command::new(ocs_testkit::workspace_binary("ocs"))
+            .args([
+                "--nats-url",
+                &nats.url(),
+                "faker",
+                "delay_task",
+                "start",
+                "delay=0.1",
+            ])
+            .output()
+            .unwrap();
+        (output.status.code(), ())
+    };
+    assert_eq!(code, Some(0));
+    doomed.kill();
+    eventually(Duration::from_secs(8), "doomed expired", || async {
+        record(&client, "observatory.doomed")
+            .await
+            .filter(|record| record["expired"] == true)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    nats.wipe_jetstream();
+    // Within a check interval, both buckets are back with what they held.
+    let js = async_nats::jetstream::new(client.nats().clone());
+    eventually(
+        Duration::from_secs(30),
+        "the records and sessions rebuilt",
+        || async {
+            let records = js.get_key_value("ocs_registry").await.ok()?;
+            let sessions = js.get_key_value("ocs_sessions").await.ok()?;
+            let doomed = records
+                .get("observatory.registry.agents.observatory.doomed")
+                .await
+                .ok()??;
+            let session = sessions.get("observatory.faker.delay_task").await.ok()??;
+            Some((doomed, session))
+        },
+    )
+    .await;
+    // A registry started now still knows the agent that died before the loss.
+    registry.stop().await;
+    let registry = Registry::start(&nats, &["--agent-timeout", "3"]).await;
+    let restored = eventually(Duration::from_secs(10), "doomed restored", || async {
+        record(&client, "observatory.doomed").await
+    })
+    .await;
+    assert_eq!(restored["expired"], true, "{restored}");
+    registry.stop().await;
+}

@@ -156,6 +156,16 @@ impl NatsServer {
         }
     }
 
+    /// Stops the server, deletes its JetStream store, and starts it again on
+    /// the same port: every stream and KV bucket is gone, as after a lost disk.
+    pub fn wipe_jetstream(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.dir.path().join("jetstream"));
+        let (child, _, monitor_port) = spawn_server(self.dir.path(), Some(self.port), &self.extra);
+        self.child = Some(child);
+        self.monitor_port = monitor_port;
+    }
+
     /// Starts the server again on the same port, with the same JetStream store.
     pub fn restart(&mut self) {
         self.kill();

@@ -162,3 +162,33 @@ pub fn faker(nats: &NatsServer, instance_id: &str) -> Process {
         &["--mode", "idle"],
     )
 }
+
+/// A nats-server with the shipped role permissions, a password per role.
+pub fn nats_with_role_permissions(dir: &ocs_testkit::TempDir) -> NatsServer {
+    nats_with_role_permissions_and(dir, "")
+}
+
+/// [`nats_with_role_permissions`] with further server configuration.
+pub fn nats_with_role_permissions_and(dir: &ocs_testkit::TempDir, extra: &str) -> NatsServer {
+    let shipped =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/permissions.conf");
+    let mut conf = String::new();
+    for role in [
+        "REGISTRY", "MONITOR", "FAKER1", "FAKER2", "OPERATOR", "VIEWER",
+    ] {
+        conf.push_str(&format!("OCS_NATS_PASSWORD_{role}: \"pw-{role}\"\n"));
+    }
+    // Variables do not cross an include, so the shipped text is inlined after them.
+    conf.push_str(&std::fs::read_to_string(shipped).unwrap());
+    conf.push_str(extra);
+    let path = dir.path().join("nats.conf");
+    std::fs::write(&path, conf).unwrap();
+    NatsServer::start_with(&["-c", path.to_str().unwrap()])
+}
+
+/// Logs `command` in as `user` with the password of `role`.
+pub fn as_user(command: &mut Command, user: &str, role: &str) {
+    command
+        .env("NATS_USER", user)
+        .env("NATS_PASSWORD", format!("pw-{role}"));
+}
