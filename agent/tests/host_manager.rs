@@ -537,7 +537,7 @@ async fn a_broken_edit_keeps_the_last_good_config_and_a_good_one_is_applied() {
     assert_eq!(
         error,
         format!(
-            "{}:9: duplicate instance id \"faker1\" (first at line 8)",
+            "{}:10: duplicate instance id \"faker1\" (first at line 9)",
             site.file().display()
         )
     );

@@ -91,7 +91,7 @@ for pid, command in sorted(found.items()):
         os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
-print(f"process-check: {0 if found else 1} passed, {1 if found else 0} failed")
+print(f"leftovers: {0 if found else 1} passed, {1 if found else 0} failed")
 sys.exit(1 if found else 0)
 PY
 }
