@@ -694,6 +694,12 @@ impl AgentTable {
             self.agents.remove(&address);
             forgotten.push(address);
         }
+        // A map keeps its largest capacity: after a wave of one-off addresses
+        // (tens of thousands, a few hundred bytes a slot) is forgotten, give
+        // the memory back rather than hold it for a wave that may not come.
+        if !forgotten.is_empty() && self.agents.capacity() > 4 * self.agents.len().max(256) {
+            self.agents.shrink_to(2 * self.agents.len());
+        }
         forgotten
     }
 

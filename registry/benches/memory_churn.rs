@@ -1,0 +1,183 @@
+//! The registry's memory under address churn: rounds of many one-off
+//! addresses (a spoofing script, a fleet renamed), each tracked, expired and
+//! forgotten, against a real nats-server and a real `ocs-registry` process.
+//!
+//! ```text
+//! cargo bench -p ocs-registry --bench memory_churn -- --addresses 50000 --rounds 3
+//! ```
+//!
+//! Reports the registry's resident set (`VmRSS`) before, its peak during
+//! each round (sampled every 50 ms) and at rest after each round, once every
+//! address was forgotten. Every wait is bounded; the registry and the server
+//! stop with the benchmark.
+
+use std::time::{Duration, Instant};
+
+use ocs_protocol::{codec, proto};
+use ocs_testkit::{NatsServer, Process};
+
+struct Args {
+    addresses: usize,
+    rounds: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        addresses: 50_000,
+        rounds: 3,
+    };
+    let mut iter = std::env::args().skip(1);
+    while let Some(flag) = iter.next() {
+        let mut value = || {
+            iter.next()
+                .unwrap_or_else(|| panic!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--addresses" => args.addresses = value().parse().expect("--addresses N"),
+            "--rounds" => args.rounds = value().parse().expect("--rounds N"),
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    args
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    // Not listening yet (starting) is no value yet.
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let (_, body) = ocs_testkit::http_get(([127, 0, 0, 1], port).into(), "/metrics").await;
+    body.lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+/// Polls until the registry's `name` reaches `target`, sampling the peak
+/// resident set meanwhile; panics after `limit`.
+async fn until_metric(
+    port: u16,
+    pid: u32,
+    name: &str,
+    target: f64,
+    limit: Duration,
+    peak: &mut f64,
+) {
+    let started = Instant::now();
+    loop {
+        *peak = peak.max(rss_mib(pid));
+        if metric(port, name)
+            .await
+            .is_some_and(|value| value >= target)
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{name} did not reach {target} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = parse_args();
+    let nats = NatsServer::start();
+    let port = ocs_testkit::free_port();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ocs-registry"));
+    command
+        .args(["--nats-url", &nats.url()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--agent-timeout", "1", "--forget-after", "2"])
+        .args(["--max-agents", "1000000", "--max-heartbeat-rate", "1000"])
+        .env("RUST_LOG", "error");
+    let registry = Process::spawn("ocs-registry", command);
+    let pid = registry.pid();
+    let client = async_nats::ConnectOptions::new()
+        .client_capacity(65_536)
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let mut base = 0.0;
+    until_metric(
+        port,
+        pid,
+        "ocs_registry_nats_connected",
+        1.0,
+        Duration::from_secs(20),
+        &mut base,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = rss_mib(pid);
+    println!(
+        "registry memory under churn: {} one-off addresses per round, {} rounds",
+        args.addresses, args.rounds
+    );
+    println!("| Round | Peak RSS (MiB) | RSS at rest after forgetting (MiB) |");
+    println!("|---|---|---|");
+    println!("| before | {start:.1} | {start:.1} |");
+    let mut forgotten = 0.0;
+    for round in 1..=args.rounds {
+        let mut peak = rss_mib(pid);
+        for i in 0..args.addresses {
+            let address = format!("observatory.churn{round}x{i}");
+            let beat = proto::Heartbeat {
+                protocol_version: 1,
+                agent_address: address.clone(),
+                agent_class: "ChurnAgent".into(),
+                incarnation: uuid::Uuid::new_v4().to_string(),
+                seq: 1,
+                interval_ms: 1000,
+                host: "churn-host".into(),
+                agent_version: "bench".into(),
+                op_codes: vec![proto::OperationCode {
+                    op_name: "acq".into(),
+                    op_code: 3,
+                    op_type: "process".into(),
+                }],
+                ..Default::default()
+            };
+            client
+                .publish(
+                    format!("{address}.feeds.heartbeat"),
+                    codec::encode(&beat).into(),
+                )
+                .await
+                .unwrap();
+            if i % 1000 == 0 {
+                peak = peak.max(rss_mib(pid));
+            }
+        }
+        client.flush().await.unwrap();
+        forgotten += args.addresses as f64;
+        until_metric(
+            port,
+            pid,
+            "ocs_registry_forgotten_agents_total",
+            forgotten,
+            Duration::from_secs(120),
+            &mut peak,
+        )
+        .await;
+        // Let the last feed messages and KV writes finish.
+        let settle = Instant::now();
+        while settle.elapsed() < Duration::from_secs(15) {
+            peak = peak.max(rss_mib(pid));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("| {round} | {peak:.1} | {:.1} |", rss_mib(pid));
+    }
+    drop(registry);
+}
