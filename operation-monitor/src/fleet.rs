@@ -70,7 +70,7 @@ pub struct AgentView {
     pub conflict: bool,
     /// Expires and returns repeatedly (see the registry's hysteresis).
     pub flapping: bool,
-    /// Past its deadline, kept alive only by the registry's self-preservation.
+    /// Alive only by assumption (held past its deadline, or restored and not heard since).
     pub unverified: bool,
     /// Operations in the agent's order.
     pub operations: Vec<Operation>,

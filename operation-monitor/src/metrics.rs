@@ -114,7 +114,7 @@ impl Collector for FleetCollector {
         gauge(
             &mut encoder,
             "ocs_agent_unverified",
-            "1 while the agent is past its deadline but the registry holds expiries (self-preservation): neither proven alive nor expired, else 0",
+            "1 while the agent is alive only by assumption (past its deadline while the registry holds expiries, or restored after a registry restart and not heard since), else 0",
             fleet.agents().map(|agent| {
                 (
                     agent_labels(&agent.address, &agent.agent_class),

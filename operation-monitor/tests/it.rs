@@ -382,21 +382,8 @@ async fn the_registry_probe_tests_reachability_not_the_fleet_size() {
     })
     .await;
     for i in 0..4000 {
-        let beat = proto::Heartbeat {
-            protocol_version: 1,
-            agent_address: format!("observatory.agent{i}"),
-            agent_class: "FleetAgent".into(),
-            incarnation: uuid::Uuid::new_v4().to_string(),
-            seq: 1,
-            interval_ms: 1000,
-            host: "host-with-a-realistic-name.observatory.example".into(),
-            op_codes: vec![proto::OperationCode {
-                op_name: "acq".into(),
-                op_code: 3,
-                op_type: "process".into(),
-            }],
-            ..Default::default()
-        };
+        let mut beat = ocs_testkit::heartbeat(&format!("observatory.agent{i}"));
+        beat.host = "host-with-a-realistic-name.observatory.example".into();
         client
             .nats()
             .publish(

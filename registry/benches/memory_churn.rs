@@ -13,33 +13,21 @@
 
 use std::time::{Duration, Instant};
 
-use ocs_protocol::{codec, proto};
+use ocs_protocol::codec;
 use ocs_testkit::{NatsServer, Process};
 
+/// The benchmark's settings.
+#[derive(clap::Parser)]
 struct Args {
+    /// New addresses per round.
+    #[arg(long, default_value_t = 50_000)]
     addresses: usize,
+    /// Rounds of track, expire, forget.
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        addresses: 50_000,
-        rounds: 3,
-    };
-    let mut iter = std::env::args().skip(1);
-    while let Some(flag) = iter.next() {
-        let mut value = || {
-            iter.next()
-                .unwrap_or_else(|| panic!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "--addresses" => args.addresses = value().parse().expect("--addresses N"),
-            "--rounds" => args.rounds = value().parse().expect("--rounds N"),
-            "--bench" => {}
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    args
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -92,7 +80,7 @@ async fn until_metric(
 
 #[tokio::main]
 async fn main() {
-    let args = parse_args();
+    let args = <Args as clap::Parser>::parse();
     let nats = NatsServer::start();
     let port = ocs_testkit::free_port();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ocs-registry"));
@@ -133,22 +121,8 @@ async fn main() {
         let mut peak = rss_mib(pid);
         for i in 0..args.addresses {
             let address = format!("observatory.churn{round}x{i}");
-            let beat = proto::Heartbeat {
-                protocol_version: 1,
-                agent_address: address.clone(),
-                agent_class: "ChurnAgent".into(),
-                incarnation: uuid::Uuid::new_v4().to_string(),
-                seq: 1,
-                interval_ms: 1000,
-                host: "churn-host".into(),
-                agent_version: "bench".into(),
-                op_codes: vec![proto::OperationCode {
-                    op_name: "acq".into(),
-                    op_code: 3,
-                    op_type: "process".into(),
-                }],
-                ..Default::default()
-            };
+            let mut beat = ocs_testkit::heartbeat(&address);
+            beat.host = "churn-host".into();
             client
                 .publish(
                     format!("{address}.feeds.heartbeat"),

@@ -213,7 +213,7 @@ impl RegistryMetrics {
         );
         registry.register(
             "unverified_agents",
-            "Agents past their deadline kept alive only by self-preservation (not proven alive by a heartbeat)",
+            "Agents alive only by assumption, not proven by a heartbeat: past their deadline during self-preservation, or restored after a restart and not heard since",
             metrics.unverified.clone(),
         );
         registry.register(

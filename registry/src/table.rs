@@ -148,9 +148,13 @@ struct Entry {
     flapping: bool,
     /// Accepted heartbeats at this address (saturating); see [`STEADY_BEATS`].
     beats: u32,
-    /// Its deadline passed while expiries were held: alive only by the
-    /// registry's assumption that it cannot hear, not by a heartbeat.
+    /// Alive only by assumption, not by a heartbeat: its deadline passed
+    /// while expiries were held, or it was restored from storage and not
+    /// heard since.
     unverified: bool,
+    /// This registry accepted a heartbeat of it (false for a restored
+    /// record until then).
+    heard: bool,
     /// Token bucket of the rate limit: heartbeats it may still accept, as of
     /// `tokens_at`.
     tokens: f64,
@@ -529,6 +533,7 @@ impl AgentTable {
                 flapping,
                 beats: beats.saturating_add(1),
                 unverified: false,
+                heard: true,
             },
         );
         observation
@@ -664,18 +669,21 @@ impl AgentTable {
         marked
     }
 
-    /// Clears every unverified mark; returns the addresses that had one.
+    /// Clears the marks a hold set; returns the addresses that had one. A
+    /// restored record not heard yet stays unverified: the hold proved
+    /// nothing about it.
     fn clear_unverified(&mut self) -> Vec<String> {
         let mut cleared = Vec::new();
         for (address, entry) in &mut self.agents {
-            if std::mem::replace(&mut entry.unverified, false) {
+            if entry.heard && std::mem::replace(&mut entry.unverified, false) {
                 cleared.push(address.clone());
             }
         }
         cleared
     }
 
-    /// Agents alive only by the hold's assumption (see [`Expiries::unverified`]).
+    /// Agents alive only by assumption: held past their deadline, or
+    /// restored and not heard since.
     pub fn unverified(&self) -> usize {
         self.agents
             .values()
@@ -800,7 +808,12 @@ impl AgentTable {
                 flapping: false,
                 // It was tracked before: the registry's restart is no reason to doubt it.
                 beats: STEADY_BEATS,
-                unverified: false,
+                // Alive by the record only: not heard by this registry yet. If
+                // the record is stale (its expiry could not be stored before a
+                // restart), the agent is dead, and the record must not say
+                // "alive" as if a heartbeat had proved it.
+                unverified: state == AgentState::Alive,
+                heard: false,
                 tokens: self.burst(),
                 tokens_at: now,
             },
@@ -1008,6 +1021,9 @@ mod tests {
         );
         let other = after.record("observatory.other").unwrap();
         assert!(!other.expired);
+        // Alive by the record only, until this registry hears it.
+        assert!(other.unverified);
+        assert!(!expired.unverified);
         // A full timeout from the restart, not from its last heartbeat.
         assert!(
             after
@@ -1029,6 +1045,28 @@ mod tests {
             Observation::New
         );
         assert!(!after.restore(stored[0].clone(), t1 + Duration::from_secs(31), 67_000));
+    }
+
+    #[test]
+    fn a_restored_agent_is_unverified_until_heard() {
+        let mut before = table();
+        let t0 = Instant::now();
+        before.observe(&beat(FAKER, INCARNATION_A, 7, &[]), t0, 1_000);
+        let stored = before.stored(FAKER, t0, 1_000).unwrap();
+        let mut after = table();
+        after.restore(stored, t0, 2_000);
+        assert!(after.record(FAKER).unwrap().unverified);
+        assert_eq!(after.unverified(), 1);
+        assert_eq!(
+            after.observe(
+                &beat(FAKER, INCARNATION_A, 8, &[]),
+                t0 + Duration::from_secs(1),
+                3_000
+            ),
+            Observation::Changed,
+            "verifying it is a change subscribers see"
+        );
+        assert!(!after.record(FAKER).unwrap().unverified);
     }
 
     #[test]

@@ -362,6 +362,18 @@ fn ocs(nats_url: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A registry and an idle faker it has registered.
+async fn registry_with_faker(nats: &NatsServer) -> (Registry, OcsClient, Process) {
+    let registry = Registry::start(nats, &[]).await;
+    let client = client(nats).await;
+    let faker = faker(nats, "faker");
+    eventually(Duration::from_secs(5), "faker registered", || {
+        record(&client, FAKER)
+    })
+    .await;
+    (registry, client, faker)
+}
+
 /// `ocs` with its standard output redirected to `stdout`; `(code, stderr)`.
 fn ocs_to(nats_url: &str, args: &[&str], stdout: std::process::Stdio) -> (i32, String) {
     let output = Command::new(workspace_binary("ocs"))
@@ -382,13 +394,7 @@ fn ocs_to(nats_url: &str, args: &[&str], stdout: std::process::Stdio) -> (i32, S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_refuses_bad_subjects_names_bad_params_and_survives_closed_output() {
     let nats = NatsServer::start();
-    let registry = Registry::start(&nats, &[]).await;
-    let client = client(&nats).await;
-    let _faker = faker(&nats, "faker");
-    eventually(Duration::from_secs(5), "faker registered", || {
-        record(&client, FAKER)
-    })
-    .await;
+    let (registry, _client, _faker) = registry_with_faker(&nats).await;
     let url = nats.url();
 
     // An invalid subject is refused at once instead of listening to nothing.
@@ -433,13 +439,7 @@ async fn the_cli_refuses_bad_subjects_names_bad_params_and_survives_closed_outpu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_prints_status_and_fails_clearly() {
     let nats = NatsServer::start();
-    let registry = Registry::start(&nats, &[]).await;
-    let client = client(&nats).await;
-    let _faker = faker(&nats, "faker");
-    eventually(Duration::from_secs(5), "faker registered", || {
-        record(&client, FAKER)
-    })
-    .await;
+    let (registry, client, _faker) = registry_with_faker(&nats).await;
     let url = nats.url();
 
     let (code, stdout, _) = ocs(&url, &["registry", "main", "status"]);

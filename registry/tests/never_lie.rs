@@ -86,13 +86,9 @@ async fn forged_heartbeats_neither_kill_nor_immortalise_an_agent() {
     let incarnation = incarnation_of(&client, FAKER).await;
     let bus = client.nats();
     let forged = |incarnation: &str, seq: u64| proto::Heartbeat {
-        protocol_version: 1,
-        agent_address: FAKER.into(),
-        agent_class: "FakeDataAgent".into(),
         incarnation: incarnation.into(),
         seq,
-        interval_ms: 1000,
-        ..Default::default()
+        ..ocs_testkit::heartbeat(FAKER)
     };
     let subject = "observatory.faker.feeds.heartbeat";
     let real = incarnation.as_str().unwrap();
@@ -166,15 +162,7 @@ async fn one_off_beats_do_not_hold_expiries_and_a_hold_ends_at_its_maximum() {
     // Twenty single heartbeats from new addresses, then silence.
     let bus = client.nats();
     for i in 0..20 {
-        let beat = proto::Heartbeat {
-            protocol_version: 1,
-            agent_address: format!("observatory.oneoff{i}"),
-            agent_class: "Script".into(),
-            incarnation: uuid::Uuid::new_v4().to_string(),
-            seq: 1,
-            interval_ms: 1000,
-            ..Default::default()
-        };
+        let beat = ocs_testkit::heartbeat(&format!("observatory.oneoff{i}"));
         bus.publish(
             format!("observatory.oneoff{i}.feeds.heartbeat"),
             codec::encode(&beat).into(),

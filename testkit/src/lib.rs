@@ -35,6 +35,26 @@ pub fn tool(name: &str, install: &str) -> PathBuf {
     })
 }
 
+/// A valid heartbeat of `address` (class `TestAgent`, 1 s interval, one
+/// running process `acq`) from a new incarnation, for tests and benchmarks
+/// that play agents, fleets or forgers; change fields as needed.
+pub fn heartbeat(address: &str) -> ocs_protocol::proto::Heartbeat {
+    ocs_protocol::proto::Heartbeat {
+        protocol_version: ocs_protocol::PROTOCOL_VERSION,
+        agent_address: address.to_owned(),
+        agent_class: "TestAgent".into(),
+        incarnation: uuid::Uuid::new_v4().to_string(),
+        seq: 1,
+        interval_ms: 1000,
+        op_codes: vec![ocs_protocol::proto::OperationCode {
+            op_name: "acq".into(),
+            op_code: 3,
+            op_type: "process".into(),
+        }],
+        ..Default::default()
+    }
+}
+
 /// A bare HTTP/1.1 GET on loopback: `(status code, body)`.
 pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
