@@ -272,6 +272,15 @@ async fn registry_killed() -> Outcome {
     let mut registry = RegistryProcess::spawn(&nats.url(), &[]);
     let mut departed = faker(&nats.url(), "departed");
     let mut fleet = Fleet::start(&nats.url(), &nats.url()).await;
+    // Started first, but on a busy machine not necessarily heard first.
+    fleet
+        .wait_for(Duration::from_secs(15), |agents| {
+            agents
+                .get(&address("departed"))
+                .is_some_and(|record| record["expired"] == false)
+        })
+        .await
+        .expect("departed registered");
     departed.kill();
     let before = fleet
         .wait_for(Duration::from_secs(15), |agents| {
