@@ -461,6 +461,58 @@ async fn a_child_that_daemonises_is_an_exit_and_what_it_left_is_stopped() {
     .await;
 }
 
+/// Every agent class the site file knows runs under a host manager with
+/// its arguments from the site file, and is healthy there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listed_class_runs_under_the_host_manager() {
+    let nats = NatsServer::start();
+    let registry_http = ocs_testkit::free_port();
+    let monitor_http = ocs_testkit::free_port();
+    let site = Site::new(&format!(
+        "      - {{agent-class: RegistryAgent, instance-id: registry, arguments: [[--listen, 127.0.0.1:{registry_http}]]}}
+      - {{agent-class: OperationMonitor, instance-id: monitor, arguments: [[--listen, 127.0.0.1:{monitor_http}], [--probe-interval, 1]]}}
+      - {{agent-class: FakeDataAgent, instance-id: faker1, arguments: [[--mode, idle]]}}
+      - {{agent-class: BarebonesAgent, instance-id: bare1}}
+"
+    ));
+    let _manager = site.manager(&nats);
+    let client = client(&nats).await;
+    for instance_id in ["registry", "monitor", "faker1", "bare1"] {
+        up_pid(&client, instance_id).await;
+    }
+    for agent in ["faker1", "bare1"] {
+        eventually(Duration::from_secs(10), "registered and alive", || async {
+            registry_record(&client, agent)
+                .await
+                .filter(|record| record["expired"] == false)
+        })
+        .await;
+    }
+    for (what, port) in [("registry", registry_http), ("monitor", monitor_http)] {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        eventually(Duration::from_secs(15), what, || async {
+            (ocs_testkit::http_get(address, "/healthz").await.0 == 200).then_some(())
+        })
+        .await;
+    }
+    // The monitor follows the managed registry's feed.
+    let monitor = std::net::SocketAddr::from(([127, 0, 0, 1], monitor_http));
+    eventually(Duration::from_secs(10), "faker1 on the monitor", || async {
+        let (_, metrics) = ocs_testkit::http_get(monitor, "/metrics").await;
+        metrics
+            .contains("agent=\"observatory.faker1\"")
+            .then_some(())
+    })
+    .await;
+    // Nobody crashed meanwhile.
+    let session = manager_session(&client).await.unwrap();
+    for instance_id in ["registry", "monitor", "faker1", "bare1"] {
+        let child = child(&session, instance_id);
+        assert_eq!(child["state"], "up", "{child}");
+        assert_eq!(child["restarts"], 0, "{child}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_is_refused() {
     let nats = NatsServer::start();

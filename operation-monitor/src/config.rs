@@ -9,11 +9,15 @@ use ocs_protocol::InstanceId;
 
 /// The operation monitor: the registry's agent_operations feed as Prometheus metrics.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ocs-operation-monitor", version)]
+#[command(name = "ocs-operation-monitor", version, args_override_self = true)]
 pub struct Config {
     /// NATS, address root and logging.
     #[command(flatten)]
     pub common: CommonArgs,
+    /// This monitor's instance id: names its NATS connection and finds its
+    /// arguments in the site file (the host manager starts every instance with it).
+    #[arg(long, env = "INSTANCE_ID", default_value = "operation-monitor")]
+    pub instance_id: InstanceId,
     /// Address of the HTTP endpoints (/metrics, /healthz).
     #[arg(long, env = "OCS_MONITOR_LISTEN", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,

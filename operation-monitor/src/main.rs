@@ -10,7 +10,6 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use ocs_agent::process::{
     connect_service_as, drain, init_tracing, notify_systemd, shutdown_on_signals, stop_with_parent,
 };
@@ -18,7 +17,8 @@ use ocs_operation_monitor::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    // Its instance's arguments in the site file come first, as for every service.
+    let config: Config = ocs_agent::process::parse_with_site();
     init_tracing(config.common.log_format);
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,13 +36,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Run by a host manager (or a test), it stops when its parent dies.
     stop_with_parent();
     let shutdown = shutdown_on_signals();
-    let client = connect_service_as(
-        &config.common.nats_url,
-        "ocs-operation-monitor",
-        &config.common.nats_auth,
-    )
-    .await
-    .with_context(|| format!("cannot connect to NATS at {}", config.common.nats_url))?;
+    let name = format!("{}.{}", config.common.address_root, config.instance_id);
+    let client = connect_service_as(&config.common.nats_url, &name, &config.common.nats_auth)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.common.nats_url))?;
     notify_systemd(&shutdown);
     ocs_operation_monitor::run(config, client.clone(), listener, shutdown).await?;
     drain(&client).await;
