@@ -50,6 +50,7 @@ pub mod kv_bucket;
 mod operations;
 mod params;
 pub mod process;
+pub mod seconds;
 mod session;
 pub mod site;
 

@@ -404,10 +404,9 @@ fn parse_manage(text: &str) -> Result<Manage, String> {
 fn seconds(name: &str, value: Option<f64>, default: Duration) -> Result<Duration, String> {
     match value {
         None => Ok(default),
-        Some(seconds) if seconds > 0.0 && seconds <= 1e7 => Ok(Duration::from_secs_f64(seconds)),
-        Some(seconds) => Err(format!(
-            "{name}: {seconds} is not a positive number of seconds"
-        )),
+        Some(seconds) => {
+            crate::seconds::positive(seconds).map_err(|reason| format!("{name}: {reason}"))
+        }
     }
 }
 

@@ -26,10 +26,10 @@ pub struct Config {
     pub registry: InstanceId,
     /// Seconds without any feed message after which /healthz fails (about three
     /// of the registry's snapshot intervals).
-    #[arg(long, env = "OCS_MONITOR_STALE_AFTER", default_value = "95", value_parser = parse_seconds)]
+    #[arg(long, env = "OCS_MONITOR_STALE_AFTER", default_value = "95", value_parser = ocs_agent::seconds::parse)]
     pub stale_after: Duration,
     /// Seconds between probes of the registry.
-    #[arg(long, env = "OCS_MONITOR_PROBE_INTERVAL", default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, env = "OCS_MONITOR_PROBE_INTERVAL", default_value = "10", value_parser = ocs_agent::seconds::parse)]
     pub probe_interval: Duration,
     /// Most agents exported; bounds memory and series.
     #[arg(long, env = "OCS_MONITOR_MAX_AGENTS", default_value_t = 100_000)]
@@ -37,14 +37,4 @@ pub struct Config {
     /// Most operations exported per agent.
     #[arg(long, env = "OCS_MONITOR_MAX_OPERATIONS", default_value_t = 256)]
     pub max_operations: usize,
-}
-
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(seconds > 0.0 && seconds <= 1e9) {
-        return Err(format!("{text} must be a positive number of seconds"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }

@@ -29,11 +29,11 @@ struct Config {
     #[arg(long, env = "OCS_HOST_MANAGER_BIN_DIR")]
     bin_dir: Option<PathBuf>,
     /// Seconds to listen for another incarnation's heartbeat before a launch.
-    #[arg(long, env = "OCS_HOST_MANAGER_DUPLICATE_CHECK", default_value_t = 1.5)]
-    duplicate_check: f64,
+    #[arg(long, env = "OCS_HOST_MANAGER_DUPLICATE_CHECK", default_value = "1.5", value_parser = ocs_agent::seconds::parse)]
+    duplicate_check: Duration,
     /// Seconds between checks of the site file for changes.
-    #[arg(long, env = "OCS_HOST_MANAGER_RELOAD_INTERVAL", default_value_t = 2.0)]
-    reload_interval: f64,
+    #[arg(long, env = "OCS_HOST_MANAGER_RELOAD_INTERVAL", default_value = "2", value_parser = ocs_agent::seconds::parse)]
+    reload_interval: Duration,
     /// Address of the HTTP endpoints (/metrics, /healthz).
     #[arg(
         long,
@@ -41,13 +41,6 @@ struct Config {
         default_value = "127.0.0.1:9465"
     )]
     listen: std::net::SocketAddr,
-}
-
-fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|duration| !duration.is_zero())
-        .ok_or_else(|| anyhow::anyhow!("--{name} must be a positive number of seconds"))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -88,8 +81,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         host,
         address_root: config.common.address_root.clone(),
         bin_dir,
-        duplicate_check: seconds("duplicate-check", config.duplicate_check)?,
-        reload_interval: seconds("reload-interval", config.reload_interval)?,
+        duplicate_check: config.duplicate_check,
+        reload_interval: config.reload_interval,
         report,
     };
     let builder = host_manager::declare(ocs_agent::Agent::builder("HostManager"), settings);

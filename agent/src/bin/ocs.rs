@@ -355,8 +355,7 @@ async fn probe(url: &hyper::Uri) -> anyhow::Result<hyper::StatusCode> {
 }
 
 fn seconds(value: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| anyhow!("invalid timeout {value}: must be a non-negative number of seconds"))
+    ocs_agent::seconds::positive(value).map_err(|reason| anyhow!("invalid timeout: {reason}"))
 }
 
 fn parse_params(params: &[String]) -> anyhow::Result<Map<String, Value>> {
