@@ -44,7 +44,6 @@ mod context;
 pub mod endpoints;
 pub mod exposition;
 mod heartbeat;
-pub mod host_manager;
 mod journal;
 pub mod kv_bucket;
 mod operations;

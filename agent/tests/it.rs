@@ -1,8 +1,6 @@
 //! Agent runtime against a real nats-server: OCS action semantics over the
 //! wire, heartbeats under load, NATS outages and graceful shutdown.
 
-mod host_manager;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -12,7 +12,7 @@
 //! Children are never orphaned: each runs in its own process group, which a
 //! stop signals as a whole, and agents built on this crate ask the kernel to
 //! send them SIGTERM when the manager dies, even by SIGKILL
-//! ([`crate::process::PARENT_PID_ENV`]).
+//! ([`ocs_agent::process::PARENT_PID_ENV`]).
 
 pub mod child;
 mod launch;
@@ -29,10 +29,10 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::site::SiteConfig;
-use crate::{AgentBuilder, OpContext, OpResult, Params};
 pub use child::{Child, Command, Exit, StopSignal, Target};
 use launch::{Event, Launcher};
+use ocs_agent::site::SiteConfig;
+use ocs_agent::{AgentBuilder, OpContext, OpResult, Params};
 use schedule::Scheduler;
 
 /// What the manager needs besides the site file's contents.
@@ -105,7 +105,7 @@ pub fn declare(builder: AgentBuilder, settings: Settings) -> AgentBuilder {
         .process(
             "manager",
             "Run this host's agent instances from the site file and keep each at its target state.",
-            move |ctx, _: crate::NoParams| manager(ctx, settings.clone(), inbox.clone()),
+            move |ctx, _: ocs_agent::NoParams| manager(ctx, settings.clone(), inbox.clone()),
         )
         .task(
             "update",

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use ocs_agent::host_manager::{self, Settings};
 use ocs_agent::process::{CommonArgs, init_tracing, serve_agent};
 use ocs_agent::site::SiteConfig;
+use ocs_host_manager::{self as host_manager, Settings};
 use ocs_protocol::InstanceId;
 
 /// Runs this host's agent instances from the site file and keeps each at its

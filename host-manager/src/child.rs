@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::site::{InstanceConfig, Manage};
+use ocs_agent::site::{InstanceConfig, Manage};
 
 /// Where an instance should be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -437,7 +437,7 @@ fn describe(exit: &Exit) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::site::RestartPolicy;
+    use ocs_agent::site::RestartPolicy;
     use ocs_protocol::InstanceId;
 
     fn config() -> InstanceConfig {
