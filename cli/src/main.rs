@@ -5,9 +5,7 @@
 //! NATS unreachable, no such agent, no answer in time).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -19,35 +17,13 @@ use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
 use ocs_protocol::{Action, InstanceId, OpName, ResponseCode, json, proto, subject};
 use serde_json::{Map, Value};
 
-/// Standard output could not be written (a full disk, `/dev/full`). A closed
-/// pipe (`ocs … | head`) is not this: it silences the rest of the output.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write to standard output: {0}")]
-struct StdoutError(std::io::Error);
+use ocs_cli::output;
+use ocs_cli::render;
 
-/// Set once a reader closed standard output.
-static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
-
-/// Writes one line to standard output. After the reader went away the
-/// command carries on silently, so its exit code still tells the result.
-fn write_line(line: std::fmt::Arguments) -> Result<(), StdoutError> {
-    if STDOUT_CLOSED.load(Ordering::Relaxed) {
-        return Ok(());
-    }
-    match writeln!(std::io::stdout().lock(), "{line}") {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
-            STDOUT_CLOSED.store(true, Ordering::Relaxed);
-            Ok(())
-        }
-        Err(err) => Err(StdoutError(err)),
-    }
-}
-
-/// `println!` that reports a failed write instead of panicking.
+/// `println!` that reports a failed write instead of panicking (see [`output`]).
 macro_rules! outln {
     ($($arg:tt)*) => {
-        write_line(format_args!($($arg)*))
+        output::write_line(format_args!($($arg)*))
     };
 }
 
@@ -207,7 +183,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(seconds) => listen_for_heartbeats(&client, &cli.common, seconds).await?,
                 None => registered_agents(&client, &registry, timeout).await?,
             };
-            print_scan(&agents, listen.is_some(), details, json)?;
+            if json {
+                outln!("{}", Value::Object(agents.into_iter().collect()))?;
+            } else {
+                output::write_text(&render::scan(&agents, listen.is_some(), details))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Api {
@@ -217,7 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let client = OcsClient::new(connect().await?, cli.common.address_root.clone());
             let api = client.api(&instance_id, seconds(timeout)?).await?;
-            print_api(&api, json)?;
+            output::write_text(&render::api(&api, json)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ping {
@@ -302,7 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 outln!("{reply}")?;
             } else {
-                print_reply(&reply)?;
+                output::write_text(&render::reply(&reply, now_seconds()))?;
             }
             Ok(if reply["session"]["success"] == Value::Bool(true) {
                 ExitCode::SUCCESS
@@ -379,7 +359,7 @@ async fn operation(client: &OcsClient, call: OperationCall) -> anyhow::Result<Ex
     if json {
         outln!("{value}")?;
     } else {
-        print_reply(&value)?;
+        output::write_text(&render::reply(&value, now_seconds()))?;
     }
     Ok(match ResponseCode::from_value(reply.status) {
         Some(ResponseCode::Ok) => ExitCode::SUCCESS,
@@ -424,105 +404,6 @@ async fn call_operation(
 
 fn now_seconds() -> f64 {
     chrono::Utc::now().timestamp_micros() as f64 / 1e6
-}
-
-fn status_name(status: i64) -> &'static str {
-    i32::try_from(status)
-        .ok()
-        .and_then(ResponseCode::from_value)
-        .map_or("?", ResponseCode::name)
-}
-
-fn print_reply(reply: &Value) -> Result<(), StdoutError> {
-    outln!(
-        "{} : {}",
-        status_name(reply["status"].as_i64().unwrap_or(-1)),
-        reply["message"].as_str().unwrap_or("")
-    )?;
-    let session = &reply["session"];
-    if session.as_object().is_none_or(Map::is_empty) {
-        return Ok(());
-    }
-    let start = session["start_time"].as_f64().unwrap_or(0.0);
-    let end = session["end_time"].as_f64().unwrap_or_else(now_seconds);
-    outln!(
-        "  {}[session={}]; status={} for {:.1} s; op_code={}; success={}",
-        session["op_name"].as_str().unwrap_or("?"),
-        session["session_id"],
-        session["status"].as_str().unwrap_or("?"),
-        end - start,
-        json::op_code_name(session["op_code"].as_i64().unwrap_or(0)),
-        session["success"],
-    )?;
-    if let Some(agents) = registry_data(&session["data"]) {
-        print_agent_table(&agents)?;
-    } else if session["data"]
-        .as_object()
-        .is_some_and(|data| !data.is_empty())
-    {
-        outln!("  data: {}", session["data"])?;
-    }
-    if let Some(messages) = session["messages"].as_array() {
-        outln!("  messages:")?;
-        for message in messages.iter().rev().take(10).rev() {
-            let at = message[0].as_f64().unwrap_or(0.0);
-            let at = chrono::DateTime::from_timestamp_micros((at * 1e6) as i64)
-                .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-                .unwrap_or_default();
-            outln!("    {at} {}", message[1].as_str().unwrap_or(""))?;
-        }
-    }
-    Ok(())
-}
-
-/// The registry's `main` session data: a map of address → record.
-fn registry_data(data: &Value) -> Option<BTreeMap<String, Value>> {
-    let map = data.as_object()?;
-    let is_registry = !map.is_empty()
-        && map.values().all(|record| {
-            record.get("agent_address").is_some() && record.get("op_codes").is_some()
-        });
-    is_registry.then(|| map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-}
-
-fn print_agent_table(agents: &BTreeMap<String, Value>) -> Result<(), StdoutError> {
-    let now = now_seconds();
-    let width = agents.keys().map(String::len).max().unwrap_or(7).max(7);
-    outln!(
-        "  {:<width$}  {:<20}  {:<7}  {:>8}  OPERATIONS",
-        "ADDRESS",
-        "CLASS",
-        "STATE",
-        "HB AGE"
-    )?;
-    for (address, record) in agents {
-        let age = record["last_updated"]
-            .as_f64()
-            .map_or("-".to_owned(), |t| format!("{:.1}s", (now - t).max(0.0)));
-        let ops: Vec<String> = record["op_codes"]
-            .as_object()
-            .map(|ops| {
-                ops.iter()
-                    .map(|(op, code)| {
-                        format!("{op}={}", json::op_code_name(code.as_i64().unwrap_or(0)))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        outln!(
-            "  {address:<width$}  {:<20}  {:<7}  {age:>8}  {}",
-            record["agent_class"].as_str().unwrap_or("?"),
-            record["state"]
-                .as_str()
-                .unwrap_or(if record["expired"] == Value::Bool(true) {
-                    "expired"
-                } else {
-                    "alive"
-                }),
-            ops.join(" ")
-        )?;
-    }
-    Ok(())
 }
 
 async fn registered_agents(
@@ -571,95 +452,6 @@ async fn listen_for_heartbeats(
     Ok(agents)
 }
 
-fn print_scan(
-    agents: &BTreeMap<String, Value>,
-    listened: bool,
-    details: bool,
-    as_json: bool,
-) -> Result<(), StdoutError> {
-    if as_json {
-        outln!("{}", Value::Object(agents.clone().into_iter().collect()))?;
-        return Ok(());
-    }
-    let heading = if listened { "Detected" } else { "Registered" };
-    outln!("List of {heading} Agents: ({})", agents.len())?;
-    for (address, record) in agents {
-        let instance_id = address
-            .split_once('.')
-            .map_or(address.as_str(), |(_, iid)| iid);
-        outln!("  {instance_id}")?;
-        if details && let Some(ops) = record["op_codes"].as_object() {
-            for (op, code) in ops {
-                outln!(
-                    "    {op:<20} {}",
-                    json::op_code_name(code.as_i64().unwrap_or(0))
-                )?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn print_api(api: &proto::ApiReply, as_json: bool) -> anyhow::Result<()> {
-    let operations: Vec<Value> = api
-        .operations
-        .iter()
-        .map(|op| -> anyhow::Result<Value> {
-            Ok(serde_json::json!({
-                "op_name": op.op_name,
-                "op_type": op.op_type,
-                "docstring": op.docstring,
-                "blocking": op.blocking,
-                "abortable": op.abortable,
-                "params": op.params.iter().map(|p| serde_json::json!({"name": p.name, "description": p.description})).collect::<Vec<_>>(),
-                "session": op.session.as_ref().map(json::session).transpose()?,
-            }))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    if as_json {
-        let value = serde_json::json!({
-            "agent_address": api.agent_address,
-            "agent_class": api.agent_class,
-            "instance_hostname": api.host,
-            "instance_pid": api.pid,
-            "version": api.agent_version,
-            "incarnation": api.incarnation,
-            "uptime": api.uptime_ms as f64 / 1000.0,
-            "feeds": api.feeds,
-            "operations": operations,
-        });
-        outln!("{value}")?;
-        return Ok(());
-    }
-    outln!(
-        "{} ({}) on {} pid {}, version {}, up {:.0} s",
-        api.agent_address,
-        api.agent_class,
-        api.host,
-        api.pid,
-        api.agent_version,
-        api.uptime_ms as f64 / 1000.0
-    )?;
-    outln!("incarnation {}", api.incarnation)?;
-    if !api.feeds.is_empty() {
-        outln!("feeds: {}", api.feeds.join(", "))?;
-    }
-    for op in &api.operations {
-        let code = op.session.as_ref().map_or(1, |session| session.op_code);
-        outln!(
-            "{} {} [{}]: {}",
-            op.op_type,
-            op.op_name,
-            json::op_code_name(code.into()),
-            op.docstring
-        )?;
-        for param in &op.params {
-            outln!("    {}: {}", param.name, param.description)?;
-        }
-    }
-    Ok(())
-}
-
 async fn listen(
     client: &async_nats::Client,
     pattern: &str,
@@ -691,7 +483,7 @@ async fn listen(
         };
         outln!("{line}")?;
         // A closed pipe (`ocs listen ... | head`) ends the listening quietly.
-        if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        if output::closed() {
             return Ok(());
         }
     }
