@@ -65,39 +65,22 @@ impl BucketSpec {
 
     /// What differs between this spec and a bucket's stream as found.
     fn differences(&self, found: &stream::Config) -> Vec<String> {
-        let wanted = self.stream_config();
-        let mut differences = Vec::new();
-        let mut compare = |what: &str, wanted: String, found: String| {
-            if wanted != found {
-                differences.push(format!("{what} {found} (wanted {wanted})"));
-            }
-        };
-        compare(
-            "history",
-            wanted.max_messages_per_subject.to_string(),
-            found.max_messages_per_subject.to_string(),
-        );
-        compare(
-            "max_bytes",
-            wanted.max_bytes.to_string(),
-            found.max_bytes.to_string(),
-        );
-        compare(
-            "max_value_size",
-            wanted.max_message_size.to_string(),
-            found.max_message_size.to_string(),
-        );
-        compare(
-            "max_age",
-            format!("{:?}", wanted.max_age),
-            format!("{:?}", found.max_age),
-        );
-        compare(
-            "allow_rollup",
-            wanted.allow_rollup.to_string(),
-            found.allow_rollup.to_string(),
-        );
-        differences
+        /// The settings compared, each as it reads in a warning.
+        fn settings(config: &stream::Config) -> [(&'static str, String); 5] {
+            [
+                ("history", config.max_messages_per_subject.to_string()),
+                ("max_bytes", config.max_bytes.to_string()),
+                ("max_value_size", config.max_message_size.to_string()),
+                ("max_age", format!("{:?}", config.max_age)),
+                ("allow_rollup", config.allow_rollup.to_string()),
+            ]
+        }
+        settings(&self.stream_config())
+            .into_iter()
+            .zip(settings(found))
+            .filter(|((_, wanted), (_, found))| wanted != found)
+            .map(|((what, wanted), (_, found))| format!("{what} {found} (wanted {wanted})"))
+            .collect()
     }
 }
 
