@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The pinned server version the test command installs.
+/// The pinned server version the test command installs. The one source is
+/// `NATS_SERVER_VERSION` in `deploy/bin/tools.sh`; a test holds this,
+/// `docker-compose.yml` and `.env.example` to it.
 pub const NATS_SERVER_VERSION: &str = "2.15.1";
 
 /// Finds `nats-server`: `$NATS_SERVER_BIN`, else on `PATH`. Panics if absent.
@@ -492,5 +494,38 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_file(path: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+    }
+
+    /// One NATS version for the test command, the tests and the deployment.
+    #[test]
+    fn every_nats_pin_names_the_version_tools_sh_installs() {
+        let tools = repo_file("deploy/bin/tools.sh");
+        let pinned = tools
+            .lines()
+            .find_map(|line| line.strip_prefix("NATS_SERVER_VERSION="))
+            .expect("NATS_SERVER_VERSION in deploy/bin/tools.sh");
+        assert_eq!(NATS_SERVER_VERSION, pinned);
+        let image = format!("nats:{pinned}-alpine");
+        for file in ["docker-compose.yml", ".env.example"] {
+            let text = repo_file(file);
+            let named: Vec<&str> = text
+                .split_whitespace()
+                .filter(|word| word.contains("nats:2."))
+                .collect();
+            assert!(!named.is_empty(), "{file} names no NATS image");
+            for word in named {
+                assert!(word.contains(&image), "{file}: {word} is not {image}");
+            }
+        }
     }
 }
