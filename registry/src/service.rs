@@ -277,13 +277,14 @@ pub(crate) async fn main_process(
                 }
             }
             _ = housekeeping.tick() => {
-                let (counts, conflicts, flapping, settled) = {
+                let (counts, conflicts, flapping, unverified, settled) = {
                     let mut table = lock(&registry.table);
                     let settled = table.settle_flapping(Instant::now());
-                    (table.counts(), table.conflicts(), table.flapping(), settled)
+                    (table.counts(), table.conflicts(), table.flapping(), table.unverified(), settled)
                 };
                 registry.metrics.set_agent_counts(counts, conflicts);
                 registry.metrics.flapping.set(flapping as i64);
+                registry.metrics.unverified.set(unverified as i64);
                 registry.changed.extend(settled);
             }
         }
@@ -484,12 +485,10 @@ impl Registry {
 
     fn expire_and_forget(&mut self) {
         let now = Instant::now();
-        let (expiries, forgotten, unverified) = {
+        let (expiries, forgotten) = {
             let mut table = lock(&self.table);
-            let expiries = table.expire_due(now, now_unix_ms());
-            (expiries, table.forget_due(now), table.unverified())
+            (table.expire_due(now, now_unix_ms()), table.forget_due(now))
         };
-        self.metrics.unverified.set(unverified as i64);
         if expiries.hold_exhausted {
             self.metrics.holds_exhausted.inc();
             warn!(

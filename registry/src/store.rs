@@ -74,15 +74,16 @@ impl AgentStore {
     }
 
     /// Opens the bucket again, creating it if it vanished (a JetStream store
-    /// wiped under the running registry). Returns whether it is a new
-    /// bucket: then every record must be put back.
-    async fn reopen(&mut self) -> Result<bool, String> {
-        reopen_kv_bucket(
-            &self.client,
-            &records_bucket(self.replicas),
-            &mut self.store,
-        )
-        .await
+    /// wiped under the running registry); if it is a new bucket, tells
+    /// `recreated`, so that every record is put back.
+    async fn check_bucket(&mut self, recreated: &Notify) {
+        let spec = records_bucket(self.replicas);
+        if reopen_kv_bucket(&self.client, &spec, &mut self.store).await == Ok(true) {
+            warn!(
+                "the agent records' bucket is new (the JetStream store was lost?): writing every record anew"
+            );
+            recreated.notify_one();
+        }
     }
 
     /// Every record this registry stored. Unreadable records are skipped
@@ -222,10 +223,7 @@ pub(crate) async fn write_loop(
                 _ = stop.cancelled() => {}
                 _ = pending.queued.notified() => {}
                 _ = check.tick() => {
-                    if store.reopen().await == Ok(true) {
-                        warn!("the agent records' bucket is new (the JetStream store was lost?): writing every record anew");
-                        recreated.notify_one();
-                    }
+                    store.check_bucket(&recreated).await;
                     continue;
                 }
             }
@@ -277,12 +275,7 @@ pub(crate) async fn write_loop(
                     _ = tokio::time::sleep(RETRY_AFTER) => {}
                 }
                 // The bucket may have vanished: the retry goes to a new one.
-                if store.reopen().await == Ok(true) {
-                    warn!(
-                        "the agent records' bucket is new (the JetStream store was lost?): writing every record anew"
-                    );
-                    recreated.notify_one();
-                }
+                store.check_bucket(&recreated).await;
                 pending.queued.notify_one();
             }
             None => {
