@@ -824,17 +824,7 @@ async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_sta
         as_user(&mut agent, iid, role);
         agents.push(Process::spawn(iid, agent));
     }
-    let ocs_as = |user: &str, role: &str, args: &[&str]| {
-        let mut command = Command::new(workspace_binary("ocs"));
-        command.args(["--nats-url", &url]).args(args);
-        as_user(&mut command, user, role);
-        let output = command.output().unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+    let ocs_as = |user: &str, role: &str, args: &[&str]| common::ocs_as(&url, user, role, args);
     // Each role can do its job: the registry hears both agents, a viewer reads its status.
     eventually(
         Duration::from_secs(15),

@@ -292,14 +292,8 @@ async fn connect_as(nats: &NatsServer, user: &str, role: &str) -> async_nats::Cl
 
 /// `ocs` as `user`; `(exit code, stdout)`.
 fn ocs_as(nats: &NatsServer, user: &str, role: &str, args: &[&str]) -> (Option<i32>, String) {
-    let mut command = std::process::Command::new(ocs_testkit::workspace_binary("ocs"));
-    command.args(["--nats-url", &nats.url()]).args(args);
-    common::as_user(&mut command, user, role);
-    let output = command.output().unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
+    let (code, stdout, _) = common::ocs_as(&nats.url(), user, role, args);
+    (code, stdout)
 }
 
 /// The registry's record of `address` as the viewer sees it.

@@ -418,10 +418,8 @@ impl Process {
     /// process group (programs it started in groups of their own, as the
     /// host manager's children, stay: tests of orphans rely on that).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            kill_group(child.id(), "KILL");
+        if let Some(child) = self.child.take() {
+            kill_and_reap(child);
         }
     }
 
@@ -440,6 +438,13 @@ impl Process {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// SIGKILL to `child`, reaps it, then SIGKILL to what is left in its group.
+fn kill_and_reap(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+    kill_group(child.id(), "KILL");
 }
 
 /// Signals the process group `group` by signal name; an empty group is fine.
@@ -472,9 +477,7 @@ impl Drop for Process {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        kill_group(child.id(), "KILL");
+        kill_and_reap(child);
     }
 }
 

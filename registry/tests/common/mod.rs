@@ -192,3 +192,21 @@ pub fn as_user(command: &mut Command, user: &str, role: &str) {
         .env("NATS_USER", user)
         .env("NATS_PASSWORD", format!("pw-{role}"));
 }
+
+/// `ocs` on `nats_url` as `user` (password of `role`): `(exit code, stdout, stderr)`.
+pub fn ocs_as(
+    nats_url: &str,
+    user: &str,
+    role: &str,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let mut command = Command::new(workspace_binary("ocs"));
+    command.args(["--nats-url", nats_url]).args(args);
+    as_user(&mut command, user, role);
+    let output = command.output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
