@@ -630,7 +630,7 @@ async fn subscribe(
 }
 
 fn hostname() -> String {
-    crate::process::hostname()
+    ocs_service::lifecycle::hostname()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".to_owned())
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use ocs_protocol::{AgentAddress, SessionStatus, codec, proto, subject};
 
-use crate::kv_bucket::{BucketSpec, open_kv_bucket, reopen_kv_bucket};
+use ocs_service::kv_bucket::{BucketSpec, open_kv_bucket, reopen_kv_bucket};
 
 /// Past sessions kept per operation.
 pub const HISTORY: i64 = 5;

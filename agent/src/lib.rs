@@ -21,43 +21,29 @@
 //! Key types: [`AgentBuilder`] declares operations ([`AgentBuilder::task`],
 //! [`AgentBuilder::process`], [`AgentBuilder::blocking_task`]) with typed
 //! [`Params`]; [`Agent::run`] serves them; [`OpContext`] is what an operation
-//! sees; [`OcsClient`] calls agents. [`process`] holds the plumbing every
-//! binary shares (common options, tracing, signals, NATS connection).
+//! sees; [`OcsClient`] calls agents; [`run_agent`] is an agent binary's
+//! `main`, through the service skeleton of `ocs_service`.
 //!
 //! Operations run on a runtime of their own, separate from the one that
 //! heartbeats and answers requests: an operation that blocks or spins cannot
 //! make its agent look dead.
 //!
-//! Environment variables read by every binary built on this crate:
-//!
-//! | Variable | Purpose | Default |
-//! |---|---|---|
-//! | `NATS_URL` | NATS server URL(s) | `nats://127.0.0.1:4222` |
-//! | `OCS_ADDRESS_ROOT` | first token of addresses | `observatory` |
-//! | `INSTANCE_ID` | this agent's instance id | per binary |
-//! | `LOG_FORMAT` | `text` or `json` | `text` |
-//! | `RUST_LOG` | log filter | `info` |
 
 mod agent;
 pub mod client;
 mod context;
-pub mod endpoints;
-pub mod exposition;
 mod heartbeat;
 mod journal;
-pub mod kv_bucket;
 mod operations;
 mod params;
-pub mod process;
-pub mod seconds;
+mod serve;
 mod session;
-pub mod site;
 
 pub use agent::{Agent, AgentBuilder, AgentError, ReplicaGate};
 pub use client::{ClientError, OcsClient};
 pub use context::{OpContext, PublishError};
 pub use journal::SESSIONS_BUCKET;
-pub use kv_bucket::{BucketSpec, open_kv_bucket, reopen_kv_bucket};
 pub use operations::{BoxError, OpFuture, OpKind, OpResult, Reply};
 pub use params::{NoParams, Params};
+pub use serve::{AgentArgs, run_agent, serve};
 pub use session::DataSource;

@@ -95,7 +95,7 @@ async fn run_agent(nats: &NatsServer, instance_id: &str) -> Running {
         &InstanceId::new(instance_id).unwrap(),
     );
     let agent = test_agent().build(address).unwrap();
-    let agent_client = ocs_agent::process::connect_service(&nats.url(), instance_id)
+    let agent_client = ocs_service::connect::connect_service(&nats.url(), instance_id)
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
@@ -329,7 +329,7 @@ async fn heartbeats(
     nats: &NatsServer,
     instance_id: &str,
 ) -> Arc<std::sync::Mutex<Vec<(Instant, proto::Heartbeat)>>> {
-    let client = ocs_agent::process::connect_service(&nats.url(), "listener")
+    let client = ocs_service::connect::connect_service(&nats.url(), "listener")
         .await
         .unwrap();
     let mut subscription = client

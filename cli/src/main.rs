@@ -12,9 +12,10 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use ocs_agent::OcsClient;
-use ocs_agent::process::{CommonArgs, connect_client};
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
 use ocs_protocol::{Action, InstanceId, OpName, ResponseCode, json, proto, subject};
+use ocs_service::CommonArgs;
+use ocs_service::connect::connect_client;
 use serde_json::{Map, Value};
 
 use ocs_cli::output;
@@ -247,7 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let manager = match manager {
                 Some(manager) => manager,
                 None => {
-                    let host = ocs_agent::process::hostname()
+                    let host = ocs_service::lifecycle::hostname()
                         .ok_or_else(|| anyhow!("cannot read this host's name: give --manager"))?;
                     InstanceId::new(format!("hm-{host}"))?
                 }
@@ -335,7 +336,7 @@ async fn probe(url: &hyper::Uri) -> anyhow::Result<hyper::StatusCode> {
 }
 
 fn seconds(value: f64) -> anyhow::Result<Duration> {
-    ocs_agent::seconds::positive(value).map_err(|reason| anyhow!("invalid timeout: {reason}"))
+    ocs_service::seconds::positive(value).map_err(|reason| anyhow!("invalid timeout: {reason}"))
 }
 
 fn parse_params(params: &[String]) -> anyhow::Result<Map<String, Value>> {

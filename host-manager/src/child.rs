@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use ocs_agent::site::{InstanceConfig, Manage};
+use ocs_service::site::{InstanceConfig, Manage};
 
 /// Where an instance should be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -437,8 +437,8 @@ fn describe(exit: &Exit) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ocs_agent::site::RestartPolicy;
     use ocs_protocol::InstanceId;
+    use ocs_service::site::RestartPolicy;
 
     fn config() -> InstanceConfig {
         InstanceConfig {

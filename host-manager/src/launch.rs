@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use super::Settings;
 use super::child::{Child, Command, Exit, STDERR_TAIL_LINES, StopSignal};
 use ocs_agent::OpContext;
-use ocs_agent::process::PARENT_PID_ENV;
-use ocs_agent::site::{SITE_FILE_ENV, SiteConfig};
+use ocs_service::lifecycle::PARENT_PID_ENV;
+use ocs_service::site::{SITE_FILE_ENV, SiteConfig};
 
 /// Set on every child: the address of the manager that started it, so that a
 /// later incarnation of that manager finds what a killed one left behind.

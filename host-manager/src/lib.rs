@@ -12,7 +12,7 @@
 //! Children are never orphaned: each runs in its own process group, which a
 //! stop signals as a whole, and agents built on this crate ask the kernel to
 //! send them SIGTERM when the manager dies, even by SIGKILL
-//! ([`ocs_agent::process::PARENT_PID_ENV`]).
+//! ([`ocs_service::lifecycle::PARENT_PID_ENV`]).
 
 pub mod child;
 mod launch;
@@ -31,8 +31,8 @@ use tokio::time::Instant;
 
 pub use child::{Child, Command, Exit, StopSignal, Target};
 use launch::{Event, Launcher};
-use ocs_agent::site::SiteConfig;
 use ocs_agent::{AgentBuilder, OpContext, OpResult, Params};
+use ocs_service::site::SiteConfig;
 use schedule::Scheduler;
 
 /// What the manager needs besides the site file's contents.

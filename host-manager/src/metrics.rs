@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use ocs_agent::exposition::{encode_gauges, render};
+use ocs_service::exposition::{encode_gauges, render};
 
 /// Every state a child can be in, for the state gauge.
 pub const CHILD_STATES: [&str; 7] = [

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 
 use super::child::Child;
 use super::launch::Event;
-use ocs_agent::site::{Schedule, When, parse_cron};
 use ocs_agent::{OcsClient, OpContext};
+use ocs_service::site::{Schedule, When, parse_cron};
 
 /// How long a scheduled `start` request may take.
 const START_TIMEOUT: Duration = Duration::from_secs(5);

@@ -153,18 +153,15 @@ async fn latency_bench(changes: usize) {
         "m",
         "--nats-url",
         &nats.url(),
+        "--listen",
+        "127.0.0.1:0",
     ]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let monitor = listener.local_addr().unwrap();
-    let monitor_client = ocs_agent::process::connect_service(&nats.url(), "monitor")
-        .await
-        .unwrap();
-    tokio::spawn(ocs_operation_monitor::run(
-        config,
-        monitor_client,
-        listener,
-        tokio_util::sync::CancellationToken::new(),
-    ));
+    let started =
+        ocs_service::skeleton::start_within(&config, tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap();
+    let monitor = started.listener.as_ref().unwrap().local_addr().unwrap();
+    tokio::spawn(ocs_operation_monitor::run(config, started));
 
     let client = OcsClient::new(
         async_nats::connect(nats.url()).await.unwrap(),

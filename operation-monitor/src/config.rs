@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use ocs_agent::process::CommonArgs;
-use ocs_protocol::InstanceId;
+use ocs_protocol::{AgentAddress, InstanceId};
+use ocs_service::{CommonArgs, ServiceArgs};
 
 /// The operation monitor: the registry's agent_operations feed as Prometheus metrics.
 #[derive(Debug, Clone, Parser)]
@@ -26,10 +26,10 @@ pub struct Config {
     pub registry: InstanceId,
     /// Seconds without any feed message after which /healthz fails (about three
     /// of the registry's snapshot intervals).
-    #[arg(long, env = "OCS_MONITOR_STALE_AFTER", default_value = "95", value_parser = ocs_agent::seconds::parse)]
+    #[arg(long, env = "OCS_MONITOR_STALE_AFTER", default_value = "95", value_parser = ocs_service::seconds::parse)]
     pub stale_after: Duration,
     /// Seconds between probes of the registry.
-    #[arg(long, env = "OCS_MONITOR_PROBE_INTERVAL", default_value = "10", value_parser = ocs_agent::seconds::parse)]
+    #[arg(long, env = "OCS_MONITOR_PROBE_INTERVAL", default_value = "10", value_parser = ocs_service::seconds::parse)]
     pub probe_interval: Duration,
     /// Most agents exported; bounds memory and series.
     #[arg(long, env = "OCS_MONITOR_MAX_AGENTS", default_value_t = 100_000)]
@@ -37,4 +37,19 @@ pub struct Config {
     /// Most operations exported per agent.
     #[arg(long, env = "OCS_MONITOR_MAX_OPERATIONS", default_value_t = 256)]
     pub max_operations: usize,
+}
+
+impl ServiceArgs for Config {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+    fn address(&self) -> Result<AgentAddress, String> {
+        Ok(AgentAddress::new(
+            &self.common.address_root,
+            &self.instance_id,
+        ))
+    }
+    fn listen(&self) -> Option<SocketAddr> {
+        Some(self.listen)
+    }
 }

@@ -17,9 +17,8 @@ pub mod metrics;
 use std::sync::{Arc, Mutex};
 
 use ocs_protocol::AgentAddress;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::info;
+use ocs_service::endpoints;
+use ocs_service::skeleton::Started;
 
 pub use config::Config;
 
@@ -32,18 +31,17 @@ pub enum MonitorError {
     /// The feed subscription failed.
     #[error("cannot subscribe to the feed: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
-    /// The HTTP endpoint failed.
-    #[error("http server: {0}")]
-    Http(#[from] std::io::Error),
 }
 
-/// Runs the monitor until `shutdown`; serves HTTP on `listener`.
-pub async fn run(
-    config: Config,
-    client: async_nats::Client,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), MonitorError> {
+/// Runs the monitor until the started service's shutdown; serves HTTP on
+/// its listener.
+pub async fn run(config: Config, started: Started) -> Result<(), MonitorError> {
+    let Started {
+        client,
+        shutdown,
+        listener,
+        ..
+    } = started;
     let registry = AgentAddress::new(&config.common.address_root, &config.registry);
     let fleet = Arc::new(Mutex::new(Fleet::new(
         &registry,
@@ -53,17 +51,19 @@ pub async fn run(
         },
     )));
     let metrics = Arc::new(MonitorMetrics::new(fleet.clone()));
-    info!(address = %listener.local_addr()?, "serving /metrics and /healthz");
-    let router = http::router(metrics.clone(), fleet.clone(), config.stale_after);
-    let http_shutdown = shutdown.clone();
-    let http = tokio::spawn(ocs_agent::endpoints::serve(listener, router, http_shutdown));
+    let http = listener.map(|listener| {
+        let router = http::router(metrics.clone(), fleet.clone(), config.stale_after);
+        tokio::spawn(endpoints::serve(listener, router, shutdown.clone()))
+    });
     let settings = feed::FeedSettings {
         registry,
         probe_interval: config.probe_interval,
     };
     let result = feed::follow(settings, client, fleet, metrics, shutdown.clone()).await;
     shutdown.cancel();
-    let _ = http.await;
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     result?;
     Ok(())
 }

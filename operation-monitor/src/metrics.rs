@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::fleet::Fleet;
-use ocs_agent::exposition::encode_gauges as gauge;
+use ocs_service::exposition::encode_gauges as gauge;
 
 /// Why a feed message or record was not taken.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]

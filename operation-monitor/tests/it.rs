@@ -12,6 +12,7 @@ use clap::Parser;
 use ocs_agent::OcsClient;
 use ocs_protocol::codec::to_msgpack;
 use ocs_protocol::{Action, AddressRoot, InstanceId, OpName, proto};
+use ocs_service::skeleton::start_within;
 use ocs_testkit::{NatsServer, Process, TempDir, eventually, http_get, tool, workspace_binary};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -87,12 +88,6 @@ struct Stack {
     registry: SocketAddr,
 }
 
-async fn listener() -> (tokio::net::TcpListener, SocketAddr) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    (listener, address)
-}
-
 impl Stack {
     async fn start(nats: &NatsServer, agent_timeout: &str) -> Stack {
         let url = nats.url();
@@ -101,40 +96,36 @@ impl Stack {
             "ocs-registry",
             "--nats-url",
             &url,
+            "--listen",
+            "127.0.0.1:0",
             "--agent-timeout",
             agent_timeout,
         ]);
-        let (registry_listener, registry) = listener().await;
-        let registry_client = ocs_agent::process::connect_service(&url, "registry")
+        let started = start_within(&registry_config, shutdown.clone())
             .await
             .unwrap();
+        let registry = started.listener.as_ref().unwrap().local_addr().unwrap();
         let metrics = Arc::new(ocs_registry::RegistryMetrics::new());
-        let token = shutdown.clone();
         let registry_task = tokio::spawn(async move {
-            ocs_registry::run(
-                registry_config,
-                registry_client,
-                registry_listener,
-                metrics,
-                token,
-            )
-            .await
-            .unwrap()
+            ocs_registry::run(registry_config, started, metrics)
+                .await
+                .unwrap()
         });
         let monitor_config = ocs_operation_monitor::Config::parse_from([
             "ocs-operation-monitor",
             "--nats-url",
             &url,
+            "--listen",
+            "127.0.0.1:0",
             "--probe-interval",
             "1",
         ]);
-        let (monitor_listener, monitor) = listener().await;
-        let monitor_client = ocs_agent::process::connect_service(&url, "monitor")
+        let started = start_within(&monitor_config, shutdown.clone())
             .await
             .unwrap();
-        let token = shutdown.clone();
+        let monitor = started.listener.as_ref().unwrap().local_addr().unwrap();
         let monitor_task = tokio::spawn(async move {
-            ocs_operation_monitor::run(monitor_config, monitor_client, monitor_listener, token)
+            ocs_operation_monitor::run(monitor_config, started)
                 .await
                 .unwrap()
         });

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use ocs_agent::process::CommonArgs;
-use ocs_protocol::InstanceId;
+use ocs_protocol::{AgentAddress, InstanceId};
+use ocs_service::{CommonArgs, ServiceArgs};
 
 use crate::table::TableConfig;
 
@@ -21,13 +21,13 @@ pub struct Config {
     pub instance_id: InstanceId,
     /// Seconds without a heartbeat after which an agent is expired (at least
     /// three of the agent's own heartbeat intervals).
-    #[arg(long, env = "OCS_REGISTRY_AGENT_TIMEOUT", default_value = "5", value_parser = ocs_agent::seconds::parse)]
+    #[arg(long, env = "OCS_REGISTRY_AGENT_TIMEOUT", default_value = "5", value_parser = ocs_service::seconds::parse)]
     pub agent_timeout: Duration,
     /// Seconds between full snapshots on the agent_operations feed.
-    #[arg(long, env = "OCS_REGISTRY_WAIT_TIME", default_value = "30", value_parser = ocs_agent::seconds::parse)]
+    #[arg(long, env = "OCS_REGISTRY_WAIT_TIME", default_value = "30", value_parser = ocs_service::seconds::parse)]
     pub wait_time: Duration,
     /// Seconds after which an expired or departed agent is forgotten.
-    #[arg(long, env = "OCS_REGISTRY_FORGET_AFTER", default_value = "86400", value_parser = ocs_agent::seconds::parse)]
+    #[arg(long, env = "OCS_REGISTRY_FORGET_AFTER", default_value = "86400", value_parser = ocs_service::seconds::parse)]
     pub forget_after: Duration,
     /// Most agents tracked; heartbeats from further new addresses are dropped.
     #[arg(long, env = "OCS_REGISTRY_MAX_AGENTS", default_value_t = 100_000)]
@@ -46,7 +46,7 @@ pub struct Config {
     /// Seconds a self-preservation hold lasts at most: then the agents still
     /// silent expire (a host that died for good with most agents on it is
     /// not held alive forever), and no new hold starts for as long again.
-    #[arg(long, env = "OCS_REGISTRY_MAX_HOLD", default_value = "60", value_parser = ocs_agent::seconds::parse)]
+    #[arg(long, env = "OCS_REGISTRY_MAX_HOLD", default_value = "60", value_parser = ocs_service::seconds::parse)]
     pub max_hold: Duration,
     /// Heartbeats accepted per second from one address on average (bursts of
     /// twice as many pass); the rest are dropped and counted.
@@ -59,7 +59,7 @@ pub struct Config {
     pub ha: bool,
     /// Seconds a replica's lease lives without renewal: a dead leader is
     /// replaced within about this long.
-    #[arg(long, env = "OCS_REGISTRY_LEASE_TTL", default_value = "2", value_parser = ocs_agent::seconds::parse)]
+    #[arg(long, env = "OCS_REGISTRY_LEASE_TTL", default_value = "2", value_parser = ocs_service::seconds::parse)]
     pub lease_ttl: Duration,
     /// Copies of the stored records and the lease kept by a NATS cluster
     /// (1 on a single server; 3 on a three-node cluster).
@@ -68,6 +68,21 @@ pub struct Config {
     /// Address of the HTTP endpoints (/metrics, /healthz).
     #[arg(long, env = "OCS_REGISTRY_LISTEN", default_value = "127.0.0.1:9463")]
     pub listen: SocketAddr,
+}
+
+impl ServiceArgs for Config {
+    fn common(&self) -> &CommonArgs {
+        &self.common
+    }
+    fn address(&self) -> Result<AgentAddress, String> {
+        Ok(AgentAddress::new(
+            &self.common.address_root,
+            &self.instance_id,
+        ))
+    }
+    fn listen(&self) -> Option<SocketAddr> {
+        Some(self.listen)
+    }
 }
 
 impl Config {

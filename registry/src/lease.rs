@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use ocs_agent::{BucketSpec, open_kv_bucket};
 use ocs_protocol::{AgentAddress, subject};
+use ocs_service::{BucketSpec, open_kv_bucket};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

@@ -23,11 +23,10 @@ pub mod table;
 use std::sync::{Arc, Mutex};
 
 use ocs_agent::{Agent, AgentError, NoParams};
-use ocs_protocol::AgentAddress;
-use tokio::net::TcpListener;
+use ocs_service::endpoints;
+use ocs_service::skeleton::Started;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 
 use lease::{Lease, SharedLease};
 
@@ -41,20 +40,21 @@ pub enum RegistryError {
     /// The agent runtime failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
-    /// The HTTP endpoint failed.
-    #[error("http server: {0}")]
-    Http(#[from] std::io::Error),
 }
 
-/// Runs the registry until `shutdown`; serves HTTP on `listener`.
+/// Runs the registry until the started service's shutdown; serves HTTP on
+/// its listener.
 pub async fn run(
     config: Config,
-    client: async_nats::Client,
-    listener: TcpListener,
+    started: Started,
     metrics: Arc<RegistryMetrics>,
-    shutdown: CancellationToken,
 ) -> Result<(), RegistryError> {
-    let address = AgentAddress::new(&config.common.address_root, &config.instance_id);
+    let Started {
+        client,
+        shutdown,
+        address,
+        listener,
+    } = started;
     let lease: SharedLease = Arc::new(Mutex::new(if config.ha {
         Lease::contested(config.lease_ttl)
     } else {
@@ -68,7 +68,7 @@ pub async fn run(
             address.clone(),
             format!(
                 "{}:{}",
-                ocs_agent::process::hostname().unwrap_or_default(),
+                ocs_service::lifecycle::hostname().unwrap_or_default(),
                 std::process::id()
             ),
             usize::from(config.kv_replicas),
@@ -104,10 +104,10 @@ pub async fn run(
     }
     .build(address)?;
 
-    info!(address = %listener.local_addr()?, "serving /metrics and /healthz");
-    let router = http::router(metrics, client.clone());
-    let http_shutdown = shutdown.clone();
-    let http = tokio::spawn(ocs_agent::endpoints::serve(listener, router, http_shutdown));
+    let http = listener.map(|listener| {
+        let router = http::router(metrics, client.clone());
+        tokio::spawn(endpoints::serve(listener, router, shutdown.clone()))
+    });
     let result = agent.run(client, shutdown).await;
     // Released only now: the leaving heartbeat above still spoke for the address.
     election_stop.cancel();
@@ -121,7 +121,9 @@ pub async fn run(
             election.abort();
         }
     }
-    http.abort();
+    if let Some(http) = http {
+        http.abort();
+    }
     result?;
     Ok(())
 }

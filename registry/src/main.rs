@@ -10,44 +10,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
-use ocs_agent::process::{
-    connect_service_as, drain, init_tracing, notify_systemd, shutdown_on_signals,
-};
 use ocs_registry::{Config, RegistryMetrics};
+use ocs_service::skeleton::{self, Started};
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let config: Config = ocs_agent::process::parse_with_site();
-    init_tracing(config.common.log_format);
-    match serve(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    ocs_agent::process::stop_with_parent();
-    let shutdown = shutdown_on_signals();
-    let name = format!("{}.{}", config.common.address_root, config.instance_id);
-    let client = connect_service_as(&config.common.nats_url, &name, &config.common.nats_auth)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", config.common.nats_url))?;
-    notify_systemd(&shutdown);
-    ocs_registry::run(
-        config,
-        client.clone(),
-        listener,
-        Arc::new(RegistryMetrics::new()),
-        shutdown,
-    )
-    .await?;
-    drain(&client).await;
-    Ok(())
+fn main() -> ExitCode {
+    skeleton::run(|config: Config, started: Started| {
+        ocs_registry::run(config, started, Arc::new(RegistryMetrics::new()))
+    })
 }

@@ -263,7 +263,7 @@ impl RegistryMetrics {
 
     /// The classic text exposition.
     pub fn encode(&self) -> String {
-        ocs_agent::exposition::render(&self.registry, None).1
+        ocs_service::exposition::render(&self.registry, None).1
     }
 
     /// Whether agent records cannot be stored right now.

@@ -346,7 +346,7 @@ async fn flood() -> Outcome {
     let nats = NatsServer::start();
     let registry = RegistryProcess::spawn(&nats.url(), &[]);
     let mut fleet = Fleet::start(&nats.url(), &nats.url()).await;
-    let flooder = ocs_agent::process::connect_service(&nats.url(), "flooder")
+    let flooder = ocs_service::connect::connect_service(&nats.url(), "flooder")
         .await
         .unwrap();
     let started = Instant::now();
@@ -430,7 +430,7 @@ async fn ha_leader_killed() -> Outcome {
             .collect()
     };
     // Steady state sends nothing on the feed: ask for snapshots, which only the leader publishes.
-    let asker = ocs_agent::process::connect_service(&nats.url(), "snapshot-asker")
+    let asker = ocs_service::connect::connect_service(&nats.url(), "snapshot-asker")
         .await
         .unwrap();
     let ask = || async {

@@ -362,7 +362,7 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 /// Set on every process a test starts: our binaries stop (SIGTERM) when the
 /// test process dies, even by SIGKILL (they read it as their parent's pid,
 /// as the host manager's children do). Same name as
-/// `ocs_agent::process::PARENT_PID_ENV`; the testkit does not depend on the
+/// `ocs_service::lifecycle::PARENT_PID_ENV`; the testkit does not depend on the
 /// agent crate.
 const PARENT_PID_ENV: &str = "OCS_PARENT_PID";
 /// How long a process gets to stop after SIGTERM when its `Process` drops.

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ocs_agent::process::{CommonArgs, init_tracing, serve_agent};
-use ocs_agent::{Agent, OpContext, OpResult, Params};
-use ocs_protocol::InstanceId;
+use ocs_agent::{Agent, AgentArgs, OpContext, OpResult, Params, run_agent};
+use ocs_protocol::{AgentAddress, InstanceId};
+use ocs_service::{CommonArgs, ServiceArgs};
 use serde::Deserialize;
 
 /// A minimal agent with one process and one task.
@@ -14,10 +14,25 @@ use serde::Deserialize;
 #[command(version, args_override_self = true)]
 struct Config {
     #[command(flatten)]
-    common: CommonArgs,
+    agent: AgentArgs,
     /// This agent's instance id.
     #[arg(long, env = "INSTANCE_ID", default_value = "barebones")]
     instance_id: InstanceId,
+}
+
+impl ServiceArgs for Config {
+    fn common(&self) -> &CommonArgs {
+        &self.agent.common
+    }
+    fn address(&self) -> Result<AgentAddress, String> {
+        Ok(AgentAddress::new(
+            &self.agent.common.address_root,
+            &self.instance_id,
+        ))
+    }
+    fn listen(&self) -> Option<std::net::SocketAddr> {
+        self.agent.listen
+    }
 }
 
 #[derive(Deserialize)]
@@ -74,22 +89,14 @@ async fn print(ctx: OpContext, params: PrintParams) -> OpResult {
     Ok("Printed message".into())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let config: Config = ocs_agent::process::parse_with_site();
-    init_tracing(config.common.log_format);
-    let builder = Agent::builder("BarebonesAgent")
-        .process(
-            "count",
-            "Increment a counter every `interval` seconds until stopped.",
-            count,
-        )
-        .task("print", "Log `text` in the session.", print);
-    match serve_agent(builder, &config.common, &config.instance_id).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err:#}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> ExitCode {
+    run_agent(|_: &Config| {
+        Agent::builder("BarebonesAgent")
+            .process(
+                "count",
+                "Increment a counter every `interval` seconds until stopped.",
+                count,
+            )
+            .task("print", "Log `text` in the session.", print)
+    })
 }

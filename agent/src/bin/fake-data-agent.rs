@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use ocs_agent::process::{CommonArgs, init_tracing, serve_agent};
-use ocs_agent::{Agent, OpContext, OpResult, Params};
-use ocs_protocol::InstanceId;
+use ocs_agent::{Agent, AgentArgs, OpContext, OpResult, Params, run_agent};
+use ocs_protocol::{AgentAddress, InstanceId};
+use ocs_service::{CommonArgs, ServiceArgs};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -16,7 +16,7 @@ use serde_json::json;
 #[command(version, args_override_self = true)]
 struct Config {
     #[command(flatten)]
-    common: CommonArgs,
+    agent: AgentArgs,
     /// This agent's instance id.
     #[arg(long, env = "INSTANCE_ID", default_value = "faker")]
     instance_id: InstanceId,
@@ -24,11 +24,35 @@ struct Config {
     #[arg(long, env = "FAKE_NUM_CHANNELS", default_value_t = 2)]
     num_channels: usize,
     /// Samples per second published by `acq`.
-    #[arg(long, env = "FAKE_SAMPLE_RATE", default_value_t = 10.0)]
+    #[arg(long, env = "FAKE_SAMPLE_RATE", default_value_t = 10.0, value_parser = sample_rate)]
     sample_rate: f64,
     /// `acq` starts `acq` at startup; `idle` waits for a request.
     #[arg(long, env = "FAKE_MODE", value_enum, default_value_t = Mode::Acq)]
     mode: Mode,
+}
+
+impl ServiceArgs for Config {
+    fn common(&self) -> &CommonArgs {
+        &self.agent.common
+    }
+    fn address(&self) -> Result<AgentAddress, String> {
+        Ok(AgentAddress::new(
+            &self.agent.common.address_root,
+            &self.instance_id,
+        ))
+    }
+    fn listen(&self) -> Option<std::net::SocketAddr> {
+        self.agent.listen
+    }
+}
+
+fn sample_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate <= 1000.0 => Ok(rate),
+        _ => Err(format!(
+            "{text} is not a rate in (0, 1000] samples per second"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -210,45 +234,35 @@ async fn delay_task(ctx: OpContext, params: DelayParams) -> OpResult {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let config: Config = ocs_agent::process::parse_with_site();
-    init_tracing(config.common.log_format);
-    if !(config.sample_rate > 0.0 && config.sample_rate <= 1000.0) {
-        eprintln!("error: --sample-rate must be in (0, 1000]");
-        return ExitCode::from(2);
-    }
-    let (num_channels, sample_rate) = (config.num_channels, config.sample_rate);
-    let mut builder = Agent::builder("FakeDataAgent")
-        .feed("false_temperatures")
-        .process(
-            "acq",
-            "Publish fake temperatures on the false_temperatures feed until stopped.",
-            move |ctx, params| acq(ctx, params, num_channels, sample_rate),
-        )
-        .task(
-            "count",
-            "Count up to `target`, one step per `interval` seconds.",
-            count,
-        )
-        .task(
-            "set_heartbeat",
-            "Turn this agent's heartbeat on or off (to simulate a hung agent).",
-            set_heartbeat,
-        )
-        .task(
-            "delay_task",
-            "Take `delay` seconds, then succeed or fail as asked.",
-            delay_task,
-        );
-    if config.mode == Mode::Acq {
-        builder = builder.startup("acq", json!({}));
-    }
-    match serve_agent(builder, &config.common, &config.instance_id).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err:#}");
-            ExitCode::FAILURE
+fn main() -> ExitCode {
+    run_agent(|config: &Config| {
+        let (num_channels, sample_rate) = (config.num_channels, config.sample_rate);
+        let builder = Agent::builder("FakeDataAgent")
+            .feed("false_temperatures")
+            .process(
+                "acq",
+                "Publish fake temperatures on the false_temperatures feed until stopped.",
+                move |ctx, params| acq(ctx, params, num_channels, sample_rate),
+            )
+            .task(
+                "count",
+                "Count up to `target`, one step per `interval` seconds.",
+                count,
+            )
+            .task(
+                "set_heartbeat",
+                "Turn this agent's heartbeat on or off (to simulate a hung agent).",
+                set_heartbeat,
+            )
+            .task(
+                "delay_task",
+                "Take `delay` seconds, then succeed or fail as asked.",
+                delay_task,
+            );
+        if config.mode == Mode::Acq {
+            builder.startup("acq", json!({}))
+        } else {
+            builder
         }
-    }
+    })
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ocs_registry::{Config, RegistryMetrics};
+use ocs_service::skeleton::start_within;
 use ocs_testkit::{NatsServer, Process, workspace_binary};
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 
 /// A CLI-like client on `nats_url` (comma-separated URLs allowed).
 pub async fn client(nats_url: &str) -> OcsClient {
-    let nats_client = ocs_agent::process::connect_service(nats_url, "test-client")
+    let nats_client = ocs_service::connect::connect_service(nats_url, "test-client")
         .await
         .unwrap();
     OcsClient::new(nats_client, AddressRoot::default())
@@ -53,7 +54,7 @@ pub type FeedLog = Arc<Mutex<Vec<(Instant, proto::AgentOperations)>>>;
 
 /// Records the registry's feed from now on, through reconnects.
 pub async fn record_feed(nats_url: &str) -> FeedLog {
-    let client = ocs_agent::process::connect_service(nats_url, "feed-recorder")
+    let client = ocs_service::connect::connect_service(nats_url, "feed-recorder")
         .await
         .unwrap();
     let mut feed = client
@@ -110,20 +111,13 @@ impl Registry {
         ];
         args.extend(extra);
         let config = Config::parse_from(args);
-        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-        let http = listener.local_addr().unwrap();
-        let client = ocs_agent::process::connect_service(&url, "registry-under-test")
-            .await
-            .unwrap();
-        let metrics = Arc::new(RegistryMetrics::new());
         let shutdown = CancellationToken::new();
+        let started = start_within(&config, shutdown.clone()).await.unwrap();
+        let http = started.listener.as_ref().unwrap().local_addr().unwrap();
+        let metrics = Arc::new(RegistryMetrics::new());
         let task = tokio::spawn({
-            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-            async move {
-                ocs_registry::run(config, client, listener, metrics, shutdown)
-                    .await
-                    .unwrap()
-            }
+            let metrics = metrics.clone();
+            async move { ocs_registry::run(config, started, metrics).await.unwrap() }
         });
         Registry {
             shutdown,
