@@ -18,11 +18,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::context::{OpContext, now_unix};
+use crate::context::{AgentShared, Launch, OpContext, now_unix};
 use crate::heartbeat;
 use crate::journal::{self, Journal};
-use crate::operations::{Launch, OpFuture, OpKind, OpResult, OpSpec, OpTable, Reply, WaitState};
+use crate::operations::{OpFuture, OpKind, OpResult, OpSpec, OpTable, Reply, WaitState};
 use crate::params::{self, Params};
+use crate::shared::{Identity, ReplicaGate};
 
 /// Why an agent could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -43,54 +44,10 @@ pub enum AgentError {
     Runtime(#[from] std::io::Error),
 }
 
-/// Who this agent process is; fixed for the life of the process.
-pub(crate) struct Identity {
-    pub(crate) address: AgentAddress,
-    pub(crate) agent_class: String,
-    pub(crate) incarnation: Uuid,
-    pub(crate) host: String,
-    pub(crate) pid: u32,
-    pub(crate) version: String,
-    pub(crate) interval: Duration,
-    pub(crate) started: Instant,
-}
-
-/// State shared by the control loop, the heartbeat and every operation.
-pub(crate) struct Shared {
-    pub(crate) identity: Identity,
-    pub(crate) client: async_nats::Client,
-    pub(crate) table: Mutex<OpTable>,
-    /// Feed name → (subject, last sequence number).
-    pub(crate) feeds: HashMap<String, (String, AtomicU64)>,
-    pub(crate) heartbeat_on: AtomicBool,
-    /// For a replica: whether it may heartbeat for the address now.
-    pub(crate) replica_gate: Option<ReplicaGate>,
-    /// Wakes the heartbeat so an op-code change reaches the registry at once.
-    pub(crate) op_codes_changed: Notify,
-    /// Wakes the journal writer so a session change is stored.
-    pub(crate) sessions_changed: Notify,
-}
-
-impl Shared {
-    /// A session changed status (or degraded): tell the heartbeat and the journal.
-    pub(crate) fn changed(&self) {
-        self.op_codes_changed.notify_one();
-        self.sessions_changed.notify_one();
-    }
-
-    fn table(&self) -> std::sync::MutexGuard<'_, OpTable> {
-        // A panic while holding the lock leaves the table consistent: every
-        // method completes its change before returning.
-        self.table
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 /// Declares an agent: its class, operations, feeds and startup operations.
 pub struct AgentBuilder {
     agent_class: String,
-    table: OpTable,
+    table: OpTable<Launch>,
     feeds: Vec<String>,
     startup: Vec<(String, Vec<u8>)>,
     version: String,
@@ -100,10 +57,6 @@ pub struct AgentBuilder {
     replica_gate: Option<ReplicaGate>,
     errors: Vec<String>,
 }
-
-/// Whether this replica may speak for a replicated agent's address now
-/// (see [`AgentBuilder::replicated`]).
-pub type ReplicaGate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// A running or runnable agent.
 pub struct Agent {
@@ -320,7 +273,7 @@ impl Agent {
                 )
             })
             .collect();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(AgentShared {
             identity: Identity {
                 address: address.clone(),
                 agent_class: builder.agent_class,
@@ -457,7 +410,11 @@ async fn finish_by(
 
 /// Opens the journal, restores the last sessions, then stores every change
 /// until `stop`.
-async fn keep_journal(shared: Arc<Shared>, client: async_nats::Client, stop: CancellationToken) {
+async fn keep_journal(
+    shared: Arc<AgentShared>,
+    client: async_nats::Client,
+    stop: CancellationToken,
+) {
     let incarnation = shared.identity.incarnation.to_string();
     let mut warned = false;
     let journal = loop {
@@ -489,7 +446,7 @@ const JOURNAL_RETRY: Duration = Duration::from_secs(5);
 
 /// Reads back the last session of every operation: a finished one is shown
 /// again, one a dead incarnation left running is marked FAILED (and stored so).
-async fn restore_sessions(shared: &Arc<Shared>, journal: &Journal) {
+async fn restore_sessions(shared: &Arc<AgentShared>, journal: &Journal) {
     let incarnation = shared.identity.incarnation.to_string();
     let op_names = shared.table().op_names();
     let mut restored = 0;
@@ -530,7 +487,7 @@ async fn restore_sessions(shared: &Arc<Shared>, journal: &Journal) {
 /// states after shutdown stopped the operations). Looks every
 /// [`BUCKET_CHECK`] (and after a failed write) whether the bucket is still
 /// there; one that vanished is created again and every session put back.
-async fn record_sessions(shared: Arc<Shared>, mut journal: Journal, stop: CancellationToken) {
+async fn record_sessions(shared: Arc<AgentShared>, mut journal: Journal, stop: CancellationToken) {
     // (session id, status, success, degraded) last stored per operation.
     let mut stored: HashMap<String, (u64, String, Option<bool>, bool)> = HashMap::new();
     let mut failing = false;
@@ -637,7 +594,7 @@ fn hostname() -> String {
 
 /// Starts an operation and spawns it on the operations runtime.
 fn start_operation(
-    shared: &Arc<Shared>,
+    shared: &Arc<AgentShared>,
     operations: &tokio::runtime::Handle,
     op_name: &str,
     params: &[u8],
@@ -682,7 +639,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 async fn handle_operation_request(
-    shared: Arc<Shared>,
+    shared: Arc<AgentShared>,
     operations: tokio::runtime::Handle,
     shutdown: CancellationToken,
     message: async_nats::Message,
@@ -699,7 +656,7 @@ async fn handle_operation_request(
 }
 
 async fn operation_reply(
-    shared: &Arc<Shared>,
+    shared: &Arc<AgentShared>,
     operations: &tokio::runtime::Handle,
     shutdown: &CancellationToken,
     message: &async_nats::Message,
@@ -741,7 +698,7 @@ async fn operation_reply(
 
 /// OCS `wait`: until the session is done, the timeout passes, or the agent shuts down.
 async fn wait(
-    shared: &Shared,
+    shared: &AgentShared,
     shutdown: &CancellationToken,
     op_name: &str,
     timeout: Option<f64>,
@@ -781,7 +738,7 @@ fn error_reply(message: String) -> Reply {
     }
 }
 
-async fn handle_ping_request(shared: Arc<Shared>, message: async_nats::Message) {
+async fn handle_ping_request(shared: Arc<AgentShared>, message: async_nats::Message) {
     let Some(reply_to) = message.reply else {
         return;
     };
@@ -811,7 +768,7 @@ fn uptime_ms(identity: &Identity) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-async fn handle_api_request(shared: Arc<Shared>, message: async_nats::Message) {
+async fn handle_api_request(shared: Arc<AgentShared>, message: async_nats::Message) {
     let Some(reply_to) = message.reply else {
         return;
     };

@@ -10,8 +10,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::Shared;
+use crate::operations::OpFuture;
 use crate::session::{DataSource, Session, SessionData};
+use crate::shared::Shared;
 
 /// Wall-clock time as OCS's float unix seconds; for display and the wire only.
 pub(crate) fn now_unix() -> f64 {
@@ -36,10 +37,16 @@ pub enum PublishError {
     Nats(String),
 }
 
+/// A started operation, waiting for its context.
+pub(crate) type Launch = Box<dyn FnOnce(OpContext) -> OpFuture + Send>;
+
+/// The state an agent's parts share, its table launching operations.
+pub(crate) type AgentShared = Shared<Launch>;
+
 /// Handed to every task and process: its session, its stop signal, and the agent's feeds.
 #[derive(Clone)]
 pub struct OpContext {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<AgentShared>,
     pub(crate) op_name: Arc<str>,
     pub(crate) session_id: u64,
     pub(crate) stop: CancellationToken,

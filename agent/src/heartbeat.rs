@@ -15,7 +15,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::agent::{Identity, Shared};
+use crate::shared::{Identity, Shared};
 
 /// How often a disconnected agent checks whether it can beat again.
 const RECONNECT_POLL: Duration = Duration::from_millis(50);
@@ -58,7 +58,7 @@ impl HeartbeatSequence {
 
 /// Beats every interval (and at once when an op code changes) until `stop`,
 /// then sends the final "leaving" beat.
-pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+pub(crate) async fn run<L>(shared: Arc<Shared<L>>, stop: CancellationToken) {
     let subject = subject::heartbeat(&shared.identity.address);
     let mut sequence = HeartbeatSequence::new();
     let mut ticks = tokio::time::interval(shared.identity.interval);
@@ -94,8 +94,8 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn send(
-    shared: &Shared,
+async fn send<L>(
+    shared: &Shared<L>,
     subject: &str,
     sequence: &mut HeartbeatSequence,
     leaving: bool,
@@ -112,11 +112,7 @@ async fn send(
     {
         return true;
     }
-    let op_codes = shared
-        .table
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .op_codes();
+    let op_codes = shared.table().op_codes();
     let heartbeat = sequence.next(
         &shared.identity,
         op_codes,

@@ -38,8 +38,9 @@ mod operations;
 mod params;
 mod serve;
 mod session;
+mod shared;
 
-pub use agent::{Agent, AgentBuilder, AgentError, ReplicaGate};
+pub use agent::{Agent, AgentBuilder, AgentError};
 pub use client::{ClientError, OcsClient};
 pub use context::{OpContext, PublishError};
 pub use journal::SESSIONS_BUCKET;
@@ -47,3 +48,4 @@ pub use operations::{BoxError, OpFuture, OpKind, OpResult, Reply};
 pub use params::{NoParams, Params};
 pub use serve::{AgentArgs, run_agent, serve};
 pub use session::DataSource;
+pub use shared::ReplicaGate;
