@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::context::{AgentShared, Launch, OpContext, now_unix};
 use crate::heartbeat;
 use crate::journal::{self, Journal};
-use crate::operations::{OpFuture, OpKind, OpResult, OpSpec, OpTable, Reply, WaitState};
+use crate::operations::{BoxError, OpFuture, OpKind, OpResult, OpSpec, OpTable, Reply, WaitState};
 use crate::params::{self, Params};
 use crate::shared::{Identity, ReplicaGate};
 
@@ -140,7 +140,7 @@ impl AgentBuilder {
             Box::pin(async move {
                 tokio::task::spawn_blocking(move || function(ctx, params))
                     .await
-                    .map_err(|err| -> crate::BoxError { format!("CRASH: {err}").into() })?
+                    .map_err(|err| -> BoxError { format!("CRASH: {err}").into() })?
             })
         });
         self.register(name, OpKind::Task, docstring, true, run)

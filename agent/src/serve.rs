@@ -7,7 +7,7 @@ use clap::Args;
 use ocs_service::skeleton::{self, ServiceArgs, Started};
 use ocs_service::{CommonArgs, endpoints};
 
-use crate::{AgentBuilder, AgentError};
+use crate::agent::{AgentBuilder, AgentError};
 
 /// The options of every agent binary besides its instance id.
 #[derive(Debug, Clone, Args)]
