@@ -7,6 +7,7 @@
 //!
 //! - [`table`]: the sans-I/O [`table::AgentTable`] (observe, expire, forget);
 //! - `service`: the `main` process loop that feeds the table and publishes;
+//! - `vigil`: whether silence may count as death now (cut off, stalled, holding);
 //! - `store`: the agent records kept in JetStream KV across restarts;
 //! - [`lease`]: which replica leads when several run (`--ha`);
 //! - [`metrics`] and [`http`]: `/metrics` and `/healthz`;
@@ -19,6 +20,7 @@ pub mod metrics;
 mod service;
 mod store;
 pub mod table;
+mod vigil;
 
 use std::sync::{Arc, Mutex};
 

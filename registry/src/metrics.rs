@@ -4,7 +4,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricFamilies;
 
 /// Why a heartbeat was dropped.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -62,7 +62,8 @@ pub(crate) struct KindLabel {
 
 /// Counters and gauges the service updates.
 pub struct RegistryMetrics {
-    pub(crate) registry: Registry,
+    /// Every family, for exposition.
+    pub(crate) families: MetricFamilies,
     pub(crate) heartbeats_received: Counter,
     pub(crate) heartbeats_dropped: Family<ReasonLabel, Counter>,
     pub(crate) agents: Family<StateLabel, Gauge>,
@@ -90,7 +91,7 @@ pub struct RegistryMetrics {
 impl RegistryMetrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("ocs_registry");
+        let mut families = MetricFamilies::with_prefix("ocs_registry");
         let metrics = RegistryMetrics {
             heartbeats_received: Counter::default(),
             heartbeats_dropped: Family::default(),
@@ -114,114 +115,114 @@ impl RegistryMetrics {
             unverified: Gauge::default(),
             holds_exhausted: Counter::default(),
             seq_resyncs: Counter::default(),
-            registry: Registry::default(),
+            families: MetricFamilies::default(),
         };
-        registry.register(
+        families.register(
             "heartbeats_received",
             "Heartbeats received, before validation",
             metrics.heartbeats_received.clone(),
         );
-        registry.register(
+        families.register(
             "heartbeats_dropped",
             "Heartbeats dropped, by reason",
             metrics.heartbeats_dropped.clone(),
         );
-        registry.register(
+        families.register(
             "agents",
             "Agents tracked, by state (alive, expired, left)",
             metrics.agents.clone(),
         );
-        registry.register(
+        families.register(
             "expiries",
             "Agents marked expired after missing heartbeats",
             metrics.expiries.clone(),
         );
-        registry.register(
+        families.register(
             "forgotten_agents",
             "Agents forgotten after --forget-after",
             metrics.forgotten.clone(),
         );
-        registry.register(
+        families.register(
             "feed_messages_published",
             "agent_operations feed messages published, by kind",
             metrics.feed_messages.clone(),
         );
-        registry.register(
+        families.register(
             "feed_publish_failures",
             "agent_operations feed messages that could not be published",
             metrics.feed_failures.clone(),
         );
-        registry.register(
+        families.register(
             "nats_connected",
             "1 while connected to NATS",
             metrics.nats_connected.clone(),
         );
-        registry.register(
+        families.register(
             "address_conflicts",
             "Addresses where two incarnations heartbeat at once (one instance run twice)",
             metrics.conflicts.clone(),
         );
-        registry.register(
+        families.register(
             "conflicting_heartbeats",
             "Heartbeats from a displaced incarnation that still runs",
             metrics.conflicting_heartbeats.clone(),
         );
-        registry.register(
+        families.register(
             "self_preservation",
             "1 while expiries are held because most agents fell silent at once (the registry is likely cut off from them)",
             metrics.self_preservation.clone(),
         );
-        registry.register(
+        families.register(
             "leader",
             "1 while this replica holds the lease and publishes the feed (always 1 without --ha)",
             metrics.leader.clone(),
         );
-        registry.register(
+        families.register(
             "store_writes",
             "Agent records written to or deleted from the JetStream KV bucket",
             metrics.store_writes.clone(),
         );
-        registry.register(
+        families.register(
             "store_failures",
             "Agent record writes to the JetStream KV bucket that failed (retried)",
             metrics.store_failures.clone(),
         );
-        registry.register(
+        families.register(
             "store_failing",
             "1 while agent records cannot be written to the JetStream KV bucket (they are kept and retried)",
             metrics.store_failing.clone(),
         );
-        registry.register(
+        families.register(
             "restored_agents",
             "Agent records taken back from the JetStream KV bucket at start",
             metrics.restored.clone(),
         );
-        registry.register(
+        families.register(
             "stalls",
             "Times this process did not run for over a second (stopped or starved) and gave every agent a fresh timeout",
             metrics.stalls.clone(),
         );
-        registry.register(
+        families.register(
             "cut_off",
             "1 while the registry cannot hear the bus (disconnected, or its own heartbeat does not come back) and holds expiries",
             metrics.cut_off.clone(),
         );
-        registry.register(
+        families.register(
             "flapping_agents",
             "Agents that keep expiring and returning (3 expiries in 10 minutes; cleared after 10 quiet minutes)",
             metrics.flapping.clone(),
         );
-        registry.register(
+        families.register(
             "unverified_agents",
             "Agents alive only by assumption, not proven by a heartbeat: past their deadline during self-preservation, or restored after a restart and not heard since",
             metrics.unverified.clone(),
         );
-        registry.register(
+        families.register(
             "holds_exhausted",
             "Self-preservation holds that reached --max-hold, after which the silent agents expired",
             metrics.holds_exhausted.clone(),
         );
-        registry.register(
+        families.register(
             "seq_resyncs",
             "Heartbeats accepted with an out-of-range seq because their incarnation had been silent (a forged or corrupt seq was overruled)",
             metrics.seq_resyncs.clone(),
@@ -235,7 +236,7 @@ impl RegistryMetrics {
             let _ = metrics.feed_messages.get_or_create(&KindLabel { kind });
         }
         RegistryMetrics {
-            registry,
+            families,
             ..metrics
         }
     }
@@ -263,7 +264,7 @@ impl RegistryMetrics {
 
     /// The classic text exposition.
     pub fn encode(&self) -> String {
-        ocs_service::exposition::render(&self.registry, None).1
+        ocs_service::exposition::render(&self.families, None).1
     }
 
     /// Whether agent records cannot be stored right now.

@@ -17,22 +17,15 @@ use crate::lease::{self, SharedLease};
 use crate::metrics::{DropReason, KindLabel, RegistryMetrics};
 use crate::store::{self, AgentStore, PendingWrites};
 use crate::table::{AgentTable, Observation, TableConfig};
+use crate::vigil::{Change, Vigil};
 
 /// Records per feed message; keeps a snapshot of any size under NATS's 1 MiB payload limit.
 pub const RECORDS_PER_MESSAGE: usize = 1000;
 /// Heartbeats handled before expiries are checked and changes published.
 const BATCH: usize = 1024;
-/// The loop wakes at least every 250 ms (housekeeping); a longer gap means
-/// this process did not run (SIGSTOP, a paused VM, a starved host) and could
-/// not read the heartbeats sent meanwhile, which still sit unread in the
-/// socket. Agents beat every second, so their deadlines are at least a
-/// timeout less a second away: a second of not running cannot yet make an
-/// alive agent look dead, a longer gap can.
-const STALL: Duration = Duration::from_secs(1);
-/// The registry is cut off when its own heartbeat (sent every second) has not
-/// come back through NATS for this long: two missed beats, well inside the
-/// shortest sensible agent timeout (three intervals).
-const CANARY: Duration = Duration::from_millis(2500);
+/// Housekeeping: counts for the metrics, flapping settled; also the
+/// longest the loop sleeps, which [`crate::vigil::STALL`] relies on.
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
 
 /// What the `main` process needs to know.
 pub(crate) struct Settings {
@@ -73,7 +66,7 @@ impl DropLog {
     }
 }
 
-struct Registry {
+struct MainProcess {
     settings: Arc<Settings>,
     metrics: Arc<RegistryMetrics>,
     table: Arc<Mutex<AgentTable>>,
@@ -86,8 +79,8 @@ struct Registry {
     drops: DropLog,
     /// Records to write to the KV bucket, while leading.
     pending_writes: Arc<PendingWrites>,
-    /// When a heartbeat for the registry's own address last came back.
-    own_heartbeat_heard: Instant,
+    /// Whether silence may count as death now.
+    vigil: Vigil,
 }
 
 fn lock(table: &Mutex<AgentTable>) -> MutexGuard<'_, AgentTable> {
@@ -129,7 +122,7 @@ pub(crate) async fn main_process(
         .await
         .map_err(|err| format!("cannot subscribe to snapshot requests: {err}"))?;
     let mut last_requested_snapshot: Option<Instant> = None;
-    let mut registry = Registry {
+    let mut main = MainProcess {
         feed_subject: subject::agent_operations(&settings.address),
         incarnation: ctx.incarnation().to_string(),
         settings: settings.clone(),
@@ -143,8 +136,10 @@ pub(crate) async fn main_process(
             last: HashMap::new(),
         },
         pending_writes: Arc::new(PendingWrites::default()),
-        // A grace period for the first beat to make the round trip.
-        own_heartbeat_heard: Instant::now(),
+        vigil: Vigil::new(
+            Instant::now(),
+            client.connection_state() == State::Connected,
+        ),
     };
     // The stored records arrive once JetStream answers; heartbeats are
     // handled meanwhile, and a record heard live wins over a stored one.
@@ -154,15 +149,14 @@ pub(crate) async fn main_process(
     let storage = tokio::spawn(keep_records(
         client.clone(),
         settings.clone(),
-        registry.pending_writes.clone(),
-        registry.metrics.clone(),
+        main.pending_writes.clone(),
+        main.metrics.clone(),
         restored_tx,
         bucket_recreated.clone(),
         storage_stop.clone(),
     ));
     let mut awaiting_records = true;
-    registry
-        .metrics
+    main.metrics
         .leader
         .set(i64::from(lease::leads(&settings.lease)));
     info!(subject = %subject::all_heartbeats(&settings.root), timeout = ?settings.table.agent_timeout, "registry main process running");
@@ -170,83 +164,55 @@ pub(crate) async fn main_process(
     let mut snapshots =
         tokio::time::interval_at(Instant::now() + settings.wait_time, settings.wait_time);
     snapshots.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut housekeeping = tokio::time::interval(Duration::from_millis(250));
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut was_hearing = client.connection_state() == State::Connected;
-    let mut was_holding = false;
-    let mut last_awake = Instant::now();
     loop {
         let connected = client.connection_state() == State::Connected;
-        registry.metrics.nats_connected.set(i64::from(connected));
-        // The registry's own heartbeat makes the round trip through NATS
-        // every second. When it stops coming back while the connection still
-        // looks up (a frozen server, a half-open connection, a partition
-        // between servers), nobody's silence means anything.
-        let hears_itself =
-            Instant::now().saturating_duration_since(registry.own_heartbeat_heard) <= CANARY;
-        let hearing = connected && hears_itself;
-        registry.metrics.cut_off.set(i64::from(!hearing));
-        if hearing && !was_hearing {
-            // Nobody could be heard while we were cut off: silence is not evidence of death.
-            lock(&registry.table).grant_fresh_timeouts(Instant::now());
-            info!("hearing the bus again; every agent gets a fresh timeout");
-            registry.publish_snapshot().await;
-        } else if !hearing && was_hearing {
-            warn!(
-                connected,
-                "cut off from the bus (disconnected, or our own heartbeat no longer comes back): holding expiries"
-            );
-        }
-        was_hearing = hearing;
-        // While cut off, expiries wait: the registry cannot tell a dead agent from its own outage.
-        let next_deadline = if hearing {
-            lock(&registry.table).next_deadline()
-        } else {
-            None
+        main.metrics.nats_connected.set(i64::from(connected));
+        let (next_deadline, change) = {
+            let mut table = lock(&main.table);
+            main.vigil.look(Instant::now(), connected, &mut table)
         };
+        main.metrics.cut_off.set(i64::from(!main.vigil.hearing()));
+        if let Some(change) = change {
+            main.report(change, &ctx);
+            if change == Change::Regained {
+                main.publish_snapshot().await;
+            }
+        }
         tokio::select! {
             biased;
             _ = ctx.stopping() => break,
             _ = sleep_until(next_deadline), if next_deadline.is_some() => {
-                let now = Instant::now();
-                let asleep = now.saturating_duration_since(last_awake);
-                if asleep > STALL {
-                    // Like a NATS outage: the silence was ours, not theirs.
-                    lock(&registry.table).grant_fresh_timeouts(now);
-                    registry.metrics.stalls.inc();
-                    warn!(?asleep, "this process did not run for a while (stopped or starved); every agent gets a fresh timeout");
+                let stalled = {
+                    let mut table = lock(&main.table);
+                    main.vigil.at_deadline(Instant::now(), &mut table)
+                };
+                if let Some(stalled) = stalled {
+                    main.report(stalled, &ctx);
                 }
                 // Heartbeats already queued arrived before the deadline; count them first.
-                registry.drain_ready(&mut heartbeats);
-                registry.expire_and_forget();
-                let holding = lock(&registry.table).holding();
-                if holding != was_holding {
-                    was_holding = holding;
-                    registry.metrics.self_preservation.set(i64::from(holding));
-                    ctx.set_degraded(holding);
-                    if holding {
-                        warn!("most agents fell silent at once: holding expiries (self-preservation) until heartbeats return");
-                        ctx.log("Most agents fell silent at once: holding expiries until heartbeats return (self-preservation).");
-                    } else {
-                        info!("heartbeats returned: expiries resume, every agent with a fresh timeout");
-                        ctx.log("Heartbeats returned: expiries resume, every agent with a fresh timeout.");
-                    }
+                main.drain_ready(&mut heartbeats);
+                main.expire_and_forget();
+                let hold = main.vigil.after_expiries(&lock(&main.table));
+                if let Some(hold) = hold {
+                    main.report(hold, &ctx);
                 }
             }
             message = heartbeats.next() => {
                 let Some(message) = message else {
                     return Err("heartbeat subscription closed".into());
                 };
-                registry.handle(&message);
-                registry.drain_ready(&mut heartbeats);
+                main.handle(&message);
+                main.drain_ready(&mut heartbeats);
             }
-            _ = snapshots.tick() => registry.publish_snapshot().await,
+            _ = snapshots.tick() => main.publish_snapshot().await,
             Some(request) = snapshot_requests.next() => {
                 // At most one on-demand snapshot per second, however many consumers restart at once.
                 let now = Instant::now();
                 if last_requested_snapshot.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
                     last_requested_snapshot = Some(now);
-                    registry.publish_snapshot().await;
+                    main.publish_snapshot().await;
                 }
                 if let Some(reply) = request.reply {
                     let _ = client.publish(reply, bytes::Bytes::new()).await;
@@ -255,41 +221,41 @@ pub(crate) async fn main_process(
             stored = &mut restored_rx, if awaiting_records => {
                 awaiting_records = false;
                 if let Ok(stored) = stored {
-                    registry.restore(stored);
-                    registry.publish_snapshot().await;
+                    main.restore(stored);
+                    main.publish_snapshot().await;
                 }
             }
             _ = bucket_recreated.notified() => {
                 // The stored records were lost with the bucket: put back what we know.
-                if registry.leads() {
-                    registry.store_all();
+                if main.leads() {
+                    main.store_all();
                 }
             }
             Ok(()) = leading.changed() => {
                 let leads = *leading.borrow_and_update();
-                registry.metrics.leader.set(i64::from(leads));
+                main.metrics.leader.set(i64::from(leads));
                 if leads {
                     info!("leading: this replica publishes the feed and keeps the records");
-                    registry.store_all();
-                    registry.publish_snapshot().await;
+                    main.store_all();
+                    main.publish_snapshot().await;
                 } else {
                     warn!("not leading: another replica publishes the feed");
                 }
             }
             _ = housekeeping.tick() => {
                 let (counts, conflicts, flapping, unverified, settled) = {
-                    let mut table = lock(&registry.table);
+                    let mut table = lock(&main.table);
                     let settled = table.settle_flapping(Instant::now());
                     (table.counts(), table.conflicts(), table.flapping(), table.unverified(), settled)
                 };
-                registry.metrics.set_agent_counts(counts, conflicts);
-                registry.metrics.flapping.set(flapping as i64);
-                registry.metrics.unverified.set(unverified as i64);
-                registry.changed.extend(settled);
+                main.metrics.set_agent_counts(counts, conflicts);
+                main.metrics.flapping.set(flapping as i64);
+                main.metrics.unverified.set(unverified as i64);
+                main.changed.extend(settled);
             }
         }
-        registry.publish_changes().await;
-        last_awake = Instant::now();
+        main.publish_changes().await;
+        main.vigil.awake(Instant::now());
     }
     storage_stop.cancel();
     // The last writes get a moment; with JetStream unreachable they would
@@ -371,7 +337,43 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-impl Registry {
+impl MainProcess {
+    /// Logs a change of the registry's alertness and sets its metrics.
+    fn report(&self, change: Change, ctx: &OpContext) {
+        match change {
+            Change::Regained => {
+                info!("hearing the bus again; every agent gets a fresh timeout");
+            }
+            Change::CutOff { connected } => warn!(
+                connected,
+                "cut off from the bus (disconnected, or our own heartbeat no longer comes back): holding expiries"
+            ),
+            Change::Stalled { asleep } => {
+                self.metrics.stalls.inc();
+                warn!(
+                    ?asleep,
+                    "this process did not run for a while (stopped or starved); every agent gets a fresh timeout"
+                );
+            }
+            Change::HoldStarted | Change::HoldEnded => {
+                let holding = change == Change::HoldStarted;
+                self.metrics.self_preservation.set(i64::from(holding));
+                ctx.set_degraded(holding);
+                if holding {
+                    warn!(
+                        "most agents fell silent at once: holding expiries (self-preservation) until heartbeats return"
+                    );
+                    ctx.log("Most agents fell silent at once: holding expiries until heartbeats return (self-preservation).");
+                } else {
+                    info!("heartbeats returned: expiries resume, every agent with a fresh timeout");
+                    ctx.log(
+                        "Heartbeats returned: expiries resume, every agent with a fresh timeout.",
+                    );
+                }
+            }
+        }
+    }
+
     fn drain_ready(&mut self, heartbeats: &mut async_nats::Subscriber) {
         for _ in 0..BATCH {
             match heartbeats.next().now_or_never() {
@@ -426,7 +428,7 @@ impl Registry {
         }
         if heartbeat.agent_address == self.settings.address.as_str() {
             // Ours, or (with replicas) the leader's: either proves the bus carries heartbeats to us.
-            self.own_heartbeat_heard = Instant::now();
+            self.vigil.own_heartbeat_heard(Instant::now());
         }
         let observation = lock(&self.table).observe(&heartbeat, Instant::now(), now_unix_ms());
         match observation {
