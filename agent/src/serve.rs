@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Args;
+use ocs_protocol::InstanceId;
 use ocs_service::skeleton::{self, ServiceArgs, Started};
-use ocs_service::{CommonArgs, endpoints};
+use ocs_service::{CommonArgs, ServiceIdentity, endpoints};
 
 use crate::agent::{AgentBuilder, AgentError};
 
@@ -19,6 +20,13 @@ pub struct AgentArgs {
     /// agents, and the registry already watches each one's heartbeat).
     #[arg(long, env = "OCS_AGENT_LISTEN")]
     pub listen: Option<SocketAddr>,
+}
+
+impl AgentArgs {
+    /// The identity of the agent `instance_id` with these options.
+    pub fn identity(&self, instance_id: &InstanceId) -> ServiceIdentity<'_> {
+        ServiceIdentity::new(&self.common, instance_id, self.listen)
+    }
 }
 
 /// Runs the agent that `declare` builds from the command line `A` until
@@ -37,19 +45,10 @@ pub async fn serve(
     started: Started,
     router: impl FnOnce(async_nats::Client) -> axum::Router,
 ) -> Result<(), AgentError> {
-    let Started {
-        client,
-        shutdown,
-        address,
-        listener,
-    } = started;
-    let agent = builder.build(address)?;
-    if let Some(listener) = listener {
-        tokio::spawn(endpoints::serve(
-            listener,
-            router(client.clone()),
-            shutdown.clone(),
-        ));
+    let agent = builder.build(started.address)?;
+    if let Some(listener) = started.listener {
+        let router = router(started.client.clone());
+        tokio::spawn(endpoints::serve(listener, router, started.shutdown.clone()));
     }
-    agent.run(client, shutdown).await
+    agent.run(started.client, started.shutdown).await
 }

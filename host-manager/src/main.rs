@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use ocs_host_manager::{self as host_manager, Settings};
-use ocs_protocol::{AgentAddress, InstanceId};
+use ocs_protocol::InstanceId;
 use ocs_service::CommonArgs;
 use ocs_service::site::SiteConfig;
-use ocs_service::skeleton::{self, ServiceArgs, Started};
+use ocs_service::skeleton::{self, ServiceArgs, ServiceIdentity, Started};
 
 /// Runs this host's agent instances from the site file and keeps each at its
 /// target state: restarts crashed ones with backoff, stops with SIGINT, SIGTERM
@@ -64,20 +64,18 @@ impl Config {
 }
 
 impl ServiceArgs for Config {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-    fn address(&self) -> Result<AgentAddress, String> {
+    fn identity(&self) -> Result<ServiceIdentity<'_>, String> {
         let instance_id = match &self.instance_id {
             Some(id) => id.clone(),
             None => {
                 InstanceId::new(format!("hm-{}", self.host())).map_err(|err| err.to_string())?
             }
         };
-        Ok(AgentAddress::new(&self.common.address_root, &instance_id))
-    }
-    fn listen(&self) -> Option<std::net::SocketAddr> {
-        Some(self.listen)
+        Ok(ServiceIdentity::new(
+            &self.common,
+            &instance_id,
+            Some(self.listen),
+        ))
     }
     /// A bad site file stops the manager before it starts anything.
     fn check(&self) -> Result<(), String> {

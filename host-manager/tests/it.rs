@@ -5,7 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use ocs_agent::OcsClient;
-use ocs_protocol::{Action, AddressRoot, InstanceId, OpName};
+use ocs_protocol::{Action, InstanceId, OpName};
+use ocs_testkit::query::{record, status};
 use ocs_testkit::{NatsServer, Process, TempDir, eventually, workspace_binary};
 use serde_json::Value;
 
@@ -81,8 +82,7 @@ impl Site {
 }
 
 async fn client(nats: &NatsServer) -> OcsClient {
-    let nats_client = async_nats::connect(nats.url()).await.unwrap();
-    OcsClient::new(nats_client, AddressRoot::default())
+    ocs_testkit::query::client(&nats.url()).await
 }
 
 /// The manager process's session, when it answers.
@@ -155,18 +155,12 @@ fn alive(pid: u64) -> bool {
     })
 }
 
+/// `ocs` addressing this site's manager: `(exit code, stdout and stderr)`.
 fn ocs(nats: &NatsServer, args: &[&str]) -> (i32, String) {
-    let output = Command::new(workspace_binary("ocs"))
-        .args(args)
-        .args(["--manager", MANAGER])
-        .env("NATS_URL", nats.url())
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
+    let output = ocs_testkit::launch::run(
+        ocs_testkit::launch::ocs_command(&nats.url(), args).args(["--manager", MANAGER]),
+    );
+    (output.code.unwrap_or(-1), output.stdout + &output.stderr)
 }
 
 fn registry(nats: &NatsServer) -> Process {
@@ -179,27 +173,8 @@ fn registry(nats: &NatsServer) -> Process {
     Process::spawn("ocs-registry", command)
 }
 
-/// `status` of `op` on `instance_id`, as OCS-shaped JSON.
-async fn status(client: &OcsClient, instance_id: &str, op: &str) -> Option<Value> {
-    let reply = client
-        .operation(
-            &InstanceId::new(instance_id).unwrap(),
-            &OpName::new(op).unwrap(),
-            Action::Status,
-            Vec::new(),
-            None,
-            Duration::from_secs(2),
-        )
-        .await
-        .ok()?;
-    ocs_protocol::json::reply(&reply).ok()
-}
-
 async fn registry_record(client: &OcsClient, instance_id: &str) -> Option<Value> {
-    let reply = status(client, "registry", "main").await?;
-    reply["session"]["data"]
-        .get(format!("observatory.{instance_id}"))
-        .cloned()
+    record(client, &format!("observatory.{instance_id}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

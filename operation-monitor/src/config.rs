@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use ocs_protocol::{AgentAddress, InstanceId};
-use ocs_service::{CommonArgs, ServiceArgs};
+use ocs_protocol::InstanceId;
+use ocs_service::{CommonArgs, ServiceArgs, ServiceIdentity};
 
 /// The operation monitor: the registry's agent_operations feed as Prometheus metrics.
 #[derive(Debug, Clone, Parser)]
@@ -40,16 +40,12 @@ pub struct Config {
 }
 
 impl ServiceArgs for Config {
-    fn common(&self) -> &CommonArgs {
-        &self.common
-    }
-    fn address(&self) -> Result<AgentAddress, String> {
-        Ok(AgentAddress::new(
-            &self.common.address_root,
+    fn identity(&self) -> Result<ServiceIdentity<'_>, String> {
+        let listen = Some(self.listen);
+        Ok(ServiceIdentity::new(
+            &self.common,
             &self.instance_id,
+            listen,
         ))
-    }
-    fn listen(&self) -> Option<SocketAddr> {
-        Some(self.listen)
     }
 }

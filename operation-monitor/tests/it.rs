@@ -13,7 +13,7 @@ use ocs_agent::OcsClient;
 use ocs_protocol::codec::to_msgpack;
 use ocs_protocol::{Action, AddressRoot, InstanceId, OpName, proto};
 use ocs_service::skeleton::start_within;
-use ocs_testkit::{NatsServer, Process, TempDir, eventually, http_get, tool, workspace_binary};
+use ocs_testkit::{NatsServer, Process, TempDir, eventually, http_get, tool};
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -148,12 +148,9 @@ impl Stack {
     }
 }
 
+/// A fake-data agent acquiring from the start.
 fn faker(nats: &NatsServer, instance_id: &str) -> Process {
-    let mut command = Command::new(workspace_binary("ocs-fake-data-agent"));
-    command
-        .args(["--nats-url", &nats.url(), "--instance-id", instance_id])
-        .env("RUST_LOG", "warn");
-    Process::spawn(instance_id, command)
+    ocs_testkit::agent(&nats.url(), "ocs-fake-data-agent", instance_id, &[])
 }
 
 /// Sample names in a text exposition.

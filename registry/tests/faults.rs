@@ -17,11 +17,14 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{FeedLog, record_feed, registry_agents};
+use common::{FeedLog, record_feed};
 use futures::FutureExt;
 use ocs_agent::OcsClient;
 use ocs_protocol::{codec, proto};
-use ocs_testkit::{NatsCluster, NatsServer, Process, free_port, http_get, workspace_binary};
+use ocs_testkit::query::registry_agents;
+use ocs_testkit::{
+    NatsCluster, NatsServer, Process, free_port, http_get, idle_faker, workspace_binary,
+};
 use serde_json::Value;
 use tokio::time::{Instant, sleep};
 
@@ -31,15 +34,6 @@ const VICTIM: &str = "victim";
 
 fn address(instance_id: &str) -> String {
     format!("observatory.{instance_id}")
-}
-
-fn faker(nats_url: &str, instance_id: &str) -> Process {
-    let mut command = Command::new(workspace_binary("ocs-fake-data-agent"));
-    command
-        .args(["--nats-url", nats_url, "--instance-id", instance_id])
-        .args(["--mode", "idle"])
-        .env("RUST_LOG", "error");
-    Process::spawn(instance_id, command)
 }
 
 /// A registry process on `nats_url`; `extra` are further arguments.
@@ -124,9 +118,9 @@ impl Fleet {
     /// Starts the agents on `agent_url`, watches through `watch_url`, and
     /// waits until the registry lists them all alive.
     async fn start(agent_url: &str, watch_url: &str) -> Fleet {
-        let live = LIVE.iter().map(|iid| faker(agent_url, iid)).collect();
-        let victim = faker(agent_url, VICTIM);
-        let client = common::client(watch_url).await;
+        let live = LIVE.iter().map(|iid| idle_faker(agent_url, iid)).collect();
+        let victim = idle_faker(agent_url, VICTIM);
+        let client = ocs_testkit::query::client(watch_url).await;
         let feed = record_feed(watch_url).await;
         let mut fleet = Fleet {
             client,
@@ -270,7 +264,7 @@ async fn cluster_node_lost() -> Outcome {
 async fn registry_killed() -> Outcome {
     let nats = NatsServer::start();
     let mut registry = RegistryProcess::spawn(&nats.url(), &[]);
-    let mut departed = faker(&nats.url(), "departed");
+    let mut departed = idle_faker(&nats.url(), "departed");
     let mut fleet = Fleet::start(&nats.url(), &nats.url()).await;
     // Started first, but on a busy machine not necessarily heard first.
     fleet

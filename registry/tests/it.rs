@@ -13,16 +13,15 @@ use ocs_protocol::{Action, InstanceId, OpName, proto};
 use ocs_registry::metrics::DropReason;
 mod common;
 
-use common::{
-    FeedLog, Registry, agent, as_user, faker, feed_record, nats_with_role_permissions, record,
-    registry_agents,
-};
-use ocs_testkit::{NatsServer, Process, eventually, http_get, workspace_binary};
+use common::{FeedLog, Registry, feed_record};
+use ocs_testkit::launch::{as_user, nats_with_role_permissions};
+use ocs_testkit::query::{record, registry_agents};
+use ocs_testkit::{NatsServer, Process, agent, eventually, http_get, idle_faker, workspace_binary};
 use serde_json::Value;
 use tokio::time::Instant;
 
 async fn client(nats: &NatsServer) -> OcsClient {
-    common::client(&nats.url()).await
+    ocs_testkit::query::client(&nats.url()).await
 }
 
 async fn record_feed(nats: &NatsServer) -> FeedLog {
@@ -46,7 +45,7 @@ async fn agents_appear_and_operations_change_their_op_codes() {
     let registry = Registry::start(&nats, &["--agent-timeout", "3"]).await;
     let feed = record_feed(&nats).await;
     let client = client(&nats).await;
-    let _faker = faker(&nats, "faker");
+    let _faker = idle_faker(&nats.url(), "faker");
     let started = Instant::now();
     let first = eventually(Duration::from_secs(5), "faker in the registry", || {
         record(&client, FAKER)
@@ -117,7 +116,7 @@ async fn a_killed_agent_expires_at_its_deadline_and_the_feed_says_so_at_once() {
     let registry = Registry::start(&nats, &["--agent-timeout", "3"]).await;
     let feed = record_feed(&nats).await;
     let client = client(&nats).await;
-    let mut faker = faker(&nats, "faker");
+    let mut faker = idle_faker(&nats.url(), "faker");
     eventually(Duration::from_secs(5), "faker registered", || {
         record(&client, FAKER)
     })
@@ -158,14 +157,14 @@ async fn a_new_incarnation_replaces_the_old_operations() {
     let nats = NatsServer::start();
     let registry = Registry::start(&nats, &["--agent-timeout", "5"]).await;
     let client = client(&nats).await;
-    let mut faker = faker(&nats, "faker");
+    let mut faker = idle_faker(&nats.url(), "faker");
     let first = eventually(Duration::from_secs(5), "faker registered", || {
         record(&client, FAKER)
     })
     .await;
     faker.kill();
     // Same address, different agent class and operations: a restart with a new version.
-    let _barebones = agent(&nats, "ocs-barebones-agent", "faker", &[]);
+    let _barebones = agent(&nats.url(), "ocs-barebones-agent", "faker", &[]);
     let second = eventually(Duration::from_secs(5), "new incarnation", || async {
         record(&client, FAKER)
             .await
@@ -190,7 +189,7 @@ async fn sigterm_sends_leaving_at_once_and_exits_zero() {
     let nats = NatsServer::start();
     let registry = Registry::start(&nats, &["--agent-timeout", "30"]).await;
     let client = client(&nats).await;
-    let mut faker = agent(&nats, "ocs-fake-data-agent", "faker", &[]);
+    let mut faker = agent(&nats.url(), "ocs-fake-data-agent", "faker", &[]);
     eventually(Duration::from_secs(5), "acq running", || async {
         record(&client, FAKER)
             .await
@@ -215,7 +214,7 @@ async fn a_nats_restart_shorter_than_the_timeout_expires_nobody() {
     let registry = Registry::start(&nats, &["--agent-timeout", "4"]).await;
     let feed = record_feed(&nats).await;
     let client = client(&nats).await;
-    let _faker = agent(&nats, "ocs-fake-data-agent", "faker", &[]);
+    let _faker = agent(&nats.url(), "ocs-fake-data-agent", "faker", &[]);
     eventually(Duration::from_secs(5), "faker registered", || {
         record(&client, FAKER)
     })
@@ -255,7 +254,7 @@ async fn bad_heartbeats_are_counted_and_dropped_and_memory_stays_bounded() {
     )
     .await;
     let client = client(&nats).await;
-    let _faker = faker(&nats, "faker");
+    let _faker = idle_faker(&nats.url(), "faker");
     eventually(Duration::from_secs(5), "faker registered", || {
         record(&client, FAKER)
     })
@@ -350,23 +349,15 @@ async fn bad_heartbeats_are_counted_and_dropped_and_memory_stays_bounded() {
 }
 
 fn ocs(nats_url: &str, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(workspace_binary("ocs"))
-        .args(args)
-        .env("NATS_URL", nats_url)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let output = ocs_testkit::ocs(nats_url, args);
+    (output.code.unwrap_or(-1), output.stdout, output.stderr)
 }
 
 /// A registry and an idle faker it has registered.
 async fn registry_with_faker(nats: &NatsServer) -> (Registry, OcsClient, Process) {
     let registry = Registry::start(nats, &[]).await;
     let client = client(nats).await;
-    let faker = faker(nats, "faker");
+    let faker = idle_faker(&nats.url(), "faker");
     eventually(Duration::from_secs(5), "faker registered", || {
         record(&client, FAKER)
     })
@@ -376,9 +367,7 @@ async fn registry_with_faker(nats: &NatsServer) -> (Registry, OcsClient, Process
 
 /// `ocs` with its standard output redirected to `stdout`; `(code, stderr)`.
 fn ocs_to(nats_url: &str, args: &[&str], stdout: std::process::Stdio) -> (i32, String) {
-    let output = Command::new(workspace_binary("ocs"))
-        .args(args)
-        .env("NATS_URL", nats_url)
+    let output = ocs_testkit::launch::ocs_command(nats_url, args)
         .stdout(stdout)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -601,14 +590,14 @@ async fn an_instance_running_twice_is_a_conflict_on_the_record_the_feed_and_metr
     let registry = Registry::start(&nats, &[]).await;
     let client = client(&nats).await;
     let feed = record_feed(&nats).await;
-    let first = faker(&nats, "faker");
+    let first = idle_faker(&nats.url(), "faker");
     let first_incarnation = eventually(Duration::from_secs(5), "faker registered", || async {
         record(&client, FAKER)
             .await
             .map(|record| record["incarnation"].clone())
     })
     .await;
-    let second = faker(&nats, "faker");
+    let second = idle_faker(&nats.url(), "faker");
     let conflicted = eventually(Duration::from_secs(5), "the conflict", || async {
         record(&client, FAKER)
             .await
@@ -662,7 +651,10 @@ async fn most_agents_falling_silent_at_once_is_held_not_expired() {
         Registry::start(&nats, &["--agent-timeout", "3", "--hold-min-agents", "4"]).await;
     let client = client(&nats).await;
     let names = ["f1", "f2", "f3", "f4", "f5"];
-    let _agents: Vec<Process> = names.iter().map(|name| faker(&nats, name)).collect();
+    let _agents: Vec<Process> = names
+        .iter()
+        .map(|name| idle_faker(&nats.url(), name))
+        .collect();
     for name in names {
         let address = format!("observatory.{name}");
         eventually(Duration::from_secs(10), "registered", || {
@@ -824,7 +816,10 @@ async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_sta
         as_user(&mut agent, iid, role);
         agents.push(Process::spawn(iid, agent));
     }
-    let ocs_as = |user: &str, role: &str, args: &[&str]| common::ocs_as(&url, user, role, args);
+    let ocs_as = |user: &str, role: &str, args: &[&str]| {
+        let output = ocs_testkit::ocs_as(&url, user, role, args);
+        (output.code, output.stdout, output.stderr)
+    };
     // Each role can do its job: the registry hears both agents, a viewer reads its status.
     eventually(
         Duration::from_secs(15),

@@ -12,7 +12,9 @@ use tokio::time::Instant;
 
 mod common;
 
-use common::{Registry, client, faker, record, registry_agents};
+use common::Registry;
+use ocs_testkit::idle_faker;
+use ocs_testkit::query::{client, record, registry_agents};
 
 const FAKER: &str = "observatory.faker";
 
@@ -46,9 +48,9 @@ async fn a_duplicate_that_dies_leaves_the_survivor_alive_and_the_conflict_clears
     let nats = NatsServer::start();
     let registry = Registry::start(&nats, &[]).await;
     let client = client(&nats.url()).await;
-    let survivor = faker(&nats, "faker");
+    let survivor = idle_faker(&nats.url(), "faker");
     let survivor_incarnation = incarnation_of(&client, FAKER).await;
-    let mut duplicate = faker(&nats, "faker");
+    let mut duplicate = idle_faker(&nats.url(), "faker");
     eventually(Duration::from_secs(5), "the conflict", || async {
         record(&client, FAKER)
             .await
@@ -82,7 +84,7 @@ async fn forged_heartbeats_neither_kill_nor_immortalise_an_agent() {
     let nats = NatsServer::start();
     let registry = Registry::start(&nats, &[]).await;
     let client = client(&nats.url()).await;
-    let _faker = faker(&nats, "faker");
+    let _faker = idle_faker(&nats.url(), "faker");
     let incarnation = incarnation_of(&client, FAKER).await;
     let bus = client.nats();
     let forged = |incarnation: &str, seq: u64| proto::Heartbeat {
@@ -157,7 +159,7 @@ async fn one_off_beats_do_not_hold_expiries_and_a_hold_ends_at_its_maximum() {
     )
     .await;
     let client = client(&nats.url()).await;
-    let mut victim = faker(&nats, "faker");
+    let mut victim = idle_faker(&nats.url(), "faker");
     incarnation_of(&client, FAKER).await;
     // Twenty single heartbeats from new addresses, then silence.
     let bus = client.nats();
@@ -193,7 +195,10 @@ async fn one_off_beats_do_not_hold_expiries_and_a_hold_ends_at_its_maximum() {
     // Five steady agents on a host that dies for good: held, shown as
     // unverified meanwhile, and expired once the hold reaches --max-hold.
     let names = ["h1", "h2", "h3", "h4", "h5"];
-    let mut host: Vec<Process> = names.iter().map(|name| faker(&nats, name)).collect();
+    let mut host: Vec<Process> = names
+        .iter()
+        .map(|name| idle_faker(&nats.url(), name))
+        .collect();
     for name in names {
         incarnation_of(&client, &format!("observatory.{name}")).await;
     }
@@ -251,13 +256,13 @@ async fn one_off_beats_do_not_hold_expiries_and_a_hold_ends_at_its_maximum() {
 async fn services_stop_within_their_grace_period_with_nats_unreachable() {
     let mut nats = NatsServer::start();
     let client = client(&nats.url()).await;
-    let mut registry = common::agent(
-        &nats,
+    let mut registry = ocs_testkit::agent(
+        &nats.url(),
         "ocs-registry",
         "registry",
         &["--listen", "127.0.0.1:0"],
     );
-    let mut agent = faker(&nats, "faker");
+    let mut agent = idle_faker(&nats.url(), "faker");
     incarnation_of(&client, FAKER).await;
     nats.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -279,7 +284,7 @@ fn as_role(nats: &NatsServer, binary: &str, user: &str, role: &str, args: &[&str
         .args(["--nats-url", &nats.url()])
         .args(args)
         .env("RUST_LOG", "warn");
-    common::as_user(&mut command, user, role);
+    ocs_testkit::launch::as_user(&mut command, user, role);
     Process::spawn(user, command)
 }
 
@@ -292,8 +297,8 @@ async fn connect_as(nats: &NatsServer, user: &str, role: &str) -> async_nats::Cl
 
 /// `ocs` as `user`; `(exit code, stdout)`.
 fn ocs_as(nats: &NatsServer, user: &str, role: &str, args: &[&str]) -> (Option<i32>, String) {
-    let (code, stdout, _) = common::ocs_as(&nats.url(), user, role, args);
-    (code, stdout)
+    let output = ocs_testkit::ocs_as(&nats.url(), user, role, args);
+    (output.code, output.stdout)
 }
 
 /// The registry's record of `address` as the viewer sees it.
@@ -317,8 +322,10 @@ fn viewed_record(nats: &NatsServer, address: &str) -> Option<Value> {
 async fn an_agent_cannot_wipe_read_or_starve_the_others_state() {
     let dir = ocs_testkit::TempDir::new("ocs-kv");
     // The store holds every bucket's reservation (about 193 MiB), little more.
-    let nats =
-        common::nats_with_role_permissions_and(&dir, "jetstream { max_file_store: 256MB }\n");
+    let nats = ocs_testkit::launch::nats_with_role_permissions_and(
+        &dir,
+        "jetstream { max_file_store: 256MB }\n",
+    );
     let http = ocs_testkit::free_port().to_string();
     let listen = format!("127.0.0.1:{http}");
     let registry_args = ["--listen", listen.as_str()];
@@ -480,8 +487,8 @@ async fn services_rebuild_a_wiped_jetstream_store() {
     let mut nats = NatsServer::start();
     let registry = Registry::start(&nats, &["--agent-timeout", "3"]).await;
     let client = client(&nats.url()).await;
-    let _faker = faker(&nats, "faker");
-    let mut doomed = faker(&nats, "doomed");
+    let _faker = idle_faker(&nats.url(), "faker");
+    let mut doomed = idle_faker(&nats.url(), "doomed");
     incarnation_of(&client, FAKER).await;
     incarnation_of(&client, "observatory.doomed").await;
     let (code, _) = {

@@ -35,4 +35,4 @@ pub mod skeleton;
 
 pub use args::{CommonArgs, LogFormat, NatsAuth, parse_with_site};
 pub use kv_bucket::{BucketSpec, open_kv_bucket, reopen_kv_bucket};
-pub use skeleton::{ServiceArgs, StartError, Started};
+pub use skeleton::{ServiceArgs, ServiceIdentity, StartError, Started};

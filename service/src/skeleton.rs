@@ -12,27 +12,57 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use ocs_protocol::AgentAddress;
+use ocs_protocol::{AgentAddress, InstanceId};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::args::{CommonArgs, parse_with_site};
+use crate::args::{CommonArgs, LogFormat, parse_with_site};
 use crate::connect::{connect_service_as, drain};
 use crate::lifecycle::{init_tracing, notify_systemd, shutdown_on_signals, stop_with_parent};
 
 /// What a service's command line must tell the skeleton.
 pub trait ServiceArgs: clap::Parser {
-    /// The options every service takes.
-    fn common(&self) -> &CommonArgs;
-    /// The address the service answers as; it names its NATS connection.
-    fn address(&self) -> Result<AgentAddress, String>;
-    /// Where `/metrics` and `/healthz` are served, if anywhere.
-    fn listen(&self) -> Option<SocketAddr>;
+    /// Who the service is and where it serves its endpoints.
+    fn identity(&self) -> Result<ServiceIdentity<'_>, String>;
     /// Checks that must pass before anything starts (for example, a site
     /// file the service cannot run without).
     fn check(&self) -> Result<(), String> {
         Ok(())
+    }
+}
+
+/// Who a service is: its common options, its instance id (with the address
+/// root, its address, which names its NATS connection), and where it
+/// serves `/metrics` and `/healthz`, if anywhere.
+#[derive(Debug, Clone)]
+pub struct ServiceIdentity<'a> {
+    /// The options every service takes.
+    pub common: &'a CommonArgs,
+    /// Its instance id.
+    pub instance_id: InstanceId,
+    /// Where its endpoints are served.
+    pub listen: Option<SocketAddr>,
+}
+
+impl<'a> ServiceIdentity<'a> {
+    /// The identity of `instance_id` with `common` options, serving its
+    /// endpoints on `listen`.
+    pub fn new(
+        common: &'a CommonArgs,
+        instance_id: &InstanceId,
+        listen: Option<SocketAddr>,
+    ) -> Self {
+        ServiceIdentity {
+            common,
+            instance_id: instance_id.clone(),
+            listen,
+        }
+    }
+
+    /// The service's address.
+    pub fn address(&self) -> AgentAddress {
+        AgentAddress::new(&self.common.address_root, &self.instance_id)
     }
 }
 
@@ -86,7 +116,11 @@ where
     E: Display,
 {
     let args: A = parse_with_site();
-    init_tracing(args.common().log_format);
+    let log_format = match args.identity() {
+        Ok(identity) => identity.common.log_format,
+        Err(_) => LogFormat::Text,
+    };
+    init_tracing(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -130,8 +164,9 @@ pub async fn start_within(
     args: &impl ServiceArgs,
     shutdown: CancellationToken,
 ) -> Result<Started, StartError> {
-    let address = args.address().map_err(StartError::Settings)?;
-    let listener = match args.listen() {
+    let identity = args.identity().map_err(StartError::Settings)?;
+    let address = identity.address();
+    let listener = match identity.listen {
         Some(address) => {
             let listener = TcpListener::bind(address)
                 .await
@@ -141,7 +176,7 @@ pub async fn start_within(
         }
         None => None,
     };
-    let common = args.common();
+    let common = identity.common;
     info!(nats_url = %common.nats_url, %address, "connecting");
     let client = connect_service_as(&common.nats_url, address.as_str(), &common.nats_auth)
         .await

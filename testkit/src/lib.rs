@@ -1,5 +1,6 @@
 //! Test support: a real `nats-server` on free ports, the workspace's binaries
-//! as child processes, and polling helpers. Dev-only.
+//! as child processes ([`launch`]), queries of agents and the registry
+//! ([`query`]), and polling helpers. Dev-only.
 //!
 //! Nothing here skips: a missing `nats-server` or binary is a panic that says
 //! how to install or build it.
@@ -8,6 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+// Set on every process a test starts: our binaries stop (SIGTERM) when the
+// test process dies, even by SIGKILL (they read it as their parent's pid,
+// as the host manager's children do).
+use ocs_service::lifecycle::PARENT_PID_ENV;
+
+pub mod launch;
+pub mod query;
+
+pub use launch::{Output, agent, idle_faker, ocs, ocs_as};
 
 /// The pinned server version the test command installs. The one source is
 /// `NATS_SERVER_VERSION` in `deploy/bin/tools.sh`; a test holds this,
@@ -359,12 +370,6 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
-/// Set on every process a test starts: our binaries stop (SIGTERM) when the
-/// test process dies, even by SIGKILL (they read it as their parent's pid,
-/// as the host manager's children do). Same name as
-/// `ocs_service::lifecycle::PARENT_PID_ENV`; the testkit does not depend on the
-/// agent crate.
-const PARENT_PID_ENV: &str = "OCS_PARENT_PID";
 /// How long a process gets to stop after SIGTERM when its `Process` drops.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 

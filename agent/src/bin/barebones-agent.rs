@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use ocs_agent::{Agent, AgentArgs, OpContext, OpResult, Params, run_agent};
-use ocs_protocol::{AgentAddress, InstanceId};
-use ocs_service::{CommonArgs, ServiceArgs};
+use ocs_protocol::InstanceId;
+use ocs_service::{ServiceArgs, ServiceIdentity};
 use serde::Deserialize;
 
 /// A minimal agent with one process and one task.
@@ -21,17 +21,8 @@ struct Config {
 }
 
 impl ServiceArgs for Config {
-    fn common(&self) -> &CommonArgs {
-        &self.agent.common
-    }
-    fn address(&self) -> Result<AgentAddress, String> {
-        Ok(AgentAddress::new(
-            &self.agent.common.address_root,
-            &self.instance_id,
-        ))
-    }
-    fn listen(&self) -> Option<std::net::SocketAddr> {
-        self.agent.listen
+    fn identity(&self) -> Result<ServiceIdentity<'_>, String> {
+        Ok(self.agent.identity(&self.instance_id))
     }
 }
 

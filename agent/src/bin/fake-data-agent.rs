@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use ocs_agent::{Agent, AgentArgs, OpContext, OpResult, Params, run_agent};
-use ocs_protocol::{AgentAddress, InstanceId};
-use ocs_service::{CommonArgs, ServiceArgs};
+use ocs_protocol::InstanceId;
+use ocs_service::{ServiceArgs, ServiceIdentity};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -32,17 +32,8 @@ struct Config {
 }
 
 impl ServiceArgs for Config {
-    fn common(&self) -> &CommonArgs {
-        &self.agent.common
-    }
-    fn address(&self) -> Result<AgentAddress, String> {
-        Ok(AgentAddress::new(
-            &self.agent.common.address_root,
-            &self.instance_id,
-        ))
-    }
-    fn listen(&self) -> Option<std::net::SocketAddr> {
-        self.agent.listen
+    fn identity(&self) -> Result<ServiceIdentity<'_>, String> {
+        Ok(self.agent.identity(&self.instance_id))
     }
 }
 

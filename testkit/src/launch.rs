@@ -1,0 +1,106 @@
+//! The workspace's binaries as tests start them: agents, the `ocs` client,
+//! and a nats-server logged into by role with the shipped permissions.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::{NatsServer, Process, TempDir, workspace_binary};
+
+/// An agent binary of the workspace on `nats_url` as `instance_id`, with
+/// further arguments; logs warnings and errors only.
+pub fn agent(nats_url: &str, binary: &str, instance_id: &str, extra: &[&str]) -> Process {
+    let mut command = Command::new(workspace_binary(binary));
+    command
+        .args(["--nats-url", nats_url, "--instance-id", instance_id])
+        .args(extra)
+        .env("RUST_LOG", "warn");
+    Process::spawn(instance_id, command)
+}
+
+/// A fake-data agent whose `acq` waits for a request (`--mode idle`).
+pub fn idle_faker(nats_url: &str, instance_id: &str) -> Process {
+    agent(
+        nats_url,
+        "ocs-fake-data-agent",
+        instance_id,
+        &["--mode", "idle"],
+    )
+}
+
+/// What a command printed, and how it ended.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// The `ocs` client on `nats_url` with `args`, ready for more settings.
+pub fn ocs_command(nats_url: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(workspace_binary("ocs"));
+    command
+        .args(args)
+        .env("NATS_URL", nats_url)
+        .env_remove("NATS_USER")
+        .env_remove("NATS_PASSWORD");
+    command
+}
+
+/// Runs `command` to its end.
+pub fn run(command: &mut Command) -> Output {
+    let output = command.output().unwrap();
+    Output {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `ocs` on `nats_url` with `args`, run to its end.
+pub fn ocs(nats_url: &str, args: &[&str]) -> Output {
+    run(&mut ocs_command(nats_url, args))
+}
+
+/// `ocs` logged in as `user` with the password of `role` (see
+/// [`nats_with_role_permissions`]).
+pub fn ocs_as(nats_url: &str, user: &str, role: &str, args: &[&str]) -> Output {
+    let mut command = ocs_command(nats_url, args);
+    as_user(&mut command, user, role);
+    run(&mut command)
+}
+
+/// The roles of `deploy/nats/permissions.conf` that tests log in as; each
+/// has the password `pw-<ROLE>`.
+pub const ROLES: [&str; 6] = [
+    "REGISTRY", "MONITOR", "FAKER1", "FAKER2", "OPERATOR", "VIEWER",
+];
+
+/// A nats-server with the shipped role permissions, a password per role.
+pub fn nats_with_role_permissions(dir: &TempDir) -> NatsServer {
+    nats_with_role_permissions_and(dir, "")
+}
+
+/// [`nats_with_role_permissions`] with further server configuration.
+pub fn nats_with_role_permissions_and(dir: &TempDir, extra: &str) -> NatsServer {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/permissions.conf");
+    let mut conf = String::new();
+    for role in ROLES {
+        conf.push_str(&format!("OCS_NATS_PASSWORD_{role}: \"pw-{role}\"\n"));
+    }
+    // Variables do not cross an include, so the shipped text is inlined after them.
+    conf.push_str(&std::fs::read_to_string(shipped).unwrap());
+    conf.push_str(extra);
+    let path = dir.path().join("nats.conf");
+    std::fs::write(&path, conf).unwrap();
+    NatsServer::start_with(&["-c", path.to_str().unwrap()])
+}
+
+/// Logs `command` in as `user` with the password of `role`.
+pub fn as_user(command: &mut Command, user: &str, role: &str) {
+    command
+        .env("NATS_USER", user)
+        .env("NATS_PASSWORD", format!("pw-{role}"));
+}
