@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use futures::{FutureExt, StreamExt};
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};

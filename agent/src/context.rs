@@ -102,11 +102,7 @@ impl OpContext {
     }
 
     fn with_session<R>(&self, change: impl FnOnce(&mut Session) -> R) -> Option<R> {
-        let mut table = self
-            .shared
-            .table
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut table = self.shared.table();
         table.with_session(&self.op_name, self.session_id, change)
     }
 

@@ -2,11 +2,12 @@
 //! heartbeat, the journal writer and every running operation.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ocs_protocol::AgentAddress;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -52,11 +53,10 @@ impl<L> Shared<L> {
         self.sessions_changed.notify_one();
     }
 
-    pub(crate) fn table(&self) -> std::sync::MutexGuard<'_, OpTable<L>> {
-        // A panic while holding the lock leaves the table consistent: every
-        // method completes its change before returning.
-        self.table
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub(crate) fn table(&self) -> MutexGuard<'_, OpTable<L>> {
+        // A panic while holding the lock leaves the table consistent (every
+        // method completes its change before returning), so the lock does
+        // not poison.
+        self.table.lock()
     }
 }

@@ -295,7 +295,7 @@ async fn launch(
     // Stderr is read beside the wait, not before it: a program that forks
     // into the background hands its stderr to the forked process, and EOF
     // would only come when that one ends, long after the exit we must report.
-    let tail = Arc::new(std::sync::Mutex::new(VecDeque::with_capacity(
+    let tail = Arc::new(parking_lot::Mutex::new(VecDeque::with_capacity(
         STDERR_TAIL_LINES,
     )));
     let mut forwarding = process
@@ -311,7 +311,8 @@ async fn launch(
             }
         }
         Err(err) => {
-            lock_tail(&tail).push_back(format!("cannot wait for the process: {err}"));
+            tail.lock()
+                .push_back(format!("cannot wait for the process: {err}"));
             Exit::default()
         }
     };
@@ -340,7 +341,7 @@ async fn launch(
             tracing::warn!(instance = %instance_id, "stderr still open after the exit; no longer forwarded");
         }
     }
-    let tail: Vec<String> = lock_tail(&tail).drain(..).collect();
+    let tail: Vec<String> = tail.lock().drain(..).collect();
     let _ = events
         .send(Event::Exited {
             instance_id,
@@ -353,11 +354,7 @@ async fn launch(
 /// How long what a child left in its process group gets to end after SIGTERM.
 const LEFTOVER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-type Tail = Arc<std::sync::Mutex<VecDeque<String>>>;
-
-fn lock_tail(tail: &Tail) -> std::sync::MutexGuard<'_, VecDeque<String>> {
-    tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+type Tail = Arc<parking_lot::Mutex<VecDeque<String>>>;
 
 /// Forwards a child's stderr to the manager's, prefixed with the instance,
 /// so the manager's log (journald) holds every child's; keeps the tail for
@@ -366,7 +363,7 @@ async fn forward_stderr(instance_id: String, stderr: tokio::process::ChildStderr
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         eprintln!("[{instance_id}] {line}");
-        let mut tail = lock_tail(&tail);
+        let mut tail = tail.lock();
         if tail.len() == STDERR_TAIL_LINES {
             tail.pop_front();
         }

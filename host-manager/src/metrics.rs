@@ -2,7 +2,9 @@
 //! restarts and crash loop, encoded at scrape time from the manager's last
 //! report (children taken out of the site file leave no series).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use axum::Router;
@@ -63,17 +65,11 @@ pub struct ManagerReport(Arc<Mutex<Report>>);
 impl ManagerReport {
     /// Replaces the report (the manager does it on every pass).
     pub fn update(&self, children: Vec<ChildSample>, config_ok: bool) {
-        *self.lock() = Report {
+        *self.0.lock() = Report {
             children,
             config_ok,
             at: Some(Instant::now()),
         };
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Report> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -82,7 +78,7 @@ struct ChildrenCollector(ManagerReport);
 
 impl Collector for ChildrenCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let report = self.0.lock();
+        let report = self.0.0.lock();
         let labels = |child: &ChildSample| {
             vec![
                 ("instance", child.instance_id.clone()),
@@ -178,7 +174,7 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> impl Int
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
-    match state.report.lock().at {
+    match state.report.0.lock().at {
         Some(at) if at.elapsed() <= STALE_AFTER => (StatusCode::OK, "ok\n"),
         Some(_) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -13,7 +13,9 @@
 //!    code being visible on `/metrics`, polled every 2 ms.
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use ocs_agent::OcsClient;
@@ -88,10 +90,7 @@ async fn scrape_bench(agents: usize) {
             agents: chunk.to_vec(),
             ..Default::default()
         };
-        fleet
-            .lock()
-            .unwrap()
-            .apply(&message, tokio::time::Instant::now());
+        fleet.lock().apply(&message, tokio::time::Instant::now());
     }
     drop(records);
     let metrics = Arc::new(MonitorMetrics::new(fleet.clone()));

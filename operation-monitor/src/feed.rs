@@ -70,7 +70,7 @@ pub(crate) async fn follow(
                     }
                 };
                 let (rejections, last_snapshot) = {
-                    let mut fleet = fleet.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let mut fleet = fleet.lock();
                     let before = fleet.last_snapshot();
                     let rejections = fleet.apply(&decoded, Instant::now());
                     (rejections, (fleet.last_snapshot() != before).then_some(()))

@@ -41,11 +41,7 @@ async fn metrics_handler(State(state): State<HttpState>, headers: HeaderMap) -> 
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
-    let last = state
-        .fleet
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .last_message();
+    let last = state.fleet.lock().last_message();
     match last {
         Some(at) if at.elapsed() <= state.stale_after => (StatusCode::OK, "ok\n".to_owned()),
         Some(at) => (
@@ -67,7 +63,7 @@ mod tests {
     use super::*;
     use crate::fleet::{Fleet, FleetLimits};
     use ocs_protocol::{AddressRoot, AgentAddress, InstanceId, proto};
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
     use tokio::time::Instant;
 
     async fn status(router: &Router) -> StatusCode {
@@ -99,7 +95,7 @@ mod tests {
             registry_address: registry.to_string(),
             ..Default::default()
         };
-        fleet.lock().unwrap().apply(&message, Instant::now());
+        fleet.lock().apply(&message, Instant::now());
         assert_eq!(status(&router).await, StatusCode::OK);
         tokio::time::advance(Duration::from_secs(91)).await;
         assert_eq!(status(&router).await, StatusCode::SERVICE_UNAVAILABLE);

@@ -14,7 +14,9 @@ pub mod fleet;
 pub mod http;
 pub mod metrics;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use ocs_protocol::AgentAddress;
 use ocs_service::endpoints;

@@ -2,7 +2,9 @@
 //! series of forgotten agents and removed operations simply vanish) and the
 //! monitor's own health.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use ocs_protocol::OpCode;
 use prometheus_client::collector::Collector;
@@ -55,10 +57,7 @@ impl std::fmt::Debug for Fleet {
 
 impl Collector for FleetCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let fleet = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let fleet = self.0.lock();
         let agent_labels = |address: &str, class: &str| {
             vec![
                 ("agent", address.to_owned()),

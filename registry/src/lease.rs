@@ -12,8 +12,10 @@
 //! both believe they lead, even when the leader is frozen (SIGSTOP) and
 //! thawed, because a frozen process finds its lease stale before it speaks.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use async_nats::jetstream::kv;
 use ocs_protocol::{AgentAddress, subject};
@@ -91,9 +93,7 @@ pub fn leads(lease: &SharedLease) -> bool {
 }
 
 fn with<T>(lease: &SharedLease, f: impl FnOnce(&mut Lease) -> T) -> T {
-    f(&mut lease
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    f(&mut lease.lock())
 }
 
 /// Contends for the lease of `registry`'s replicas until `stop`, then

@@ -22,7 +22,9 @@ mod store;
 pub mod table;
 mod vigil;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use ocs_agent::{Agent, AgentError, NoParams};
 use ocs_service::endpoints;

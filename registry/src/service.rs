@@ -2,8 +2,10 @@
 //! `agent_operations` feed out. Only moves messages; decisions are in [`AgentTable`].
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use async_nats::connection::State;
 use futures::{FutureExt, StreamExt};
@@ -83,13 +85,6 @@ struct MainProcess {
     vigil: Vigil,
 }
 
-fn lock(table: &Mutex<AgentTable>) -> MutexGuard<'_, AgentTable> {
-    // Table methods finish their change before returning, so a poisoned lock holds a consistent table.
-    table
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn now_unix_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -104,7 +99,7 @@ pub(crate) async fn main_process(
     let table = Arc::new(Mutex::new(AgentTable::new(settings.table.clone())));
     let view = table.clone();
     ctx.set_data_source(Arc::new(move || {
-        let records = lock(&view).records();
+        let records = view.lock().records();
         serde_json::Value::Object(
             records
                 .iter()
@@ -170,7 +165,7 @@ pub(crate) async fn main_process(
         let connected = client.connection_state() == State::Connected;
         main.metrics.nats_connected.set(i64::from(connected));
         let (next_deadline, change) = {
-            let mut table = lock(&main.table);
+            let mut table = main.table.lock();
             main.vigil.look(Instant::now(), connected, &mut table)
         };
         main.metrics.cut_off.set(i64::from(!main.vigil.hearing()));
@@ -185,7 +180,7 @@ pub(crate) async fn main_process(
             _ = ctx.stopping() => break,
             _ = sleep_until(next_deadline), if next_deadline.is_some() => {
                 let stalled = {
-                    let mut table = lock(&main.table);
+                    let mut table = main.table.lock();
                     main.vigil.at_deadline(Instant::now(), &mut table)
                 };
                 if let Some(stalled) = stalled {
@@ -194,7 +189,7 @@ pub(crate) async fn main_process(
                 // Heartbeats already queued arrived before the deadline; count them first.
                 main.drain_ready(&mut heartbeats);
                 main.expire_and_forget();
-                let hold = main.vigil.after_expiries(&lock(&main.table));
+                let hold = main.vigil.after_expiries(&main.table.lock());
                 if let Some(hold) = hold {
                     main.report(hold, &ctx);
                 }
@@ -244,7 +239,7 @@ pub(crate) async fn main_process(
             }
             _ = housekeeping.tick() => {
                 let (counts, conflicts, flapping, unverified, settled) = {
-                    let mut table = lock(&main.table);
+                    let mut table = main.table.lock();
                     let settled = table.settle_flapping(Instant::now());
                     (table.counts(), table.conflicts(), table.flapping(), table.unverified(), settled)
                 };
@@ -430,7 +425,10 @@ impl MainProcess {
             // Ours, or (with replicas) the leader's: either proves the bus carries heartbeats to us.
             self.vigil.own_heartbeat_heard(Instant::now());
         }
-        let observation = lock(&self.table).observe(&heartbeat, Instant::now(), now_unix_ms());
+        let observation = self
+            .table
+            .lock()
+            .observe(&heartbeat, Instant::now(), now_unix_ms());
         match observation {
             Observation::New | Observation::Changed => {
                 if observation == Observation::New {
@@ -488,7 +486,7 @@ impl MainProcess {
     fn expire_and_forget(&mut self) {
         let now = Instant::now();
         let (expiries, forgotten) = {
-            let mut table = lock(&self.table);
+            let mut table = self.table.lock();
             (table.expire_due(now, now_unix_ms()), table.forget_due(now))
         };
         if expiries.hold_exhausted {
@@ -564,7 +562,7 @@ impl MainProcess {
         let now = Instant::now();
         let now_unix = now_unix_ms();
         let restored = {
-            let mut table = lock(&self.table);
+            let mut table = self.table.lock();
             stored
                 .into_iter()
                 .map(|stored| table.restore(stored, now, now_unix))
@@ -580,7 +578,7 @@ impl MainProcess {
 
     /// Queues every record for writing: a new leader makes the bucket match what it knows.
     fn store_all(&mut self) {
-        let table = lock(&self.table);
+        let table = self.table.lock();
         queue_writes(&self.pending_writes, &table, table.addresses());
     }
 
@@ -598,7 +596,7 @@ impl MainProcess {
         }
         queue_writes(
             &self.pending_writes,
-            &lock(&self.table),
+            &self.table.lock(),
             self.changed.iter(),
         );
         for address in &self.forgotten {
@@ -606,7 +604,7 @@ impl MainProcess {
         }
         let changed: Vec<String> = std::mem::take(&mut self.changed).into_iter().collect();
         let records: Vec<proto::AgentRecord> = {
-            let table = lock(&self.table);
+            let table = self.table.lock();
             changed
                 .iter()
                 .filter_map(|address| table.record(address))
@@ -630,7 +628,7 @@ impl MainProcess {
         if !self.leads() {
             return;
         }
-        let records = lock(&self.table).records();
+        let records = self.table.lock().records();
         let parts: Vec<&[proto::AgentRecord]> = if records.is_empty() {
             vec![&[]]
         } else {

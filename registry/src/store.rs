@@ -10,8 +10,10 @@
 //! so the write rate is the rate of changes, not of heartbeats.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -156,18 +158,12 @@ pub(crate) struct PendingWrites {
 }
 
 impl PendingWrites {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Option<Bytes>>> {
-        self.writes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Queues `stored` as the value of its agent's record.
     pub(crate) fn put(&self, stored: &proto::StoredAgent) {
         let Some(record) = &stored.record else {
             return;
         };
-        self.lock().insert(
+        self.writes.lock().insert(
             record.agent_address.clone(),
             Some(codec::encode(stored).into()),
         );
@@ -176,17 +172,17 @@ impl PendingWrites {
 
     /// Queues the deletion of `agent`'s record.
     pub(crate) fn delete(&self, agent: &str) {
-        self.lock().insert(agent.to_owned(), None);
+        self.writes.lock().insert(agent.to_owned(), None);
         self.queued.notify_one();
     }
 
     fn take(&self) -> BTreeMap<String, Option<Bytes>> {
-        std::mem::take(&mut *self.lock())
+        std::mem::take(&mut *self.writes.lock())
     }
 
     /// Puts back what failed, unless a newer value was queued meanwhile.
     fn requeue(&self, failed: Vec<(String, Option<Bytes>)>) {
-        let mut writes = self.lock();
+        let mut writes = self.writes.lock();
         for (agent, value) in failed {
             writes.entry(agent).or_insert(value);
         }
@@ -194,7 +190,7 @@ impl PendingWrites {
 
     /// Records waiting to be written.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.writes.lock().len()
     }
 }
 
