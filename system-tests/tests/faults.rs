@@ -8,7 +8,7 @@
 //! fault is still known after it. The agent timeout is 4 s; heartbeats are 1 s.
 //!
 //! Scenarios run one after another (they kill shared servers), so this is a
-//! `harness = false` test: `cargo test -p ocs-registry --test faults`.
+//! `harness = false` test: `cargo test -p ocs-system-tests --test faults`.
 //! `FAULTS=nats-frozen,...` runs a subset.
 
 mod common;
