@@ -1,6 +1,6 @@
 # The same runtime image as Dockerfile, from binaries already built on this host
 # (`cargo build --release --locked --bins`), for hosts that cannot pull the Rust
-# builder image (CI here: deploy/bin/test-compose). Select it with
+# builder image (CI here: deploy/test/compose). Select it with
 #   OCS_DOCKERFILE=deploy/docker/prebuilt.Dockerfile docker compose build
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 

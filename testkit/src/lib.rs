@@ -21,7 +21,7 @@ pub mod query;
 pub use launch::{Output, agent, idle_faker, ocs, ocs_as};
 
 /// The pinned server version the test command installs. The one source is
-/// `NATS_SERVER_VERSION` in `deploy/bin/tools.sh`; a test holds this,
+/// `NATS_SERVER_VERSION` in `deploy/lib/tools.sh`; a test holds this,
 /// `docker-compose.yml` and `.env.example` to it.
 pub const NATS_SERVER_VERSION: &str = "2.15.1";
 
@@ -44,7 +44,7 @@ pub fn tool(name: &str, install: &str) -> PathBuf {
             .find(|candidate| candidate.is_file())
     });
     found.unwrap_or_else(|| {
-        panic!("{name} not found on PATH. Run the tests with deploy/bin/test, which installs it, or: {install}")
+        panic!("{name} not found on PATH. Run the tests with deploy/test/all, which installs it, or: {install}")
     })
 }
 
@@ -364,7 +364,7 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     let path = profile_dir.join(name);
     assert!(
         path.is_file(),
-        "{} is missing: build the workspace binaries first (cargo build --workspace --bins; deploy/bin/test does)",
+        "{} is missing: build the workspace binaries first (cargo build --workspace --bins; deploy/test/all does)",
         path.display()
     );
     path
@@ -517,11 +517,11 @@ mod tests {
     /// One NATS version for the test command, the tests and the deployment.
     #[test]
     fn every_nats_pin_names_the_version_tools_sh_installs() {
-        let tools = repo_file("deploy/bin/tools.sh");
+        let tools = repo_file("deploy/lib/tools.sh");
         let pinned = tools
             .lines()
             .find_map(|line| line.strip_prefix("NATS_SERVER_VERSION="))
-            .expect("NATS_SERVER_VERSION in deploy/bin/tools.sh");
+            .expect("NATS_SERVER_VERSION in deploy/lib/tools.sh");
         assert_eq!(NATS_SERVER_VERSION, pinned);
         let image = format!("nats:{pinned}-alpine");
         for file in ["docker-compose.yml", ".env.example"] {

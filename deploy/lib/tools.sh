@@ -1,4 +1,4 @@
-# Sourced by deploy/bin/up and deploy/bin/test: installs pinned tools into .tools/.
+# Sourced by deploy/bin/up and deploy/test/all: installs pinned tools into .tools/.
 # Nothing here is optional: a tool that cannot be installed stops the script.
 
 OCS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -55,7 +55,7 @@ ensure_prometheus_tools() {
   fi
 }
 
-# Processes still marked with this run's OCS_TEST_RUN (set by deploy/bin/test
+# Processes still marked with this run's OCS_TEST_RUN (set by deploy/test/all
 # and inherited by everything the tests start). Waits up to 10 s for ones
 # still stopping, then names, kills and fails on the rest.
 leftover_check() {
