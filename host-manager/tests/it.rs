@@ -443,11 +443,12 @@ async fn every_listed_class_runs_under_the_host_manager() {
     let nats = NatsServer::start();
     let registry_http = ocs_testkit::free_port();
     let monitor_http = ocs_testkit::free_port();
+    let bare_http = ocs_testkit::free_port();
     let site = Site::new(&format!(
         "      - {{agent-class: RegistryAgent, instance-id: registry, arguments: [[--listen, 127.0.0.1:{registry_http}]]}}
       - {{agent-class: OperationMonitor, instance-id: monitor, arguments: [[--listen, 127.0.0.1:{monitor_http}], [--probe-interval, 1]]}}
       - {{agent-class: FakeDataAgent, instance-id: faker1, arguments: [[--mode, idle]]}}
-      - {{agent-class: BarebonesAgent, instance-id: bare1}}
+      - {{agent-class: BarebonesAgent, instance-id: bare1, arguments: [[--listen, 127.0.0.1:{bare_http}]]}}
 "
     ));
     let _manager = site.manager(&nats);
@@ -463,13 +464,22 @@ async fn every_listed_class_runs_under_the_host_manager() {
         })
         .await;
     }
-    for (what, port) in [("registry", registry_http), ("monitor", monitor_http)] {
+    let services = [
+        ("registry", registry_http),
+        ("monitor", monitor_http),
+        ("bare1", bare_http),
+    ];
+    for (what, port) in services {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         eventually(Duration::from_secs(15), what, || async {
             (ocs_testkit::http_get(address, "/healthz").await.0 == 200).then_some(())
         })
         .await;
     }
+    // An agent's endpoints report its NATS connection.
+    let bare = std::net::SocketAddr::from(([127, 0, 0, 1], bare_http));
+    let (_, metrics) = ocs_testkit::http_get(bare, "/metrics").await;
+    assert!(metrics.contains("ocs_nats_connected 1"), "{metrics}");
     // The monitor follows the managed registry's feed.
     let monitor = std::net::SocketAddr::from(([127, 0, 0, 1], monitor_http));
     eventually(Duration::from_secs(10), "faker1 on the monitor", || async {
