@@ -123,10 +123,7 @@ impl AgentBuilder {
         F: Fn(OpContext, P) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = OpResult> + Send + 'static,
     {
-        let run = Arc::new(move |ctx: OpContext, params: P| -> OpFuture {
-            Box::pin(function(ctx, params))
-        });
-        self.register(name, OpKind::Task, docstring, false, run)
+        self.register_async(name, OpKind::Task, docstring, function)
     }
 
     /// Registers a task whose function blocks (synchronous I/O, long
@@ -156,10 +153,25 @@ impl AgentBuilder {
         F: Fn(OpContext, P) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = OpResult> + Send + 'static,
     {
+        self.register_async(name, OpKind::Process, docstring, function)
+    }
+
+    fn register_async<P, F, Fut>(
+        self,
+        name: &str,
+        kind: OpKind,
+        docstring: &str,
+        function: F,
+    ) -> Self
+    where
+        P: Params,
+        F: Fn(OpContext, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = OpResult> + Send + 'static,
+    {
         let run = Arc::new(move |ctx: OpContext, params: P| -> OpFuture {
             Box::pin(function(ctx, params))
         });
-        self.register(name, OpKind::Process, docstring, false, run)
+        self.register(name, kind, docstring, false, run)
     }
 
     /// Starts `op_name` with `params` when the agent comes up (first start only).

@@ -15,7 +15,7 @@ use crate::session::{DataSource, Session, SessionData};
 use crate::shared::Shared;
 
 /// Wall-clock time as OCS's float unix seconds; for display and the wire only.
-pub(crate) fn now_unix() -> f64 {
+pub fn now_unix() -> f64 {
     chrono::Utc::now().timestamp_micros() as f64 / 1e6
 }
 

@@ -42,7 +42,7 @@ mod shared;
 
 pub use agent::{Agent, AgentBuilder, AgentError};
 pub use client::{ClientError, OcsClient};
-pub use context::{OpContext, PublishError};
+pub use context::{OpContext, PublishError, now_unix};
 pub use journal::SESSIONS_BUCKET;
 pub use operations::{BoxError, OpFuture, OpKind, OpResult, Reply};
 pub use params::{NoParams, Params};

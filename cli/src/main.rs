@@ -283,7 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 outln!("{reply}")?;
             } else {
-                output::write_text(&render::reply(&reply, now_seconds()))?;
+                output::write_text(&render::reply(&reply, ocs_agent::now_unix()))?;
             }
             Ok(if reply["session"]["success"] == Value::Bool(true) {
                 ExitCode::SUCCESS
@@ -360,7 +360,7 @@ async fn operation(client: &OcsClient, call: OperationCall) -> anyhow::Result<Ex
     if json {
         outln!("{value}")?;
     } else {
-        output::write_text(&render::reply(&value, now_seconds()))?;
+        output::write_text(&render::reply(&value, ocs_agent::now_unix()))?;
     }
     Ok(match ResponseCode::from_value(reply.status) {
         Some(ResponseCode::Ok) => ExitCode::SUCCESS,
@@ -403,10 +403,6 @@ async fn call_operation(
     Ok(reply)
 }
 
-fn now_seconds() -> f64 {
-    chrono::Utc::now().timestamp_micros() as f64 / 1e6
-}
-
 async fn registered_agents(
     client: &OcsClient,
     registry: &InstanceId,
@@ -444,7 +440,7 @@ async fn listen_for_heartbeats(
                 if let Ok(heartbeat) = codec::decode_heartbeat(&message.payload, MAX_MESSAGE_BYTES) {
                     let mut record = json::heartbeat(&heartbeat);
                     record["state"] = Value::from(if heartbeat.leaving { "left" } else { "alive" });
-                    record["last_updated"] = Value::from(now_seconds());
+                    record["last_updated"] = Value::from(ocs_agent::now_unix());
                     agents.insert(heartbeat.agent_address.clone(), record);
                 }
             }
