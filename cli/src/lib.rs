@@ -1,7 +1,8 @@
 //! The `ocs` command-line client, mirroring OCS's `OCSClient` and
 //! `ocs-client-cli`: [`render`] turns replies into the text it prints,
-//! [`output`] writes it; the binary (`src/main.rs`) parses the command line
-//! and makes the calls.
+//! [`output`] writes it. The binary's `main` parses the command line and
+//! calls one function per command (`src/commands.rs`), which makes the
+//! calls and prints what `render` makes of the replies.
 
 pub mod output;
 pub mod render;

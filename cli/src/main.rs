@@ -4,29 +4,21 @@
 //! 3 a `wait` timed out (TIMEOUT); 2 the call could not be made (bad usage,
 //! NATS unreachable, no such agent, no answer in time).
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
-use ocs_agent::OcsClient;
-use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
-use ocs_protocol::{Action, InstanceId, OpName, ResponseCode, json, proto, subject};
 use ocs_service::CommonArgs;
-use ocs_service::connect::connect_client;
-use serde_json::{Map, Value};
 
-use ocs_cli::output;
-use ocs_cli::render;
-
-/// `println!` that reports a failed write instead of panicking (see [`output`]).
+/// `println!` that reports a failed write instead of panicking (see [`ocs_cli::output`]).
 macro_rules! outln {
     ($($arg:tt)*) => {
-        output::write_line(format_args!($($arg)*))
+        ocs_cli::output::write_line(format_args!($($arg)*))
     };
 }
+
+mod commands;
+
+use commands::{AgentQuery, HostArgs, ListenArgs, Nats, ProbeArgs, ScanArgs};
 
 /// Control and inspect OCS agents over NATS.
 ///
@@ -44,107 +36,22 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List agents: those the registry knows, or those heard heartbeating.
-    Scan {
-        /// Listen to heartbeats directly for this many seconds instead of asking the registry.
-        #[arg(long, value_name = "SECONDS")]
-        listen: Option<f64>,
-        /// Also list every operation with its op code.
-        #[arg(long)]
-        details: bool,
-        /// Instance id of the registry.
-        #[arg(long, env = "OCS_REGISTRY", default_value = "registry")]
-        registry: InstanceId,
-        /// Seconds to wait for the registry.
-        #[arg(long, default_value_t = 5.0)]
-        timeout: f64,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Scan(ScanArgs),
     /// Show an agent's identity and operations with their docs.
-    Api {
-        /// The agent's instance id.
-        instance_id: InstanceId,
-        /// Seconds to wait for the answer.
-        #[arg(long, default_value_t = 5.0)]
-        timeout: f64,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Api(AgentQuery),
     /// Check that an agent answers: its incarnation, uptime and version, and
     /// the round trip, without touching its operations.
-    Ping {
-        /// The agent's instance id.
-        instance_id: InstanceId,
-        /// Seconds to wait for the answer.
-        #[arg(long, default_value_t = 5.0)]
-        timeout: f64,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Ping(AgentQuery),
     /// Print messages on feed subjects as JSON lines, e.g. `observatory.*.feeds.heartbeat`.
-    Listen {
-        /// NATS subject pattern (`*` one token, `>` the rest).
-        pattern: String,
-        /// Stop after this many seconds.
-        #[arg(long)]
-        duration: Option<f64>,
-    },
+    Listen(ListenArgs),
     /// Ask a host manager to bring instances up or down, or to freeze or thaw
     /// them: `ocs host up faker1 faker2`, `ocs host down --all`.
-    Host {
-        /// up, down, freeze or thaw.
-        #[arg(value_parser = ["up", "down", "freeze", "thaw"])]
-        action: String,
-        /// Instance ids managed by that host manager.
-        #[arg(required_unless_present = "all")]
-        instances: Vec<String>,
-        /// Every instance of the host manager.
-        #[arg(long, conflicts_with = "instances")]
-        all: bool,
-        /// The host manager's instance id (default: hm-<this host's name>).
-        #[arg(long, env = "OCS_HOST_MANAGER")]
-        manager: Option<InstanceId>,
-        /// Seconds to wait for the answer.
-        #[arg(long, default_value_t = 10.0)]
-        timeout: f64,
-        /// Print `{"status", "message", "session"}` as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Host(HostArgs),
     /// Fetch an HTTP endpoint such as `/healthz` and exit 0 on a 2xx answer, 1
     /// otherwise: container healthchecks need no curl or wget in the image.
-    Probe {
-        /// The URL, e.g. `http://127.0.0.1:9463/healthz` (plain HTTP only).
-        url: hyper::Uri,
-        /// Seconds to wait for the answer.
-        #[arg(long, default_value_t = 3.0)]
-        timeout: f64,
-    },
+    Probe(ProbeArgs),
     #[command(external_subcommand)]
     Operation(Vec<String>),
-}
-
-/// `ocs <instance-id> <operation> <action> [key=value ...]`
-#[derive(Parser)]
-#[command(name = "ocs", no_binary_name = true)]
-struct OperationCall {
-    /// The agent's instance id.
-    instance_id: InstanceId,
-    /// The task or process.
-    op_name: OpName,
-    /// start, stop, abort, wait or status.
-    action: String,
-    /// Params for `start`, as key=value; values are JSON if they parse as JSON, else text.
-    params: Vec<String>,
-    /// Seconds to wait for the answer; for `wait`, how long the operation may take.
-    #[arg(long, default_value_t = 10.0)]
-    timeout: f64,
-    /// Print `{"status", "message", "session"}` as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 #[tokio::main]
@@ -160,344 +67,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let connect = || async {
-        connect_client(&cli.common.nats_url, &cli.common.nats_auth)
-            .await
-            .with_context(|| format!("cannot connect to NATS at {}", cli.common.nats_url))
-    };
+    let nats = Nats(&cli.common);
     match cli.command {
-        Command::Operation(args) => {
-            let call = OperationCall::try_parse_from(args)
-                .map_err(|err| anyhow!("{}", err.to_string().trim_end()))?;
-            let client = OcsClient::new(connect().await?, cli.common.address_root.clone());
-            operation(&client, call).await
-        }
-        Command::Scan {
-            listen,
-            details,
-            registry,
-            timeout,
-            json,
-        } => {
-            let client = OcsClient::new(connect().await?, cli.common.address_root.clone());
-            let agents = match listen {
-                Some(seconds) => listen_for_heartbeats(&client, &cli.common, seconds).await?,
-                None => registered_agents(&client, &registry, timeout).await?,
-            };
-            if json {
-                outln!("{}", Value::Object(agents.into_iter().collect()))?;
-            } else {
-                output::write_text(&render::scan(&agents, listen.is_some(), details))?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Api {
-            instance_id,
-            timeout,
-            json,
-        } => {
-            let client = OcsClient::new(connect().await?, cli.common.address_root.clone());
-            let api = client.api(&instance_id, seconds(timeout)?).await?;
-            output::write_text(&render::api(&api, json)?)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Ping {
-            instance_id,
-            timeout,
-            json,
-        } => {
-            let client = OcsClient::new(connect().await?, cli.common.address_root.clone());
-            let sent = std::time::Instant::now();
-            let ping = client.ping(&instance_id, seconds(timeout)?).await?;
-            let round_trip_ms = sent.elapsed().as_secs_f64() * 1000.0;
-            if json {
-                outln!(
-                    "{}",
-                    serde_json::json!({
-                        "agent_address": ping.agent_address,
-                        "incarnation": ping.incarnation,
-                        "uptime": ping.uptime_ms as f64 / 1000.0,
-                        "version": ping.agent_version,
-                        "round_trip_ms": round_trip_ms,
-                    })
-                )?;
-            } else {
-                outln!(
-                    "{}: incarnation {}, up {:.1} s, version {}, {round_trip_ms:.1} ms",
-                    ping.agent_address,
-                    ping.incarnation,
-                    ping.uptime_ms as f64 / 1000.0,
-                    ping.agent_version
-                )?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Listen { pattern, duration } => {
-            let client = connect().await?;
-            listen(&client, &pattern, duration).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Host {
-            action,
-            instances,
-            all,
-            manager,
-            timeout,
-            json,
-        } => {
-            let manager = match manager {
-                Some(manager) => manager,
-                None => {
-                    let host = ocs_service::lifecycle::hostname()
-                        .ok_or_else(|| anyhow!("cannot read this host's name: give --manager"))?;
-                    InstanceId::new(format!("hm-{host}"))?
-                }
-            };
-            let names = if all {
-                vec!["all".to_owned()]
-            } else {
-                instances
-            };
-            let requests: Vec<(String, String)> = names
-                .into_iter()
-                .map(|name| (name, action.clone()))
-                .collect();
-            let client = OcsClient::new(connect().await?, cli.common.address_root.clone());
-            let update = OpName::new("update")?;
-            let call = |action: &str| OperationCall {
-                instance_id: manager.clone(),
-                op_name: update.clone(),
-                action: action.to_owned(),
-                params: Vec::new(),
-                timeout,
-                json,
-            };
-            let mut start = call("start");
-            start.params = vec![format!("requests={}", serde_json::to_string(&requests)?)];
-            let started = call_operation(&client, start).await?;
-            if started.status != ResponseCode::Ok as i32 {
-                bail!("{manager} refused the update: {}", started.message);
-            }
-            // The update task's own outcome is what the operator asked about.
-            let reply = json::reply(&call_operation(&client, call("wait")).await?)?;
-            if json {
-                outln!("{reply}")?;
-            } else {
-                output::write_text(&render::reply(&reply, ocs_agent::now_unix()))?;
-            }
-            Ok(if reply["session"]["success"] == Value::Bool(true) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
-        Command::Probe { url, timeout } => {
-            let status = tokio::time::timeout(seconds(timeout)?, probe(&url))
-                .await
-                .map_err(|_| anyhow!("no answer from {url} within {timeout} s"))??;
-            outln!("{url}: {status}")?;
-            Ok(if status.is_success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
-    }
-}
-
-/// One GET over a fresh HTTP/1.1 connection; the body is read and discarded so
-/// the server sees a complete exchange.
-async fn probe(url: &hyper::Uri) -> anyhow::Result<hyper::StatusCode> {
-    use http_body_util::{BodyExt, Empty};
-    if url.scheme_str() != Some("http") {
-        bail!("{url}: only http:// URLs can be probed");
-    }
-    let authority = url
-        .authority()
-        .ok_or_else(|| anyhow!("{url}: no host in the URL"))?;
-    let address = format!(
-        "{}:{}",
-        authority.host(),
-        authority.port_u16().unwrap_or(80)
-    );
-    let stream = tokio::net::TcpStream::connect(&address)
-        .await
-        .with_context(|| format!("cannot connect to {address}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let request = hyper::Request::get(url.clone())
-        .header(hyper::header::HOST, authority.as_str())
-        .body(Empty::<bytes::Bytes>::new())?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    response.into_body().collect().await?;
-    Ok(status)
-}
-
-fn seconds(value: f64) -> anyhow::Result<Duration> {
-    ocs_service::seconds::positive(value).map_err(|reason| anyhow!("invalid timeout: {reason}"))
-}
-
-fn parse_params(params: &[String]) -> anyhow::Result<Map<String, Value>> {
-    params
-        .iter()
-        .map(|pair| {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| anyhow!("param {pair:?} is not of the form key=value"))?;
-            let value =
-                serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
-            Ok((key.to_owned(), value))
-        })
-        .collect()
-}
-
-async fn operation(client: &OcsClient, call: OperationCall) -> anyhow::Result<ExitCode> {
-    let json = call.json;
-    let reply = call_operation(client, call).await?;
-    let value = json::reply(&reply)?;
-    if json {
-        outln!("{value}")?;
-    } else {
-        output::write_text(&render::reply(&value, ocs_agent::now_unix()))?;
-    }
-    Ok(match ResponseCode::from_value(reply.status) {
-        Some(ResponseCode::Ok) => ExitCode::SUCCESS,
-        Some(ResponseCode::Timeout) => ExitCode::from(3),
-        _ => ExitCode::from(1),
-    })
-}
-
-async fn call_operation(
-    client: &OcsClient,
-    call: OperationCall,
-) -> anyhow::Result<proto::OperationReply> {
-    let action = Action::parse(&call.action).ok_or_else(|| {
-        anyhow!(
-            "unknown action {:?}: use start, stop, abort, wait or status",
-            call.action
-        )
-    })?;
-    let params = parse_params(&call.params)?;
-    if action != Action::Start && !params.is_empty() {
-        bail!("params are only accepted by start");
-    }
-    let params = if params.is_empty() {
-        Vec::new()
-    } else {
-        to_msgpack(&params)?
-    };
-    let wait_timeout = (action == Action::Wait).then_some(call.timeout);
-    let request_timeout = seconds(call.timeout)?;
-    let reply = client
-        .operation(
-            &call.instance_id,
-            &call.op_name,
-            action,
-            params,
-            wait_timeout,
-            request_timeout,
-        )
-        .await?;
-    Ok(reply)
-}
-
-async fn registered_agents(
-    client: &OcsClient,
-    registry: &InstanceId,
-    timeout: f64,
-) -> anyhow::Result<BTreeMap<String, Value>> {
-    let main = OpName::new("main")?;
-    let reply = client
-        .operation(registry, &main, Action::Status, Vec::new(), None, seconds(timeout)?)
-        .await
-        .with_context(|| format!("cannot reach the registry at {}; the registry must be running for \"scan\" (or use --listen)", client.address(registry)))?;
-    let value = json::reply(&reply)?;
-    let data = value["session"]["data"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    Ok(data.into_iter().collect())
-}
-
-async fn listen_for_heartbeats(
-    client: &OcsClient,
-    common: &CommonArgs,
-    seconds_to_listen: f64,
-) -> anyhow::Result<BTreeMap<String, Value>> {
-    let mut heartbeats = client
-        .nats()
-        .subscribe(subject::all_heartbeats(&common.address_root))
-        .await?;
-    let mut agents = BTreeMap::new();
-    let deadline = tokio::time::sleep(seconds(seconds_to_listen)?);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => break,
-            Some(message) = heartbeats.next() => {
-                if let Ok(heartbeat) = codec::decode_heartbeat(&message.payload, MAX_MESSAGE_BYTES) {
-                    let mut record = json::heartbeat(&heartbeat);
-                    record["state"] = Value::from(if heartbeat.leaving { "left" } else { "alive" });
-                    record["last_updated"] = Value::from(ocs_agent::now_unix());
-                    agents.insert(heartbeat.agent_address.clone(), record);
-                }
-            }
-        }
-    }
-    Ok(agents)
-}
-
-async fn listen(
-    client: &async_nats::Client,
-    pattern: &str,
-    duration: Option<f64>,
-) -> anyhow::Result<()> {
-    // The server answers a bad subject only with an asynchronous error, and
-    // the subscription would wait forever for nothing.
-    subject::validate_pattern(pattern).map_err(|reason| anyhow!("invalid subject: {reason}"))?;
-    let mut messages = client.subscribe(pattern.to_owned()).await?;
-    let deadline = async {
-        match duration {
-            Some(d) => tokio::time::sleep(seconds(d).unwrap_or_default()).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
-    loop {
-        let message = tokio::select! {
-            _ = &mut deadline => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            message = messages.next() => match message { Some(m) => m, None => return Ok(()) },
-        };
-        let decoded = decode_feed(&message.subject, &message.payload);
-        let line = match decoded {
-            Ok(value) => serde_json::json!({"subject": message.subject.as_str(), "message": value}),
-            Err(err) => {
-                serde_json::json!({"subject": message.subject.as_str(), "error": err.to_string()})
-            }
-        };
-        outln!("{line}")?;
-        // A closed pipe (`ocs listen ... | head`) ends the listening quietly.
-        if output::closed() {
-            return Ok(());
-        }
-    }
-}
-
-fn decode_feed(subject_name: &str, payload: &[u8]) -> Result<Value, ocs_protocol::CodecError> {
-    if subject_name.ends_with(&format!(".feeds.{}", subject::HEARTBEAT_FEED)) {
-        Ok(json::heartbeat(&codec::decode_heartbeat(
-            payload,
-            MAX_MESSAGE_BYTES,
-        )?))
-    } else if subject_name.ends_with(&format!(".feeds.{}", subject::AGENT_OPERATIONS_FEED)) {
-        Ok(json::agent_operations(&codec::decode(
-            payload,
-            MAX_MESSAGE_BYTES,
-        )?))
-    } else {
-        json::feed_message(&codec::decode(payload, MAX_MESSAGE_BYTES)?)
+        Command::Operation(args) => commands::operation(&nats, args).await,
+        Command::Scan(args) => commands::scan(&nats, args).await,
+        Command::Api(args) => commands::api(&nats, args).await,
+        Command::Ping(args) => commands::ping(&nats, args).await,
+        Command::Listen(args) => commands::listen(&nats, args).await,
+        Command::Host(args) => commands::host(&nats, args).await,
+        Command::Probe(args) => commands::probe(args).await,
     }
 }

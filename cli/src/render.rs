@@ -2,6 +2,7 @@
 //! where an age is shown), so every shape of output is unit-tested.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use ocs_protocol::{CodecError, ResponseCode, json, proto};
 use serde_json::{Map, Value};
@@ -147,6 +148,27 @@ pub fn scan(agents: &BTreeMap<String, Value>, listened: bool, details: bool) -> 
         }
     }
     out
+}
+
+/// `ocs ping`: who answered, since when, and the round trip.
+pub fn ping(ping: &proto::PingReply, round_trip: Duration, as_json: bool) -> String {
+    let uptime = ping.uptime_ms as f64 / 1000.0;
+    let round_trip_ms = round_trip.as_secs_f64() * 1000.0;
+    if as_json {
+        let value = serde_json::json!({
+            "agent_address": ping.agent_address,
+            "incarnation": ping.incarnation,
+            "uptime": uptime,
+            "version": ping.agent_version,
+            "round_trip_ms": round_trip_ms,
+        });
+        format!("{value}\n")
+    } else {
+        format!(
+            "{}: incarnation {}, up {uptime:.1} s, version {}, {round_trip_ms:.1} ms\n",
+            ping.agent_address, ping.incarnation, ping.agent_version
+        )
+    }
 }
 
 /// `ocs api`: the agent's identity and operations, as OCS's `get_api`
@@ -334,5 +356,32 @@ mod tests {
         let json: Value = serde_json::from_str(&api(&api_reply, true).unwrap()).unwrap();
         assert_eq!(json["instance_pid"], 42);
         assert_eq!(json["operations"][0]["params"][0]["name"], "delay");
+    }
+
+    #[test]
+    fn ping_says_who_answered_and_the_round_trip() {
+        let ping = proto::PingReply {
+            agent_address: "observatory.faker1".into(),
+            incarnation: "2f1e8f36-8b0e-4d4f-9a57-3c2a0b7b1c11".into(),
+            uptime_ms: 61_250,
+            agent_version: "0.1.0".into(),
+            ..Default::default()
+        };
+        let round_trip = Duration::from_micros(1_450);
+        assert_eq!(
+            super::ping(&ping, round_trip, false),
+            "observatory.faker1: incarnation 2f1e8f36-8b0e-4d4f-9a57-3c2a0b7b1c11, up 61.2 s, version 0.1.0, 1.4 ms\n"
+        );
+        let value: Value = serde_json::from_str(&super::ping(&ping, round_trip, true)).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "agent_address": "observatory.faker1",
+                "incarnation": "2f1e8f36-8b0e-4d4f-9a57-3c2a0b7b1c11",
+                "uptime": 61.25,
+                "version": "0.1.0",
+                "round_trip_ms": 1.45,
+            })
+        );
     }
 }
