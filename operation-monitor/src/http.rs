@@ -36,7 +36,7 @@ async fn metrics_handler(State(state): State<HttpState>, headers: HeaderMap) -> 
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|value| value.to_str().ok());
-    let (content_type, body) = ocs_service::exposition::render(state.metrics.registry(), accept);
+    let (content_type, body) = ocs_service::exposition::render(state.metrics.families(), accept);
     ([(header::CONTENT_TYPE, content_type)], body)
 }
 

@@ -15,7 +15,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricFamilies;
 
 use crate::fleet::Fleet;
 use ocs_service::exposition::encode_gauges as gauge;
@@ -193,9 +193,9 @@ impl Collector for FleetCollector {
     }
 }
 
-/// The monitor's registry and its own counters.
+/// The monitor's metric families (the fleet's and its own counters).
 pub struct MonitorMetrics {
-    pub(crate) registry: Registry,
+    pub(crate) families: MetricFamilies,
     pub(crate) feed_messages: Counter,
     pub(crate) rejected: Family<ReasonLabel, Counter>,
     pub(crate) last_feed_message: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -207,8 +207,8 @@ pub struct MonitorMetrics {
 impl MonitorMetrics {
     /// Registers the fleet collector and the monitor's own metrics.
     pub fn new(fleet: SharedFleet) -> Self {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(FleetCollector(fleet)));
+        let mut families = MetricFamilies::default();
+        families.register_collector(Box::new(FleetCollector(fleet)));
         let metrics = MonitorMetrics {
             feed_messages: Counter::default(),
             rejected: Family::default(),
@@ -216,34 +216,34 @@ impl MonitorMetrics {
             last_snapshot: Gauge::default(),
             registry_reachable: Gauge::default(),
             nats_connected: Gauge::default(),
-            registry: Registry::default(),
+            families: MetricFamilies::default(),
         };
-        registry.register(
+        families.register(
             "ocs_monitor_feed_messages_received",
             "agent_operations feed messages received",
             metrics.feed_messages.clone(),
         );
-        registry.register(
+        families.register(
             "ocs_monitor_feed_rejected",
             "Feed messages (undecodable, wrong_registry) and records (the rest) not taken, by reason",
             metrics.rejected.clone(),
         );
-        registry.register(
+        families.register(
             "ocs_monitor_last_feed_message_timestamp_seconds",
             "Unix time of the last feed message taken; 0 before the first",
             metrics.last_feed_message.clone(),
         );
-        registry.register(
+        families.register(
             "ocs_monitor_last_snapshot_timestamp_seconds",
             "Unix time of the last complete snapshot taken; 0 before the first",
             metrics.last_snapshot.clone(),
         );
-        registry.register(
+        families.register(
             "ocs_monitor_registry_reachable",
             "1 if the registry answered the last probe, else 0",
             metrics.registry_reachable.clone(),
         );
-        registry.register(
+        families.register(
             "ocs_monitor_nats_connected",
             "1 while connected to NATS",
             metrics.nats_connected.clone(),
@@ -258,7 +258,7 @@ impl MonitorMetrics {
             let _ = metrics.rejected.get_or_create(&ReasonLabel { reason });
         }
         MonitorMetrics {
-            registry,
+            families,
             ..metrics
         }
     }
@@ -268,8 +268,8 @@ impl MonitorMetrics {
         self.rejected.get_or_create(&ReasonLabel { reason }).inc();
     }
 
-    /// The registry, for rendering.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    /// Every family, for rendering.
+    pub fn families(&self) -> &MetricFamilies {
+        &self.families
     }
 }
