@@ -164,13 +164,7 @@ fn ocs(nats: &NatsServer, args: &[&str]) -> (i32, String) {
 }
 
 fn registry(nats: &NatsServer) -> Process {
-    let mut command = Command::new(workspace_binary("ocs-registry"));
-    command
-        .args(["--listen", "127.0.0.1:0", "--agent-timeout", "3"])
-        .env("NATS_URL", nats.url())
-        .env_remove("OCS_SITE_FILE")
-        .env_remove("INSTANCE_ID");
-    Process::spawn("ocs-registry", command)
+    ocs_testkit::launch::registry(&nats.url(), 0, &["--agent-timeout", "3"])
 }
 
 async fn registry_record(client: &OcsClient, instance_id: &str) -> Option<Value> {

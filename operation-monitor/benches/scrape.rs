@@ -12,7 +12,6 @@
 //!    processes and the monitor; times from a `start` request to the new op
 //!    code being visible on `/metrics`, polled every 2 ms.
 
-use std::process::Command;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -23,7 +22,7 @@ use ocs_operation_monitor::fleet::{Fleet, FleetLimits};
 use ocs_operation_monitor::metrics::MonitorMetrics;
 use ocs_protocol::codec::to_msgpack;
 use ocs_protocol::{Action, AddressRoot, AgentAddress, InstanceId, OpName, proto};
-use ocs_testkit::{NatsServer, Process, http_get, workspace_binary};
+use ocs_testkit::{NatsServer, http_get};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -121,32 +120,8 @@ async fn scrape_bench(agents: usize) {
 
 async fn latency_bench(changes: usize) {
     let nats = NatsServer::start();
-    let registry_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut registry = Command::new(workspace_binary("ocs-registry"));
-    registry
-        .args([
-            "--nats-url",
-            &nats.url(),
-            "--listen",
-            &registry_port.to_string(),
-        ])
-        .env("RUST_LOG", "error");
-    let _registry = Process::spawn("ocs-registry", registry);
-    let mut agent = Command::new(workspace_binary("ocs-fake-data-agent"));
-    agent
-        .args([
-            "--nats-url",
-            &nats.url(),
-            "--instance-id",
-            "faker",
-            "--mode",
-            "idle",
-        ])
-        .env("RUST_LOG", "error");
-    let _agent = Process::spawn("faker", agent);
+    let _registry = ocs_testkit::launch::registry(&nats.url(), 0, &[]);
+    let _agent = ocs_testkit::idle_faker(&nats.url(), "faker");
 
     let config = <ocs_operation_monitor::Config as clap::Parser>::parse_from([
         "m",

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES};
 use ocs_protocol::proto;
-use ocs_testkit::{NatsServer, Process};
+use ocs_testkit::NatsServer;
 
 struct Args {
     agents: usize,
@@ -154,26 +154,13 @@ fn heartbeat(agent: &mut Simulated) -> Vec<u8> {
 async fn main() {
     let args = parse_args();
     let nats = NatsServer::start();
-    let http_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ocs-registry"));
-    command
-        .args([
-            "--nats-url",
-            &nats.url(),
-            "--listen",
-            &format!("127.0.0.1:{http_port}"),
-        ])
-        .args([
-            "--agent-timeout",
-            &args.timeout.to_string(),
-            "--max-agents",
-            "1000000",
-        ])
-        .env("RUST_LOG", "error");
-    let registry = Process::spawn("ocs-registry", command);
+    let http_port = ocs_testkit::free_port();
+    let timeout = args.timeout.to_string();
+    let registry = ocs_testkit::launch::registry(
+        &nats.url(),
+        http_port,
+        &["--agent-timeout", &timeout, "--max-agents", "1000000"],
+    );
     let pid = registry.pid();
     let client = async_nats::ConnectOptions::new()
         .client_capacity(65_536)

@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use ocs_protocol::codec;
-use ocs_testkit::{NatsServer, Process};
+use ocs_testkit::NatsServer;
 
 /// The benchmark's settings.
 #[derive(clap::Parser)]
@@ -83,14 +83,20 @@ async fn main() {
     let args = <Args as clap::Parser>::parse();
     let nats = NatsServer::start();
     let port = ocs_testkit::free_port();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ocs-registry"));
-    command
-        .args(["--nats-url", &nats.url()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--agent-timeout", "1", "--forget-after", "2"])
-        .args(["--max-agents", "1000000", "--max-heartbeat-rate", "1000"])
-        .env("RUST_LOG", "error");
-    let registry = Process::spawn("ocs-registry", command);
+    let registry = ocs_testkit::launch::registry(
+        &nats.url(),
+        port,
+        &[
+            "--agent-timeout",
+            "1",
+            "--forget-after",
+            "2",
+            "--max-agents",
+            "1000000",
+            "--max-heartbeat-rate",
+            "1000",
+        ],
+    );
     let pid = registry.pid();
     let client = async_nats::ConnectOptions::new()
         .client_capacity(65_536)

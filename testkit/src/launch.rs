@@ -27,6 +27,21 @@ pub fn idle_faker(nats_url: &str, instance_id: &str) -> Process {
     )
 }
 
+/// The registry on `nats_url`, serving `/metrics` and `/healthz` on
+/// `http_port` (0: any free port), with further arguments; outside any site
+/// file, logging errors only.
+pub fn registry(nats_url: &str, http_port: u16, extra: &[&str]) -> Process {
+    let mut command = Command::new(workspace_binary("ocs-registry"));
+    command
+        .args(["--nats-url", nats_url])
+        .args(["--listen", &format!("127.0.0.1:{http_port}")])
+        .args(extra)
+        .env("RUST_LOG", "error")
+        .env_remove("OCS_SITE_FILE")
+        .env_remove("INSTANCE_ID");
+    Process::spawn("ocs-registry", command)
+}
+
 /// What a command printed, and how it ended.
 #[derive(Debug, Clone)]
 pub struct Output {
