@@ -686,10 +686,18 @@ async fn operation_reply(
     let Some(action) = Action::parse(action) else {
         return error_reply(format!("No implementation for \"{op_name}\""));
     };
-    let request: proto::OperationRequest = match codec::decode(&message.payload, MAX_MESSAGE_BYTES)
-    {
-        Ok(request) => request,
-        Err(err) => return error_reply(format!("malformed request: {err}")),
+    let request: proto::OperationRequest = if message.payload.is_empty() {
+        // An empty body is version 1 with no params (PROTOCOL.md), for
+        // callers such as `nats req` that send nothing.
+        proto::OperationRequest {
+            protocol_version: ocs_protocol::PROTOCOL_VERSION,
+            ..Default::default()
+        }
+    } else {
+        match codec::decode(&message.payload, MAX_MESSAGE_BYTES) {
+            Ok(request) => request,
+            Err(err) => return error_reply(format!("malformed request: {err}")),
+        }
     };
     match action {
         Action::Start => start_operation(shared, operations, op_name, &request.params),

@@ -64,20 +64,29 @@ pub(crate) async fn run<L>(shared: Arc<Shared<L>>, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(shared.identity.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut skipped_in_a_row = 0u64;
+    // The op codes of the last beat sent: only a change of them is worth a
+    // beat before its time (a refused stop, a session message or a degraded
+    // flag wakes the loop too, and must not flood the registry).
+    let mut last_sent: Option<Vec<proto::OperationCode>> = None;
     loop {
-        tokio::select! {
+        let early = tokio::select! {
             _ = stop.cancelled() => break,
-            _ = ticks.tick() => {}
-            _ = shared.op_codes_changed.notified() => {}
-        }
+            _ = ticks.tick() => false,
+            _ = shared.op_codes_changed.notified() => true,
+        };
         if !shared.heartbeat_on.load(Ordering::Relaxed) {
             continue;
         }
-        if send(&shared, &subject, &mut sequence, false).await {
+        let op_codes = shared.table().op_codes();
+        if early && last_sent.as_ref() == Some(&op_codes) {
+            continue;
+        }
+        if send(&shared, &subject, &mut sequence, op_codes.clone(), false).await {
             if skipped_in_a_row > 0 {
                 info!(skipped = skipped_in_a_row, "heartbeats resumed");
             }
             skipped_in_a_row = 0;
+            last_sent = Some(op_codes);
         } else {
             if skipped_in_a_row == 0 {
                 warn!("NATS not connected; skipping heartbeats until it returns");
@@ -87,7 +96,8 @@ pub(crate) async fn run<L>(shared: Arc<Shared<L>>, stop: CancellationToken) {
             ticks.reset_after(RECONNECT_POLL.min(shared.identity.interval));
         }
     }
-    if send(&shared, &subject, &mut sequence, true).await {
+    let op_codes = shared.table().op_codes();
+    if send(&shared, &subject, &mut sequence, op_codes, true).await {
         debug!("sent leaving heartbeat");
     } else {
         warn!("could not send the leaving heartbeat");
@@ -98,6 +108,7 @@ async fn send<L>(
     shared: &Shared<L>,
     subject: &str,
     sequence: &mut HeartbeatSequence,
+    op_codes: Vec<proto::OperationCode>,
     leaving: bool,
 ) -> bool {
     if shared.client.connection_state() != State::Connected {
@@ -112,7 +123,6 @@ async fn send<L>(
     {
         return true;
     }
-    let op_codes = shared.table().op_codes();
     let heartbeat = sequence.next(
         &shared.identity,
         op_codes,

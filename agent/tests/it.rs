@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use ocs_agent::{Agent, NoParams, OcsClient, OpContext, OpResult, Params};
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
-use ocs_protocol::{Action, AddressRoot, AgentAddress, InstanceId, OpName, json, proto};
+use ocs_protocol::{Action, AddressRoot, AgentAddress, InstanceId, OpCode, OpName, json, proto};
 use ocs_testkit::{NatsServer, eventually};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -382,6 +382,93 @@ async fn heartbeats_keep_coming_while_operations_block_and_spin() {
     );
     let (_, message, _) = call(c, "spin_async", Action::Wait, json!({}), Some(5.0)).await;
     assert!(message.ends_with("(SUCCEEDED)."));
+    agent.shutdown.cancel();
+    agent.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_body_is_version_1_and_another_version_is_refused_by_name() {
+    let nats = NatsServer::start();
+    let agent = run_agent(&nats, "tester").await;
+    let bus = agent.client.nats();
+    let ask = |payload: Vec<u8>| async move {
+        let reply = bus
+            .request("observatory.tester.ops.status.sleep", payload.into())
+            .await
+            .unwrap();
+        let reply: proto::OperationReply =
+            codec::decode(&reply.payload, MAX_MESSAGE_BYTES).unwrap();
+        (reply.status, reply.message)
+    };
+    assert_eq!(ask(Vec::new()).await, (0, "No session active.".to_owned()));
+    let future = proto::OperationRequest {
+        protocol_version: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        ask(codec::encode(&future)).await,
+        (
+            -1,
+            "malformed request: unsupported protocol version 2 (this build reads 1..=1)".to_owned()
+        )
+    );
+    let (status, message) = ask(vec![0xff, 0xff, 0xff]).await;
+    assert_eq!(status, -1);
+    assert!(message.starts_with("malformed request: "), "{message}");
+    agent.shutdown.cancel();
+    agent.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_op_code_change_sends_an_early_heartbeat() {
+    let nats = NatsServer::start();
+    let log = heartbeats(&nats, "tester").await;
+    let agent = run_agent(&nats, "tester").await;
+    let c = &agent.client;
+    let beats_since = |from: Instant| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| *at > from)
+            .count()
+    };
+    // Forty refused aborts and stops (nothing runs) change no op code.
+    let from = Instant::now();
+    for _ in 0..20 {
+        let (status, _, _) = call(c, "sleep", Action::Abort, json!({}), None).await;
+        assert_eq!(status, -1);
+        let (status, _, _) = call(c, "loop", Action::Stop, json!({}), None).await;
+        assert_eq!(status, -1);
+    }
+    let elapsed = from.elapsed();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The 1 s cadence alone: at most one beat per started second, plus one.
+    let allowed = elapsed.as_secs() as usize + 2;
+    let sent = beats_since(from);
+    assert!(
+        sent <= allowed,
+        "{sent} heartbeats in {elapsed:?} of refused calls"
+    );
+    // A start changes an op code: a beat follows at once, carrying it.
+    let from = Instant::now();
+    call(c, "loop", Action::Start, json!({}), None).await;
+    eventually(
+        Duration::from_millis(500),
+        "an early beat with loop running",
+        || async {
+            log.lock()
+                .unwrap()
+                .iter()
+                .filter(|(at, _)| *at > from)
+                .find(|(_, beat)| {
+                    beat.op_codes
+                        .iter()
+                        .any(|op| op.op_name == "loop" && op.op_code == OpCode::Running.value())
+                })
+                .map(|_| ())
+        },
+    )
+    .await;
     agent.shutdown.cancel();
     agent.task.await.unwrap();
 }
