@@ -211,6 +211,13 @@ struct Rival {
     host: String,
     pid: u32,
     last_heard: Instant,
+    /// The same moment on the wall clock, for the record's `last_updated`.
+    last_heard_unix_ms: i64,
+    /// What its last heartbeat said, for when the record falls back to it.
+    agent_class: String,
+    agent_version: String,
+    interval_ms: u32,
+    op_codes: Vec<proto::OperationCode>,
 }
 
 /// The entry a heartbeat replaces: where it was scheduled, and what the
@@ -435,6 +442,10 @@ impl AgentTable {
                 }
                 rival.seq = heartbeat.seq;
                 rival.last_heard = now;
+                rival.last_heard_unix_ms = now_unix_ms;
+                if rival.op_codes != heartbeat.op_codes {
+                    rival.op_codes = heartbeat.op_codes.clone();
+                }
                 let new = !std::mem::replace(&mut entry.conflict, true);
                 return Observation::Conflict { new };
             }
@@ -478,11 +489,25 @@ impl AgentTable {
                         host: entry.host.clone(),
                         pid: entry.pid,
                         last_heard: entry.last_heard,
+                        last_heard_unix_ms: entry.last_updated_unix_ms,
+                        agent_class: entry.agent_class.clone(),
+                        agent_version: entry.agent_version.clone(),
+                        interval_ms: entry.interval_ms,
+                        op_codes: entry.op_codes.clone(),
                     })
                 } else {
                     None
                 };
                 let conflict = same_incarnation && entry.conflict && rival.is_some();
+                if conflict
+                    && heartbeat.leaving
+                    && let Some(survivor) = rival
+                {
+                    // The copy shown leaves while the one it displaced still
+                    // beats: the record falls back to the survivor at once,
+                    // rather than show a live instance as left.
+                    return self.fall_back_to(address, survivor);
+                }
                 let changed = !same_incarnation
                     || entry.state != AgentState::Alive
                     || heartbeat.leaving
@@ -575,6 +600,35 @@ impl AgentTable {
             },
         );
         observation
+    }
+
+    /// Makes the record of `address` follow `survivor`, the incarnation it
+    /// displaced, which has kept beating (it is a conflict).
+    fn fall_back_to(&mut self, address: &str, survivor: Rival) -> Observation {
+        let Some(entry) = self.agents.get(address) else {
+            return Observation::Stale;
+        };
+        let (old_deadline, old_state) = (entry.deadline, entry.state);
+        self.unschedule(address, old_deadline, old_state);
+        let deadline = survivor.last_heard + self.config.timeout_for(survivor.interval_ms);
+        let entry = self.agents.get_mut(address).expect("looked up above");
+        entry.incarnation = survivor.incarnation;
+        entry.seq = survivor.seq;
+        entry.host = survivor.host;
+        entry.pid = survivor.pid;
+        entry.agent_class = survivor.agent_class;
+        entry.agent_version = survivor.agent_version;
+        entry.interval_ms = survivor.interval_ms;
+        entry.op_codes = survivor.op_codes;
+        entry.last_heard = survivor.last_heard;
+        entry.state = AgentState::Alive;
+        entry.deadline = deadline;
+        entry.time_expired_unix_ms = None;
+        entry.last_updated_unix_ms = survivor.last_heard_unix_ms;
+        entry.rival = None;
+        entry.conflict = false;
+        self.schedule(address, deadline, AgentState::Alive);
+        Observation::Changed
     }
 
     /// Clears the flapping mark of agents without an expiry for

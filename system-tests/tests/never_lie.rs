@@ -44,6 +44,45 @@ async fn incarnation_of(client: &ocs_agent::OcsClient, address: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_newer_copy_of_a_duplicate_stops_the_feed_never_shows_the_instance_left() {
+    let nats = NatsServer::start();
+    let registry = Registry::start(&nats, &[]).await;
+    let feed = common::record_feed(&nats.url()).await;
+    let client = client(&nats.url()).await;
+    let older = idle_faker(&nats.url(), "faker");
+    let older_incarnation = incarnation_of(&client, FAKER).await;
+    let mut newer = idle_faker(&nats.url(), "faker");
+    eventually(Duration::from_secs(5), "the conflict", || async {
+        record(&client, FAKER)
+            .await
+            .filter(|record| !record["conflict"].is_null())
+    })
+    .await;
+    // A graceful stop: the newer copy says it is leaving.
+    newer.signal("TERM");
+    assert_eq!(newer.wait_exit(Duration::from_secs(5)), Some(0));
+    eventually(Duration::from_secs(3), "the older copy shown", || async {
+        record(&client, FAKER)
+            .await
+            .filter(|record| record["incarnation"] == older_incarnation)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let left = common::feed_record(&feed, FAKER, |record| {
+        record.state == proto::AgentState::Left as i32 || record.expired
+    });
+    assert!(
+        left.is_none(),
+        "the feed showed the running instance as gone: {left:?}"
+    );
+    let record = record(&client, FAKER).await.unwrap();
+    assert_eq!(record["expired"], false, "{record}");
+    assert!(record["conflict"].is_null(), "{record}");
+    assert_eq!(record["pid"], older.pid());
+    registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_that_dies_leaves_the_survivor_alive_and_the_conflict_clears() {
     let nats = NatsServer::start();
     let registry = Registry::start(&nats, &[]).await;

@@ -215,6 +215,57 @@ fn an_agent_flaps_after_three_expiries_in_the_window_and_settles_after_a_quiet_o
 }
 
 #[test]
+fn when_the_newer_copy_of_a_duplicate_leaves_the_record_falls_back_to_the_older_at_once() {
+    let mut table = table();
+    let t0 = Instant::now();
+    let acq = [("acq", OpCode::Running)];
+    let at = |millis: u64| t0 + Duration::from_millis(millis);
+    table.observe(&beat(FAKER, INCARNATION_A, 1, &acq), at(0), 0);
+    table.observe(&beat(FAKER, INCARNATION_B, 1, &[]), at(100), 100);
+    // A still beats: a conflict, the record follows B.
+    assert_eq!(
+        table.observe(&beat(FAKER, INCARNATION_A, 2, &acq), at(1000), 1000),
+        Observation::Conflict { new: true }
+    );
+    // B stops gracefully: the record follows A at once, alive with A's op
+    // codes, never left, and no conflict remains.
+    let mut leaving = beat(FAKER, INCARNATION_B, 2, &[]);
+    leaving.leaving = true;
+    assert_eq!(
+        table.observe(&leaving, at(1200), 1200),
+        Observation::Changed
+    );
+    let record = table.record(FAKER).unwrap();
+    assert_eq!(record.incarnation, INCARNATION_A);
+    assert!(!record.expired);
+    assert!(record.conflict.is_none());
+    assert_eq!(record.op_codes[0].op_code, OpCode::Running.value());
+    assert_eq!(table.conflicts(), 0);
+    // A's next beat is an ordinary one, and A expires a timeout after it
+    // was last heard if it stops beating.
+    assert_eq!(
+        table.observe(&beat(FAKER, INCARNATION_A, 3, &acq), at(2000), 2000),
+        Observation::Refreshed
+    );
+    assert!(table.expired_at(at(6999), 6999).is_empty());
+    assert_eq!(table.expired_at(at(7000), 7000), [FAKER]);
+    // Without a confirmed conflict (a restart whose old copy died without a
+    // word), the newer copy leaving is a departure: the dead one is not revived.
+    table.observe(&beat("observatory.other", INCARNATION_A, 1, &[]), at(0), 0);
+    table.observe(
+        &beat("observatory.other", INCARNATION_B, 1, &[]),
+        at(100),
+        100,
+    );
+    let mut leaving = beat("observatory.other", INCARNATION_B, 2, &[]);
+    leaving.leaving = true;
+    table.observe(&leaving, at(200), 200);
+    let record = table.record("observatory.other").unwrap();
+    assert_eq!(record.incarnation, INCARNATION_B);
+    assert!(record.expired);
+}
+
+#[test]
 fn two_live_incarnations_at_one_address_are_a_conflict_until_one_stops() {
     let mut table = table();
     let t0 = Instant::now();
