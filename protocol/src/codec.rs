@@ -108,6 +108,14 @@ pub fn decode<M: Envelope>(payload: &[u8], limit: usize) -> Result<M, CodecError
 /// timeout applies.
 pub const MAX_HEARTBEAT_INTERVAL_MS: u32 = 60_000;
 
+/// The shortest heartbeat interval a heartbeat may state: a faster agent
+/// only loads the registry, and a missing interval (0) is refused rather
+/// than guessed.
+pub const MIN_HEARTBEAT_INTERVAL_MS: u32 = 100;
+
+/// The `op_type` of an operation in a heartbeat: OCS's two kinds.
+pub const OP_TYPES: [&str; 2] = ["task", "process"];
+
 /// Decodes a heartbeat and checks every field a receiver relies on.
 pub fn decode_heartbeat(payload: &[u8], limit: usize) -> Result<proto::Heartbeat, CodecError> {
     let heartbeat: proto::Heartbeat = decode(payload, limit)?;
@@ -128,11 +136,11 @@ pub fn validate_heartbeat(heartbeat: &proto::Heartbeat) -> Result<(), CodecError
             reason: "must start at 1".into(),
         });
     }
-    if heartbeat.interval_ms > MAX_HEARTBEAT_INTERVAL_MS {
+    if !(MIN_HEARTBEAT_INTERVAL_MS..=MAX_HEARTBEAT_INTERVAL_MS).contains(&heartbeat.interval_ms) {
         return Err(CodecError::InvalidField {
             field: "interval_ms",
             reason: format!(
-                "{} ms is longer than the longest heartbeat interval, {MAX_HEARTBEAT_INTERVAL_MS} ms",
+                "{} ms is outside {MIN_HEARTBEAT_INTERVAL_MS}..={MAX_HEARTBEAT_INTERVAL_MS} ms",
                 heartbeat.interval_ms
             ),
         });
@@ -143,13 +151,36 @@ pub fn validate_heartbeat(heartbeat: &proto::Heartbeat) -> Result<(), CodecError
             reason: "must be 1 to 256 characters".into(),
         });
     }
+    let mut names = std::collections::HashSet::with_capacity(heartbeat.op_codes.len());
     for op in &heartbeat.op_codes {
         validate_token("operation name", &op.op_name)?;
-        if OpCode::from_value(op.op_code).is_none() {
-            return Err(CodecError::InvalidField {
-                field: "op_codes",
-                reason: format!("{} has op code {}, not 1..=8", op.op_name, op.op_code),
-            });
+        let invalid = |reason: String| CodecError::InvalidField {
+            field: "op_codes",
+            reason,
+        };
+        match OpCode::from_value(op.op_code) {
+            None => {
+                return Err(invalid(format!(
+                    "{} has op code {}, not 1..=8",
+                    op.op_name, op.op_code
+                )));
+            }
+            Some(OpCode::Expired) => {
+                return Err(invalid(format!(
+                    "{} has op code 7 (EXPIRED), which only the registry sets",
+                    op.op_name
+                )));
+            }
+            Some(_) => {}
+        }
+        if !OP_TYPES.contains(&op.op_type.as_str()) {
+            return Err(invalid(format!(
+                "{} has op_type {:?}, not \"task\" or \"process\"",
+                op.op_name, op.op_type
+            )));
+        }
+        if !names.insert(op.op_name.as_str()) {
+            return Err(invalid(format!("{} is listed twice", op.op_name)));
         }
     }
     Ok(())
@@ -182,8 +213,9 @@ mod tests {
             op_codes: vec![proto::OperationCode {
                 op_name: "acq".into(),
                 op_code: 3,
-                op_type: String::new(),
+                op_type: "process".into(),
             }],
+            interval_ms: 1000,
             ..Default::default()
         }
     }
@@ -212,12 +244,10 @@ mod tests {
     }
 
     #[test]
-    fn accepts_intervals_up_to_the_longest() {
-        let mut longest = heartbeat();
-        longest.interval_ms = MAX_HEARTBEAT_INTERVAL_MS;
-        let mut unstated = heartbeat();
-        unstated.interval_ms = 0;
-        for message in [longest, unstated] {
+    fn accepts_intervals_from_the_shortest_to_the_longest() {
+        for interval_ms in [MIN_HEARTBEAT_INTERVAL_MS, MAX_HEARTBEAT_INTERVAL_MS] {
+            let mut message = heartbeat();
+            message.interval_ms = interval_ms;
             assert!(decode_heartbeat(&encode(&message), 1000).is_ok());
         }
     }
@@ -239,7 +269,27 @@ mod tests {
         day_interval.interval_ms = 86_400_000;
         let mut max_interval = heartbeat();
         max_interval.interval_ms = u32::MAX;
+        // Unstated, or faster than any agent needs.
+        let mut no_interval = heartbeat();
+        no_interval.interval_ms = 0;
+        let mut fast_interval = heartbeat();
+        fast_interval.interval_ms = MIN_HEARTBEAT_INTERVAL_MS - 1;
+        // Only the registry expires operations.
+        let mut expired = heartbeat();
+        expired.op_codes[0].op_code = OpCode::Expired.value();
+        let mut unspecified = heartbeat();
+        unspecified.op_codes[0].op_code = 0;
+        let mut no_type = heartbeat();
+        no_type.op_codes[0].op_type = String::new();
+        let mut twice = heartbeat();
+        twice.op_codes.push(twice.op_codes[0].clone());
         for message in [
+            no_interval,
+            fast_interval,
+            expired,
+            unspecified,
+            no_type,
+            twice,
             bad_code,
             bad_address,
             bad_incarnation,

@@ -160,6 +160,15 @@ pub fn parse_operation<'s>(address: &AgentAddress, subject: &'s str) -> Option<(
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_registry_record_key_is_the_registry_address_agents_and_the_agent_address() {
+        let registry = crate::AgentAddress::parse("observatory.registry").unwrap();
+        assert_eq!(
+            super::registry_record_key(&registry, "observatory.faker1"),
+            "observatory.registry.agents.observatory.faker1"
+        );
+    }
+
+    #[test]
     fn patterns_are_checked_as_the_server_does() {
         for good in [
             "observatory.>",

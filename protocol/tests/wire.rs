@@ -124,21 +124,30 @@ fn agent_operations_golden_bytes() {
     assert_eq!(hex(&codec::encode(&message)), FEED_GOLDEN);
 }
 
-/// A heartbeat as the first release writes it, before any later field: it must
-/// keep decoding, with later fields at their defaults.
+/// A heartbeat with only the required fields decodes, the others at their
+/// defaults; without its interval it is refused, naming the field.
 #[test]
-fn a_minimal_old_heartbeat_still_decodes() {
+fn a_heartbeat_with_only_the_required_fields_decodes() {
     let minimal = proto::Heartbeat {
         protocol_version: 1,
         agent_address: "observatory.faker".into(),
         agent_class: "FakeDataAgent".into(),
         incarnation: "2f1e8f36-8b0e-4d4f-9a57-3c2a0b7b1c11".into(),
         seq: 1,
+        interval_ms: 1000,
         ..Default::default()
     };
     let decoded = codec::decode_heartbeat(&minimal.encode_to_vec(), MAX_MESSAGE_BYTES).unwrap();
-    assert_eq!(decoded.interval_ms, 0);
+    assert!(decoded.op_codes.is_empty());
     assert!(!decoded.leaving);
+    let without_interval = proto::Heartbeat {
+        interval_ms: 0,
+        ..minimal
+    };
+    let err = codec::decode_heartbeat(&without_interval.encode_to_vec(), MAX_MESSAGE_BYTES)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("interval_ms"), "{err}");
 }
 
 /// A newer peer may add fields this build does not know; they are skipped.
