@@ -18,7 +18,7 @@ macro_rules! outln {
 
 mod commands;
 
-use commands::{AgentQuery, HostArgs, ListenArgs, Nats, ProbeArgs, ScanArgs};
+use commands::{AgentQuery, ConformanceArgs, HostArgs, ListenArgs, Nats, ProbeArgs, ScanArgs};
 
 /// Control and inspect OCS agents over NATS.
 ///
@@ -50,6 +50,10 @@ enum Command {
     /// Fetch an HTTP endpoint such as `/healthz` and exit 0 on a 2xx answer, 1
     /// otherwise: container healthchecks need no curl or wget in the image.
     Probe(ProbeArgs),
+    /// Hold a live agent to the protocol's rules (heartbeats, api, ping, the
+    /// reply table, request versions, sessions; with --pid, the leaving
+    /// heartbeat on a signal) with calls that change nothing.
+    Conformance(ConformanceArgs),
     #[command(external_subcommand)]
     Operation(Vec<String>),
 }
@@ -76,5 +80,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Listen(args) => commands::listen(&nats, args).await,
         Command::Host(args) => commands::host(&nats, args).await,
         Command::Probe(args) => commands::probe(args).await,
+        Command::Conformance(args) => commands::conformance(&nats, args).await,
     }
 }

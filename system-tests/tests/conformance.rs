@@ -1,0 +1,157 @@
+//! `ocs conformance` against every agent the project ships: each keeps every
+//! rule, and says it is leaving on SIGTERM and SIGINT; an agent that breaks
+//! the rules is failed by name.
+
+use std::process::Command;
+use std::time::Duration;
+
+use ocs_protocol::codec;
+use ocs_testkit::launch::{ocs_command, run};
+use ocs_testkit::{NatsServer, Process, TempDir, agent, workspace_binary};
+use serde_json::Value;
+
+/// `ocs conformance` on `instance_id`, signalling `process` with `signal`.
+fn conformance(
+    nats: &NatsServer,
+    instance_id: &str,
+    process: &Process,
+    signal: &str,
+) -> (Option<i32>, Value) {
+    let pid = process.pid().to_string();
+    let output = run(&mut ocs_command(
+        &nats.url(),
+        &[
+            "conformance",
+            instance_id,
+            "--json",
+            "--pid",
+            &pid,
+            "--signal",
+            signal,
+        ],
+    ));
+    let report = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|err| panic!("{err}: {} {}", output.stdout, output.stderr));
+    (output.code, report)
+}
+
+fn failures(report: &Value) -> Vec<&Value> {
+    report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| rule["passed"] == false)
+        .collect()
+}
+
+#[test]
+fn every_shipped_agent_keeps_the_protocol() {
+    let nats = NatsServer::start();
+    let dir = TempDir::new("ocs-conformance");
+    let site = dir.path().join("site.yaml");
+    std::fs::write(&site, "hosts:\n  testhost:\n    agent-instances: []\n").unwrap();
+    let mut manager = Command::new(workspace_binary("ocs-host-manager"));
+    manager
+        .args([
+            "--nats-url",
+            &nats.url(),
+            "--site-file",
+            site.to_str().unwrap(),
+        ])
+        .args([
+            "--site-host",
+            "testhost",
+            "--instance-id",
+            "hm1",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .env_remove("OCS_SITE_FILE")
+        .env_remove("INSTANCE_ID");
+    let agents = [
+        (
+            "faker1",
+            agent(&nats.url(), "ocs-fake-data-agent", "faker1", &[]),
+            "TERM",
+        ),
+        (
+            "bare1",
+            agent(&nats.url(), "ocs-barebones-agent", "bare1", &[]),
+            "INT",
+        ),
+        ("hm1", Process::spawn("ocs-host-manager", manager), "TERM"),
+        (
+            "registry",
+            ocs_testkit::launch::registry(&nats.url(), 0, &[]),
+            "INT",
+        ),
+    ];
+    // Every agent up and beating before it is judged.
+    std::thread::sleep(Duration::from_secs(2));
+    for (instance_id, process, signal) in &agents {
+        let (code, report) = conformance(&nats, instance_id, process, signal);
+        assert!(
+            failures(&report).is_empty(),
+            "{instance_id}: {:#?}",
+            failures(&report)
+        );
+        assert_eq!(code, Some(0), "{instance_id}");
+        assert!(report["passed"].as_u64().unwrap() >= 15, "{report}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_breaks_the_rules_fails_by_name() {
+    let nats = NatsServer::start();
+    let bus = async_nats::connect(nats.url()).await.unwrap();
+    // Beats without op_type, a seq that skips, and nobody answering requests.
+    let liar = tokio::spawn(async move {
+        for seq in (1..).step_by(2) {
+            let mut beat = ocs_testkit::heartbeat("observatory.liar");
+            beat.seq = seq;
+            beat.op_codes[0].op_type = String::new();
+            let _ = bus
+                .publish(
+                    "observatory.liar.feeds.heartbeat",
+                    codec::encode(&beat).into(),
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let output = tokio::task::spawn_blocking({
+        let url = nats.url();
+        move || {
+            run(&mut ocs_command(
+                &url,
+                &[
+                    "conformance",
+                    "liar",
+                    "--json",
+                    "--listen",
+                    "2",
+                    "--timeout",
+                    "0.5",
+                ],
+            ))
+        }
+    })
+    .await
+    .unwrap();
+    liar.abort();
+    assert_eq!(output.code, Some(1), "{}", output.stderr);
+    let report: Value = serde_json::from_str(&output.stdout).unwrap();
+    let failed: Vec<&str> = failures(&report)
+        .iter()
+        .map(|rule| rule["rule"].as_str().unwrap())
+        .collect();
+    for rule in [
+        "heartbeat: required fields, op codes 1-8 but not 7, op_type, unique names, interval 100-60000 ms",
+        "heartbeat: one incarnation, seq +1 per beat",
+        "api: answers",
+        "ping: answers",
+    ] {
+        assert!(failed.contains(&rule), "{rule} not among {failed:?}");
+    }
+}
