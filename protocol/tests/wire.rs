@@ -1,10 +1,18 @@
-//! Golden bytes pin the wire format: a change that alters the encoding of an
-//! existing message fails here, on purpose. Also checks that payloads written
-//! by older or newer peers still decode.
+//! Golden vectors pin the wire format: `protocol/conformance/vectors.json`
+//! holds every envelope as bytes and as its fields, and this build must
+//! write exactly those bytes and read them back as those fields, so a change
+//! that alters an existing encoding fails here, on purpose. Other
+//! implementations load the same file. Also checks that payloads written by
+//! older or newer peers still decode.
+//!
+//! After an intended change of the wire (a new field, a new vector):
+//! `UPDATE_VECTORS=1 cargo test -p ocs-protocol --test wire`, and review the diff.
 
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, from_msgpack, to_msgpack};
 use ocs_protocol::proto;
 use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use serde_json::{Value, json};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -36,92 +44,6 @@ fn heartbeat() -> proto::Heartbeat {
         interval_ms: 1000,
         leaving: false,
     }
-}
-
-const HEARTBEAT_GOLDEN: &str = "080112116f627365727661746f72792e66616b65721a0d46616b65446174614167656e74222432663165386633362d386230652d346434662d396135372d336332613062376231633131282a3080bcd9f29e343a100a0361637110031a0770726f636573733a0f0a05636f756e7410011a047461736b4204646171314892215205302e312e3058e807";
-const REQUEST_GOLDEN: &str = "0801121081a564656c6179cb4004000000000000190000000000002440";
-const REPLY_GOLDEN: &str = "080110011a1d4e6f207461736b206f722070726f636573732063616c6c6564202278222246080312036163711803220772756e6e696e6739000020b061bfda414a0481a16e01522309000020b061bfda411218537461747573206973206e6f77202272756e6e696e67222e";
-const FEED_GOLDEN: &str = "080112146f627365727661746f72792e726567697374727918012288010a116f627365727661746f72792e66616b6572120d46616b65446174614167656e74180120022888e3d9f29e343080bcd9f29e3438c0b79cf29e3442100a0361637110071a0770726f636573734a2432663165386633362d386230652d346434662d396135372d3363326130623762316331315204646171315892216205302e312e3068e80770012a0f6f627365727661746f72792e6f6c6430073889e3d9f29e34422436663761316330652d316432622d346333612d386539662d30613162326333643465356648075801";
-
-#[test]
-fn heartbeat_golden_bytes() {
-    let bytes = codec::encode(&heartbeat());
-    assert_eq!(hex(&bytes), HEARTBEAT_GOLDEN);
-    assert_eq!(
-        codec::decode_heartbeat(&bytes, MAX_MESSAGE_BYTES).unwrap(),
-        heartbeat()
-    );
-}
-
-#[test]
-fn operation_request_and_reply_golden_bytes() {
-    let request = proto::OperationRequest {
-        protocol_version: 1,
-        params: to_msgpack(&serde_json::json!({"delay": 2.5})).unwrap(),
-        timeout: Some(10.0),
-    };
-    assert_eq!(hex(&codec::encode(&request)), REQUEST_GOLDEN);
-    let reply = proto::OperationReply {
-        protocol_version: 1,
-        status: -1,
-        message: "No task or process called \"x\"".into(),
-        session: Some(proto::Session {
-            session_id: 3,
-            op_name: "acq".into(),
-            op_code: 3,
-            status: "running".into(),
-            degraded: false,
-            success: None,
-            start_time: 1_795_000_000.5,
-            end_time: None,
-            data: to_msgpack(&serde_json::json!({"n": 1})).unwrap(),
-            messages: vec![proto::SessionMessage {
-                timestamp: 1_795_000_000.5,
-                text: "Status is now \"running\".".into(),
-            }],
-        }),
-    };
-    assert_eq!(hex(&codec::encode(&reply)), REPLY_GOLDEN);
-}
-
-#[test]
-fn agent_operations_golden_bytes() {
-    let message = proto::AgentOperations {
-        protocol_version: 1,
-        registry_address: "observatory.registry".into(),
-        snapshot: true,
-        agents: vec![proto::AgentRecord {
-            agent_address: "observatory.faker".into(),
-            agent_class: "FakeDataAgent".into(),
-            expired: true,
-            state: proto::AgentState::Expired as i32,
-            time_expired_unix_ms: 1_795_000_005_000,
-            last_updated_unix_ms: 1_795_000_000_000,
-            first_seen_unix_ms: 1_794_999_000_000,
-            op_codes: vec![proto::OperationCode {
-                op_name: "acq".into(),
-                op_code: 7,
-                op_type: "process".into(),
-            }],
-            incarnation: "2f1e8f36-8b0e-4d4f-9a57-3c2a0b7b1c11".into(),
-            host: "daq1".into(),
-            pid: 4242,
-            agent_version: "0.1.0".into(),
-            interval_ms: 1000,
-            incarnations_seen: 1,
-            conflict: None,
-            flapping: false,
-            unverified: false,
-        }],
-        forgotten: vec!["observatory.old".into()],
-        seq: 7,
-        sent_at_unix_ms: 1_795_000_005_001,
-        registry_incarnation: "6f7a1c0e-1d2b-4c3a-8e9f-0a1b2c3d4e5f".into(),
-        snapshot_id: 7,
-        snapshot_part: 0,
-        snapshot_parts: 1,
-    };
-    assert_eq!(hex(&codec::encode(&message)), FEED_GOLDEN);
 }
 
 /// A heartbeat with only the required fields decodes, the others at their
@@ -177,25 +99,224 @@ fn msgpack_params_evolve_by_name() {
     assert_eq!((newer.delay, newer.busy), (2.5, false));
 }
 
-#[test]
-fn ping_reply_golden_bytes() {
-    let ping = proto::PingReply {
-        protocol_version: 1,
-        agent_address: "observatory.faker1".into(),
-        incarnation: "9f8c0d3e-7f4c-4f0e-9a57-2d1b8f6e4c11".into(),
-        uptime_ms: 12_345,
+fn session() -> proto::Session {
+    proto::Session {
+        session_id: 3,
+        op_name: "acq".into(),
+        op_code: 3,
+        status: "running".into(),
+        degraded: false,
+        success: None,
+        start_time: 1_795_000_000.5,
+        end_time: None,
+        data: to_msgpack(&json!({"n": 1})).unwrap(),
+        messages: vec![proto::SessionMessage {
+            timestamp: 1_795_000_000.5,
+            text: "Status is now \"running\".".into(),
+        }],
+    }
+}
+
+fn record() -> proto::AgentRecord {
+    proto::AgentRecord {
+        agent_address: "observatory.faker".into(),
+        agent_class: "FakeDataAgent".into(),
+        expired: true,
+        state: proto::AgentState::Expired as i32,
+        time_expired_unix_ms: 1_795_000_005_000,
+        last_updated_unix_ms: 1_795_000_000_000,
+        first_seen_unix_ms: 1_794_999_000_000,
+        op_codes: vec![proto::OperationCode {
+            op_name: "acq".into(),
+            op_code: 7,
+            op_type: "process".into(),
+        }],
+        incarnation: "2f1e8f36-8b0e-4d4f-9a57-3c2a0b7b1c11".into(),
+        host: "daq1".into(),
+        pid: 4242,
         agent_version: "0.1.0".into(),
-    };
-    let bytes = codec::encode(&ping);
-    assert_eq!(
-        hex(&bytes),
-        "08011212\
-         6f627365727661746f72792e66616b657231\
-         1a24\
-         39663863306433652d376634632d346630652d396135372d326431623866366534633131\
-         20b960\
-         2a05302e312e30"
+        interval_ms: 1000,
+        incarnations_seen: 1,
+        conflict: None,
+        flapping: false,
+        unverified: false,
+    }
+}
+
+/// Every envelope of the protocol, as this build writes it: `(name, full
+/// message name, what it shows, bytes)`.
+fn vectors() -> Vec<(&'static str, &'static str, &'static str, Vec<u8>)> {
+    vec![
+        (
+            "heartbeat",
+            "ocs.v1.Heartbeat",
+            "a heartbeat with every field set: one process running, one task never run",
+            codec::encode(&heartbeat()),
+        ),
+        (
+            "operation_request",
+            "ocs.v1.OperationRequest",
+            "a request with MessagePack params {\"delay\": 2.5} and a wait timeout of 10 s",
+            codec::encode(&proto::OperationRequest {
+                protocol_version: 1,
+                params: to_msgpack(&json!({"delay": 2.5})).unwrap(),
+                timeout: Some(10.0),
+            }),
+        ),
+        (
+            "operation_reply",
+            "ocs.v1.OperationReply",
+            "an ERROR reply carrying a running session with data {\"n\": 1} and one message",
+            codec::encode(&proto::OperationReply {
+                protocol_version: 1,
+                status: -1,
+                message: "No task or process called \"x\"".into(),
+                session: Some(session()),
+            }),
+        ),
+        (
+            "api_reply",
+            "ocs.v1.ApiReply",
+            "the api of an agent with one process, its param and its running session",
+            codec::encode(&proto::ApiReply {
+                protocol_version: 1,
+                agent_address: "observatory.faker".into(),
+                agent_class: "FakeDataAgent".into(),
+                host: "daq1".into(),
+                pid: 4242,
+                agent_version: "0.1.0".into(),
+                incarnation: "2f1e8f36-8b0e-4d4f-9a57-3c2a0b7b1c11".into(),
+                operations: vec![proto::OperationInfo {
+                    op_name: "acq".into(),
+                    op_type: "process".into(),
+                    docstring: "Acquire.".into(),
+                    blocking: false,
+                    abortable: false,
+                    session: Some(session()),
+                    params: vec![proto::ParamInfo {
+                        name: "rate".into(),
+                        description: "samples per second".into(),
+                    }],
+                }],
+                feeds: vec!["false_temperatures".into()],
+                uptime_ms: 61_000,
+            }),
+        ),
+        (
+            "ping_reply",
+            "ocs.v1.PingReply",
+            "who answered a ping, and for how long it has run",
+            codec::encode(&proto::PingReply {
+                protocol_version: 1,
+                agent_address: "observatory.faker1".into(),
+                incarnation: "9f8c0d3e-7f4c-4f0e-9a57-2d1b8f6e4c11".into(),
+                uptime_ms: 12_345,
+                agent_version: "0.1.0".into(),
+            }),
+        ),
+        (
+            "feed_message",
+            "ocs.v1.FeedMessage",
+            "the 12th message of a feed, MessagePack payload {\"t\": 4.2}",
+            codec::encode(&proto::FeedMessage {
+                protocol_version: 1,
+                agent_address: "observatory.faker".into(),
+                feed_name: "false_temperatures".into(),
+                seq: 12,
+                sent_at_unix_ms: 1_795_000_000_000,
+                payload: to_msgpack(&json!({"t": 4.2})).unwrap(),
+            }),
+        ),
+        (
+            "agent_operations",
+            "ocs.v1.AgentOperations",
+            "a one-part snapshot of the registry's feed: one expired agent, one forgotten",
+            codec::encode(&proto::AgentOperations {
+                protocol_version: 1,
+                registry_address: "observatory.registry".into(),
+                snapshot: true,
+                agents: vec![record()],
+                forgotten: vec!["observatory.old".into()],
+                seq: 7,
+                sent_at_unix_ms: 1_795_000_005_001,
+                registry_incarnation: "6f7a1c0e-1d2b-4c3a-8e9f-0a1b2c3d4e5f".into(),
+                snapshot_id: 7,
+                snapshot_part: 0,
+                snapshot_parts: 1,
+            }),
+        ),
+        (
+            "stored_session",
+            "ocs.v1.StoredSession",
+            "a session as the journal keeps it in ocs_sessions",
+            codec::encode(&proto::StoredSession {
+                protocol_version: 1,
+                incarnation: "2f1e8f36-8b0e-4d4f-9a57-3c2a0b7b1c11".into(),
+                session: Some(session()),
+            }),
+        ),
+        (
+            "stored_agent",
+            "ocs.v1.StoredAgent",
+            "an expired agent as the registry keeps it in ocs_registry, to be forgotten a day later",
+            codec::encode(&proto::StoredAgent {
+                protocol_version: 1,
+                record: Some(record()),
+                forget_at_unix_ms: 1_795_086_405_000,
+            }),
+        ),
+    ]
+}
+
+/// The vector file as this build makes it: the bytes, and the fields in
+/// protobuf's canonical JSON (proto field names, defaults omitted).
+fn vector_file() -> Value {
+    let descriptors = protox::compile(["proto/ocs/v1/ocs.proto"], ["proto"]).unwrap();
+    let pool = DescriptorPool::from_file_descriptor_set(descriptors).unwrap();
+    let options = SerializeOptions::new().use_proto_field_name(true);
+    let vectors: Vec<Value> = vectors()
+        .into_iter()
+        .map(|(name, message, description, bytes)| {
+            let descriptor = pool.get_message_by_name(message).unwrap();
+            let dynamic = DynamicMessage::decode(descriptor, bytes.as_slice()).unwrap();
+            let fields = dynamic
+                .serialize_with_options(serde_json::value::Serializer, &options)
+                .unwrap();
+            json!({
+                "name": name,
+                "message": message,
+                "description": description,
+                "hex": hex(&bytes),
+                "fields": fields,
+            })
+        })
+        .collect();
+    json!({
+        "about": "Golden vectors of the ocs-nats wire protocol, version 1. Each envelope's bytes (hex) and its fields in protobuf's canonical JSON mapping with proto field names and default values omitted (Python: json_format.MessageToDict(message, preserving_proto_field_name=True)). An implementation must decode `hex` to `fields`, and encode `fields` back to `hex`. Regenerated by `UPDATE_VECTORS=1 cargo test -p ocs-protocol --test wire`.",
+        "vectors": vectors,
+    })
+}
+
+#[test]
+fn this_build_writes_and_reads_the_golden_vectors() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/vectors.json");
+    let made = vector_file();
+    if std::env::var_os("UPDATE_VECTORS").is_some() {
+        std::fs::write(&path, serde_json::to_string_pretty(&made).unwrap() + "\n").unwrap();
+    }
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(
+        stored == made,
+        "{} differs from what this build writes: an encoding changed (if on purpose, run with UPDATE_VECTORS=1 and review the diff)",
+        path.display()
     );
-    let decoded: proto::PingReply = codec::decode(&bytes, 1024).unwrap();
-    assert_eq!(decoded, ping);
+    // What the codec reads, it reads back to the same message.
+    let heartbeat_bytes = &vectors()[0].3;
+    assert_eq!(
+        codec::decode_heartbeat(heartbeat_bytes, MAX_MESSAGE_BYTES).unwrap(),
+        heartbeat()
+    );
+    for vector in stored["vectors"].as_array().unwrap() {
+        assert!(vector["fields"]["protocol_version"] == 1, "{vector}");
+    }
 }
