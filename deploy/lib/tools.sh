@@ -30,6 +30,23 @@ ensure_nats_server() {
   "$NATS_SERVER_BIN" --version >/dev/null || die "$NATS_SERVER_BIN does not run"
 }
 
+# The Python packages the protocol's Python example (and its test) needs, in
+# the same .tools/venv: a NATS client, protobuf with a code generator, msgpack.
+PYTHON_PROTOCOL_PACKAGES=(
+  "nats-py==2.16.0"
+  "protobuf==7.36.2"
+  "msgpack==1.2.4"
+  "grpcio==1.85.3"
+  "grpcio-tools==1.85.1"
+)
+ensure_python_protocol_deps() {
+  ensure_nats_server
+  local venv=$TOOLS_DIR/venv
+  # Exact pins: pip does nothing (and asks no index) when they are installed.
+  "$venv/bin/pip" install --quiet "${PYTHON_PROTOCOL_PACKAGES[@]}" || die "cannot install ${PYTHON_PROTOCOL_PACKAGES[*]}"
+  "$venv/bin/python" -c "import nats, msgpack, google.protobuf, grpc_tools" || die "the Python protocol packages do not import"
+}
+
 # Installs Debian package $2 unless command $1 is already on PATH.
 ensure_debian_tool() {
   local tool=$1 package=$2

@@ -155,3 +155,113 @@ async fn an_agent_that_breaks_the_rules_fails_by_name() {
         assert!(failed.contains(&rule), "{rule} not among {failed:?}");
     }
 }
+
+/// The Python block of `PROTOCOL.md`'s "A minimal agent in Python", as written there.
+fn protocol_md_example() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/PROTOCOL.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let section = text
+        .split("## A minimal agent in Python")
+        .nth(1)
+        .expect("PROTOCOL.md has its Python example");
+    let code = section.split("```python\n").nth(1).unwrap();
+    code.split("\n```").next().unwrap().to_owned() + "\n"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_agent_of_protocol_md_runs_against_the_registry_and_passes() {
+    let python = ocs_testkit::tool(
+        "python3",
+        "deploy/test/all installs it (source deploy/lib/tools.sh; ensure_python_protocol_deps)",
+    );
+    let imports = Command::new(&python)
+        .args(["-c", "import nats, msgpack, google.protobuf, grpc_tools"])
+        .output()
+        .unwrap();
+    assert!(
+        imports.status.success(),
+        "nats-py, protobuf, msgpack or grpcio-tools missing from {}: run source deploy/lib/tools.sh; ensure_python_protocol_deps\n{}",
+        python.display(),
+        String::from_utf8_lossy(&imports.stderr)
+    );
+    let dir = TempDir::new("ocs-python-example");
+    let proto = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocol/proto");
+    let generated = Command::new(&python)
+        .args(["-m", "grpc_tools.protoc", "-I", proto.to_str().unwrap()])
+        .arg(format!("--python_out={}", dir.path().display()))
+        .arg("ocs/v1/ocs.proto")
+        .output()
+        .unwrap();
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let script = dir.path().join("agent.py");
+    std::fs::write(&script, protocol_md_example()).unwrap();
+
+    let nats = NatsServer::start();
+    let _registry = ocs_testkit::launch::registry(&nats.url(), 0, &[]);
+    let mut command = Command::new(&python);
+    command
+        .arg(&script)
+        .env("NATS_URL", nats.url())
+        .env("PYTHONPATH", dir.path());
+    let agent = Process::spawn("python agent", command);
+    let client = ocs_testkit::query::client(&nats.url()).await;
+    ocs_testkit::eventually(
+        Duration::from_secs(10),
+        "the registry sees it alive",
+        || async {
+            ocs_testkit::query::record(&client, "observatory.pyagent")
+                .await
+                .filter(|record| record["expired"] == false)
+        },
+    )
+    .await;
+    // A task run as any client runs it.
+    let url = nats.url();
+    let started = tokio::task::spawn_blocking(move || {
+        let start = ocs_testkit::ocs(&url, &["pyagent", "hello", "start", "name=ocs"]);
+        let status = ocs_testkit::ocs(&url, &["pyagent", "hello", "status", "--json"]);
+        (start, status)
+    })
+    .await
+    .unwrap();
+    assert_eq!(started.0.code, Some(0), "{}", started.0.stdout);
+    let status: Value = serde_json::from_str(&started.1.stdout).unwrap();
+    assert_eq!(
+        status["session"]["data"]["greeting"], "hello ocs",
+        "{status}"
+    );
+    assert_eq!(status["session"]["success"], true, "{status}");
+    // Every rule, and the leaving heartbeat on SIGTERM.
+    let (code, report) = tokio::task::spawn_blocking({
+        let nats_url = nats.url();
+        let pid = agent.pid().to_string();
+        move || {
+            let output = run(&mut ocs_command(
+                &nats_url,
+                &["conformance", "pyagent", "--json", "--pid", &pid],
+            ));
+            (
+                output.code,
+                serde_json::from_str::<Value>(&output.stdout).unwrap(),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(failures(&report).is_empty(), "{:#?}", failures(&report));
+    assert_eq!(code, Some(0));
+    ocs_testkit::eventually(
+        Duration::from_secs(5),
+        "the registry shows it left",
+        || async {
+            ocs_testkit::query::record(&client, "observatory.pyagent")
+                .await
+                .filter(|record| record["state"] == "left")
+        },
+    )
+    .await;
+}
