@@ -10,7 +10,6 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser};
 use futures::StreamExt;
 use ocs_agent::OcsClient;
-use ocs_cli::conformance::{self, Check};
 use ocs_cli::{output, render};
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
 use ocs_protocol::{Action, InstanceId, OpName, ResponseCode, json, proto, subject};
@@ -28,7 +27,7 @@ impl Nats<'_> {
             .with_context(|| format!("cannot connect to NATS at {}", self.0.nats_url))
     }
 
-    async fn ocs(&self) -> anyhow::Result<OcsClient> {
+    pub(crate) async fn ocs(&self) -> anyhow::Result<OcsClient> {
         Ok(OcsClient::new(
             self.client().await?,
             self.0.address_root.clone(),
@@ -118,29 +117,6 @@ pub(crate) struct HostArgs {
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
     /// Print `{"status", "message", "session"}` as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-/// Options of `ocs conformance`.
-#[derive(Args)]
-pub(crate) struct ConformanceArgs {
-    /// The agent's instance id.
-    instance_id: InstanceId,
-    /// Seconds to listen to its heartbeats.
-    #[arg(long, default_value_t = 3.5)]
-    listen: f64,
-    /// The agent's process id: it is then sent --signal, and must say it
-    /// is leaving in a last heartbeat.
-    #[arg(long)]
-    pid: Option<i32>,
-    /// The signal sent to --pid.
-    #[arg(long, default_value = "TERM", value_parser = ["TERM", "INT"])]
-    signal: String,
-    /// Seconds to wait for each answer, and for the leaving heartbeat.
-    #[arg(long, default_value_t = 5.0)]
-    timeout: f64,
-    /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
 }
@@ -268,203 +244,6 @@ pub(crate) async fn host(nats: &Nats<'_>, args: HostArgs) -> anyhow::Result<Exit
     })
 }
 
-/// `ocs conformance`: holds a live agent to the protocol's rules with calls
-/// that change nothing; exit 0 when it keeps them all, 1 otherwise.
-pub(crate) async fn conformance(
-    nats: &Nats<'_>,
-    args: ConformanceArgs,
-) -> anyhow::Result<ExitCode> {
-    let client = nats.ocs().await?;
-    let address = client.address(&args.instance_id);
-    let timeout = seconds(args.timeout)?;
-    let mut heartbeats = client
-        .nats()
-        .subscribe(subject::heartbeat(&address))
-        .await?;
-    let began = std::time::Instant::now();
-    let beats = collect_beats(&mut heartbeats, began, seconds(args.listen)?, false).await;
-    let mut checks = conformance::heartbeats(&address, &beats);
-    if let Some(last) = beats.last().map(|beat| &beat.heartbeat) {
-        match client.api(&args.instance_id, timeout).await {
-            Ok(api) => checks.extend(conformance::api(&api, last)),
-            Err(err) => checks.push(Check::new("api: answers", false, err.to_string())),
-        }
-        match client.ping(&args.instance_id, timeout).await {
-            Ok(ping) => checks.push(conformance::ping(&ping, last)),
-            Err(err) => checks.push(Check::new("ping: answers", false, err.to_string())),
-        }
-        checks.extend(reply_table(client.nats(), &address, last, timeout).await);
-    }
-    if let Some(pid) = args.pid {
-        let signal = match args.signal.as_str() {
-            "INT" => rustix::process::Signal::INT,
-            _ => rustix::process::Signal::TERM,
-        };
-        let pid = rustix::process::Pid::from_raw(pid)
-            .ok_or_else(|| anyhow!("--pid {pid} is not a process id"))?;
-        rustix::process::kill_process(pid, signal)
-            .with_context(|| format!("cannot signal process {}", pid.as_raw_nonzero()))?;
-        let after = collect_beats(&mut heartbeats, std::time::Instant::now(), timeout, true).await;
-        checks.push(conformance::leaving(&args.signal, &after));
-    }
-    output::write_text(&conformance::render(address.as_str(), &checks, args.json))?;
-    Ok(if checks.iter().all(|check| check.passed) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
-}
-
-/// The heartbeats that arrive within `duration` (until the first leaving
-/// one, if `until_leaving`).
-async fn collect_beats(
-    heartbeats: &mut async_nats::Subscriber,
-    began: std::time::Instant,
-    duration: Duration,
-    until_leaving: bool,
-) -> Vec<conformance::Beat> {
-    let mut beats = Vec::new();
-    let deadline = tokio::time::sleep(duration);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => break,
-            Some(message) = heartbeats.next() => {
-                // Decoded, not validated: the rules are checked and reported.
-                if let Ok(heartbeat) = codec::decode::<proto::Heartbeat>(&message.payload, MAX_MESSAGE_BYTES) {
-                    let leaving = heartbeat.leaving;
-                    beats.push(conformance::Beat { at: began.elapsed(), heartbeat });
-                    if leaving && until_leaving {
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    beats
-}
-
-/// The rows of the reply table that a call changing nothing can reach,
-/// the request versions, and `status` of every operation.
-async fn reply_table(
-    bus: &async_nats::Client,
-    address: &ocs_protocol::AgentAddress,
-    heartbeat: &proto::Heartbeat,
-    timeout: Duration,
-) -> Vec<Check> {
-    const NOBODY: &str = "ocs_conformance_no_such_operation";
-    let ask = |action: &str, op: &str, body: Vec<u8>| {
-        let subject = format!("{address}.ops.{action}.{op}");
-        async move {
-            let answer = tokio::time::timeout(timeout, bus.request(subject, body.into())).await;
-            match answer {
-                Ok(Ok(message)) => {
-                    codec::decode::<proto::OperationReply>(&message.payload, MAX_MESSAGE_BYTES)
-                        .map_err(|err| err.to_string())
-                }
-                Ok(Err(err)) => Err(err.to_string()),
-                Err(_) => Err("no answer in time".to_owned()),
-            }
-        }
-    };
-    let v1 = codec::encode(&proto::OperationRequest {
-        protocol_version: ocs_protocol::PROTOCOL_VERSION,
-        ..Default::default()
-    });
-    let mut rows: Vec<(
-        String,
-        Result<proto::OperationReply, String>,
-        ResponseCode,
-        String,
-    )> = vec![
-        (
-            "status of an unknown operation".into(),
-            ask("status", NOBODY, v1.clone()).await,
-            ResponseCode::Error,
-            format!("No task or process called \"{NOBODY}\""),
-        ),
-        (
-            "start of an unknown operation".into(),
-            ask("start", NOBODY, v1.clone()).await,
-            ResponseCode::Error,
-            format!("No task or process called \"{NOBODY}\""),
-        ),
-        (
-            "stop of an unknown operation".into(),
-            ask("stop", NOBODY, v1.clone()).await,
-            ResponseCode::Error,
-            format!("No operation called \"{NOBODY}\"."),
-        ),
-        (
-            "wait on an unknown operation".into(),
-            ask("wait", NOBODY, v1.clone()).await,
-            ResponseCode::Error,
-            format!("Unknown operation \"{NOBODY}\"."),
-        ),
-    ];
-    for op in &heartbeat.op_codes {
-        let name = op.op_name.as_str();
-        rows.push((
-            format!("an unknown action on {name}"),
-            ask("frobnicate", name, v1.clone()).await,
-            ResponseCode::Error,
-            format!("No implementation for \"{name}\""),
-        ));
-        let (wrong, kind) = if op.op_type == "task" {
-            ("stop", "task")
-        } else {
-            ("abort", "process")
-        };
-        rows.push((
-            format!("{wrong} of the {kind} {name}"),
-            ask(wrong, name, v1.clone()).await,
-            ResponseCode::Error,
-            format!("Cannot \"{wrong}\" \"{name}\" because it is a \"{kind}\"."),
-        ));
-    }
-    let mut checks: Vec<Check> = rows
-        .into_iter()
-        .map(|(case, answer, status, message)| match answer {
-            Ok(reply) => conformance::reply(format!("reply: {case}"), &reply, status, &message),
-            Err(err) => Check::new(format!("reply: {case}"), false, err),
-        })
-        .collect();
-    for op in &heartbeat.op_codes {
-        checks.push(match ask("status", &op.op_name, v1.clone()).await {
-            Ok(reply) => conformance::status(&op.op_name, &reply),
-            Err(err) => Check::new(format!("status {}: answers", op.op_name), false, err),
-        });
-    }
-    if let Some(op) = heartbeat.op_codes.first() {
-        let name = op.op_name.as_str();
-        checks.push(match ask("status", name, Vec::new()).await {
-            Ok(reply) => Check::new(
-                "request: an empty body is version 1",
-                reply.status == ResponseCode::Ok.value(),
-                format!("{} {:?}", reply.status, reply.message),
-            ),
-            Err(err) => Check::new("request: an empty body is version 1", false, err),
-        });
-        let future = codec::encode(&proto::OperationRequest {
-            protocol_version: ocs_protocol::PROTOCOL_VERSION + 1,
-            ..Default::default()
-        });
-        checks.push(match ask("status", name, future).await {
-            Ok(reply) => Check::new(
-                "request: another version is refused, naming it",
-                reply.status == ResponseCode::Error.value()
-                    && reply.message.starts_with(&format!(
-                        "malformed request: unsupported protocol version {}",
-                        ocs_protocol::PROTOCOL_VERSION + 1
-                    )),
-                format!("{} {:?}", reply.status, reply.message),
-            ),
-            Err(err) => Check::new("request: another version is refused, naming it", false, err),
-        });
-    }
-    checks
-}
-
 /// `ocs probe`
 pub(crate) async fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     let url = &args.url;
@@ -509,11 +288,11 @@ async fn get(url: &hyper::Uri) -> anyhow::Result<hyper::StatusCode> {
     Ok(status)
 }
 
-fn seconds(value: f64) -> anyhow::Result<Duration> {
+pub(crate) fn seconds(value: f64) -> anyhow::Result<Duration> {
     ocs_service::seconds::positive(value).map_err(|reason| anyhow!("invalid timeout: {reason}"))
 }
 
-fn parse_params(params: &[String]) -> anyhow::Result<Map<String, Value>> {
+pub(crate) fn parse_params(params: &[String]) -> anyhow::Result<Map<String, Value>> {
     params
         .iter()
         .map(|pair| {

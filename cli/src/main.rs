@@ -17,8 +17,10 @@ macro_rules! outln {
 }
 
 mod commands;
+mod conformance_calls;
 
-use commands::{AgentQuery, ConformanceArgs, HostArgs, ListenArgs, Nats, ProbeArgs, ScanArgs};
+use commands::{AgentQuery, HostArgs, ListenArgs, Nats, ProbeArgs, ScanArgs};
+use conformance_calls::ConformanceArgs;
 
 /// Control and inspect OCS agents over NATS.
 ///
@@ -80,6 +82,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Listen(args) => commands::listen(&nats, args).await,
         Command::Host(args) => commands::host(&nats, args).await,
         Command::Probe(args) => commands::probe(args).await,
-        Command::Conformance(args) => commands::conformance(&nats, args).await,
+        Command::Conformance(args) => conformance_calls::conformance(&nats, args).await,
     }
 }

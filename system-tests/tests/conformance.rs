@@ -10,26 +10,27 @@ use ocs_testkit::launch::{ocs_command, run};
 use ocs_testkit::{NatsServer, Process, TempDir, agent, workspace_binary};
 use serde_json::Value;
 
-/// `ocs conformance` on `instance_id`, signalling `process` with `signal`.
+/// `ocs conformance` on `instance_id` with `extra` arguments, signalling
+/// `process` with `signal`.
 fn conformance(
     nats: &NatsServer,
     instance_id: &str,
     process: &Process,
     signal: &str,
+    extra: &[&str],
 ) -> (Option<i32>, Value) {
     let pid = process.pid().to_string();
-    let output = run(&mut ocs_command(
-        &nats.url(),
-        &[
-            "conformance",
-            instance_id,
-            "--json",
-            "--pid",
-            &pid,
-            "--signal",
-            signal,
-        ],
-    ));
+    let mut args = vec![
+        "conformance",
+        instance_id,
+        "--json",
+        "--pid",
+        &pid,
+        "--signal",
+        signal,
+    ];
+    args.extend(extra);
+    let output = run(&mut ocs_command(&nats.url(), &args));
     let report = serde_json::from_str(&output.stdout)
         .unwrap_or_else(|err| panic!("{err}: {} {}", output.stdout, output.stderr));
     (output.code, report)
@@ -69,34 +70,48 @@ fn every_shipped_agent_keeps_the_protocol() {
         .env("RUST_LOG", "warn")
         .env_remove("OCS_SITE_FILE")
         .env_remove("INSTANCE_ID");
-    let agents = [
+    // Each with an operation safe to run through its states, where it has one.
+    let agents: [(&str, Process, &str, &[&str]); 4] = [
         (
             "faker1",
             agent(&nats.url(), "ocs-fake-data-agent", "faker1", &[]),
             "TERM",
+            &["--exercise", "delay_task", "--param", "delay=0.3"],
         ),
         (
             "bare1",
             agent(&nats.url(), "ocs-barebones-agent", "bare1", &[]),
             "INT",
+            &["--exercise", "count", "--param", "interval=0.1"],
         ),
-        ("hm1", Process::spawn("ocs-host-manager", manager), "TERM"),
+        (
+            "hm1",
+            Process::spawn("ocs-host-manager", manager),
+            "TERM",
+            &[],
+        ),
         (
             "registry",
             ocs_testkit::launch::registry(&nats.url(), 0, &[]),
             "INT",
+            &[],
         ),
     ];
     // Every agent up and beating before it is judged.
     std::thread::sleep(Duration::from_secs(2));
-    for (instance_id, process, signal) in &agents {
-        let (code, report) = conformance(&nats, instance_id, process, signal);
+    for (instance_id, process, signal, extra) in &agents {
+        let (code, report) = conformance(&nats, instance_id, process, signal, extra);
         assert!(
             failures(&report).is_empty(),
             "{instance_id}: {:#?}",
             failures(&report)
         );
         assert_eq!(code, Some(0), "{instance_id}");
+        let rules = report["rules"].as_array().unwrap();
+        let exercised = rules
+            .iter()
+            .any(|rule| rule["rule"].as_str().unwrap().starts_with("wait until"));
+        assert_eq!(exercised, !extra.is_empty(), "{instance_id}: {report}");
         assert!(report["passed"].as_u64().unwrap() >= 15, "{report}");
     }
 }
@@ -242,7 +257,17 @@ async fn the_python_agent_of_protocol_md_runs_against_the_registry_and_passes() 
         move || {
             let output = run(&mut ocs_command(
                 &nats_url,
-                &["conformance", "pyagent", "--json", "--pid", &pid],
+                &[
+                    "conformance",
+                    "pyagent",
+                    "--json",
+                    "--pid",
+                    &pid,
+                    "--exercise",
+                    "hello",
+                    "--param",
+                    "name=again",
+                ],
             ));
             (
                 output.code,
