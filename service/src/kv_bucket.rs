@@ -84,11 +84,26 @@ impl BucketSpec {
     }
 }
 
+/// Buckets this process has warned about: a bucket with other settings is
+/// reopened every few seconds, and one warning says it all.
+static WARNED: parking_lot::Mutex<Vec<&'static str>> = parking_lot::Mutex::new(Vec::new());
+
+/// Whether `bucket` is warned about for the first time in this process.
+fn first_warning_about(bucket: &'static str) -> bool {
+    let mut warned = WARNED.lock();
+    if warned.contains(&bucket) {
+        return false;
+    }
+    warned.push(bucket);
+    true
+}
+
 /// Opens the bucket of `spec`, creating it if it is missing; gives up after a
 /// bounded wait, so a caller without JetStream can carry on and retry.
 ///
 /// A bucket found with other settings (made by an older release or another
-/// implementation) is used as it is, with a warning naming the differences:
+/// implementation) is used as it is, with a warning naming the differences,
+/// once per process and bucket:
 /// changing a shared bucket under other services is an operator's decision.
 pub async fn open_kv_bucket(
     client: &async_nats::Client,
@@ -98,7 +113,7 @@ pub async fn open_kv_bucket(
     tokio::time::timeout(TIMEOUT, async {
         if let Ok(store) = context.get_key_value(spec.name).await {
             let differences = spec.differences(&store.stream.cached_info().config);
-            if !differences.is_empty() {
+            if !differences.is_empty() && first_warning_about(spec.name) {
                 warn!(
                     bucket = spec.name,
                     differences = %differences.join(", "),
@@ -164,6 +179,13 @@ mod tests {
         assert!(config.allow_direct);
         assert_eq!(config.discard, stream::DiscardPolicy::New);
         assert!(SPEC.differences(&config).is_empty());
+    }
+
+    #[test]
+    fn a_bucket_is_warned_about_once() {
+        assert!(first_warning_about("ocs_test_warned"));
+        assert!(!first_warning_about("ocs_test_warned"));
+        assert!(first_warning_about("ocs_test_other"));
     }
 
     #[test]
