@@ -152,6 +152,31 @@ pub fn op_code_name(value: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registry_record_has_the_documented_keys_and_units() {
+        let mut record = proto::AgentRecord {
+            agent_address: "observatory.faker1".into(),
+            agent_class: "FakeDataAgent".into(),
+            state: proto::AgentState::Alive as i32,
+            last_updated_unix_ms: 1_795_000_000_250,
+            first_seen_unix_ms: 1_795_000_000_000,
+            interval_ms: 1500,
+            ..Default::default()
+        };
+        let alive = agent_record(&record);
+        assert_eq!(alive["time_expired"], serde_json::Value::Null);
+        assert_eq!(alive["last_updated"], json!(1_795_000_000.25));
+        assert_eq!(alive["heartbeat_interval"], json!(1.5));
+        assert_eq!(alive["state"], "alive");
+        assert_eq!(alive["conflict"], serde_json::Value::Null);
+        record.expired = true;
+        record.state = proto::AgentState::Expired as i32;
+        record.time_expired_unix_ms = 1_795_000_005_000;
+        let expired = agent_record(&record);
+        assert_eq!(expired["time_expired"], json!(1_795_000_005.0));
+        assert_eq!(expired["state"], "expired");
+    }
     use crate::codec::to_msgpack;
 
     #[test]
