@@ -10,12 +10,16 @@
 //!    reports time per scrape, body size and the process's memory growth.
 //! 2. End to end: a real nats-server, `ocs-registry` and `ocs-fake-data-agent`
 //!    processes and the monitor; times from a `start` request to the new op
-//!    code being visible on `/metrics`, polled every 2 ms.
+//!    code being visible on `/metrics`, polled every 2 ms. Every wait is
+//!    bounded and fails naming what it waited for; the processes are stopped
+//!    when it ends or fails, and the registry and agent also when it is
+//!    killed (they stop with their parent).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use std::time::{Duration, Instant};
 
 use ocs_agent::OcsClient;
 use ocs_operation_monitor::fleet::{Fleet, FleetLimits};
@@ -144,17 +148,18 @@ async fn latency_bench(changes: usize) {
     let faker = InstanceId::new("faker").unwrap();
     let delay_task = OpName::new("delay_task").unwrap();
     let series = |code: i32| format!("operation=\"delay_task\",op_type=\"task\"}} {code}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !http_get(monitor, "/metrics").await.1.contains(&series(1)) {
-        assert!(
-            Instant::now() < deadline,
-            "faker never showed up on /metrics"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    shows(
+        monitor,
+        "the faker on /metrics",
+        Duration::from_secs(20),
+        |body| body.contains(&series(1)),
+    )
+    .await;
     let mut latencies = Vec::new();
-    for _ in 0..changes {
-        let params = to_msgpack(&serde_json::json!({"delay": 0.05})).unwrap();
+    for change in 0..changes {
+        // Long enough that RUNNING is on /metrics for many polls: a task
+        // that ends between two polls would never be seen running.
+        let params = to_msgpack(&serde_json::json!({"delay": 0.5})).unwrap();
         let start = Instant::now();
         client
             .operation(
@@ -167,13 +172,13 @@ async fn latency_bench(changes: usize) {
             )
             .await
             .unwrap();
-        loop {
-            let body = http_get(monitor, "/metrics").await.1;
-            if body.contains(&series(2)) || body.contains(&series(3)) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        shows(
+            monitor,
+            &format!("change {change}: delay_task starting or running"),
+            Duration::from_secs(10),
+            |body| body.contains(&series(2)) || body.contains(&series(3)),
+        )
+        .await;
         latencies.push(start.elapsed().as_secs_f64() * 1000.0);
         client
             .operation(
@@ -186,9 +191,13 @@ async fn latency_bench(changes: usize) {
             )
             .await
             .unwrap();
-        while !http_get(monitor, "/metrics").await.1.contains(&series(5)) {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        shows(
+            monitor,
+            &format!("change {change}: delay_task succeeded"),
+            Duration::from_secs(10),
+            |body| body.contains(&series(5)),
+        )
+        .await;
     }
     latencies.sort_by(f64::total_cmp);
     println!(
@@ -197,6 +206,26 @@ async fn latency_bench(changes: usize) {
         percentile(&latencies, 0.99),
         latencies.last().unwrap()
     );
+}
+
+/// Polls the monitor's `/metrics` every 2 ms until `done` holds, for at most
+/// `limit`; fails loudly, naming `what`, rather than hang.
+async fn shows(monitor: SocketAddr, what: &str, limit: Duration, done: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let body = tokio::time::timeout(Duration::from_secs(5), http_get(monitor, "/metrics"))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: /metrics did not answer within 5 s"))
+            .1;
+        if done(&body) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not on /metrics within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 #[tokio::main]
