@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use ocs_protocol::{AgentAddress, OpCode, ResponseCode, SessionStatus, codec, proto};
+use ocs_protocol::{AgentAddress, OpCode, SessionStatus, codec, proto};
 use serde_json::json;
 
 /// One rule and whether the agent kept it.
@@ -171,18 +171,42 @@ pub fn ping(ping: &proto::PingReply, heartbeat: &proto::Heartbeat) -> Check {
     )
 }
 
-/// One reply against the reply table: its status and exact message.
-pub fn reply(
-    rule: impl Into<String>,
-    reply: &proto::OperationReply,
-    status: ResponseCode,
-    message: &str,
+/// A request's answer, which must satisfy `holds`; no answer (`Err`) fails.
+pub fn answered(
+    rule: String,
+    answer: Result<proto::OperationReply, String>,
+    holds: impl FnOnce(&proto::OperationReply) -> bool,
 ) -> Check {
-    Check::new(
-        rule,
-        reply.status == status.value() && reply.message == message,
-        format!("{} {:?}", reply.status, reply.message),
-    )
+    match answer {
+        Ok(reply) => Check::new(
+            rule,
+            holds(&reply),
+            format!("{} {:?}", reply.status, reply.message),
+        ),
+        Err(err) => Check::new(rule, false, err),
+    }
+}
+
+/// `check`, failed also when the reply's session is missing or malformed.
+pub fn with_session(
+    check: Check,
+    op: &str,
+    answer: Result<proto::OperationReply, String>,
+) -> Check {
+    if !check.passed {
+        return check;
+    }
+    match answer.ok().and_then(|reply| reply.session) {
+        Some(session) => {
+            let shape = session_shape(&check.rule, op, &session);
+            Check::new(
+                check.rule,
+                shape.passed,
+                format!("{}; session {}", check.detail, shape.detail),
+            )
+        }
+        None => Check::new(check.rule, false, "no session in the reply"),
+    }
 }
 
 /// A `status` reply: OK, with a well-formed session or "No session active.".
@@ -190,8 +214,7 @@ pub fn status(op_name: &str, reply: &proto::OperationReply) -> Check {
     let rule = format!("status {op_name}: OK, and a well-formed session if any");
     match &reply.session {
         Some(session) if reply.status == 0 && reply.message == "Session active." => {
-            let shape = session_shape(&rule, op_name, session);
-            Check::new(rule, shape.passed, shape.detail)
+            session_shape(&rule, op_name, session)
         }
         None if reply.status == 0 && reply.message == "No session active." => {
             Check::new(rule, true, "no session")
@@ -370,5 +393,19 @@ mod tests {
             serde_json::from_str(&render("faker1", &checks, true)).unwrap();
         assert_eq!(value["failed"], 1);
         assert_eq!(value["rules"][1]["rule"], "two");
+    }
+
+    #[test]
+    fn an_answer_is_held_to_its_condition_and_no_answer_fails() {
+        let reply = proto::OperationReply {
+            status: -1,
+            message: "No session active.".into(),
+            ..Default::default()
+        };
+        let check = answered("r".into(), Ok(reply.clone()), |reply| reply.status == -1);
+        assert_eq!(check, Check::new("r", true, "-1 \"No session active.\""));
+        assert!(!answered("r".into(), Ok(reply), |reply| reply.status == 0).passed);
+        let silent = answered("r".into(), Err("no answer in time".into()), |_| true);
+        assert_eq!(silent, Check::new("r", false, "no answer in time"));
     }
 }

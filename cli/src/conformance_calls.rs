@@ -193,11 +193,9 @@ fn row(
     status: ResponseCode,
     message: &str,
 ) -> Check {
-    let rule = format!("reply: {case}");
-    match answer {
-        Ok(reply) => conformance::reply(rule, &reply, status, message),
-        Err(err) => Check::new(rule, false, err),
-    }
+    conformance::answered(format!("reply: {case}"), answer, |reply| {
+        reply.status == status.value() && reply.message == message
+    })
 }
 
 /// The rows of the reply table that a call changing nothing can reach,
@@ -257,32 +255,24 @@ async fn reply_table(agent: &Requests<'_>, heartbeat: &proto::Heartbeat) -> Vec<
     }
     if let Some(op) = heartbeat.op_codes.first() {
         let name = op.op_name.as_str();
-        let rule = "request: an empty body is version 1";
-        checks.push(match agent.ask_raw("status", name, Vec::new(), 0.0).await {
-            Ok(reply) => Check::new(
-                rule,
-                reply.status == ResponseCode::Ok.value(),
-                format!("{} {:?}", reply.status, reply.message),
-            ),
-            Err(err) => Check::new(rule, false, err),
-        });
+        checks.push(conformance::answered(
+            "request: an empty body is version 1".into(),
+            agent.ask_raw("status", name, Vec::new(), 0.0).await,
+            |reply| reply.status == ResponseCode::Ok.value(),
+        ));
         let newer = ocs_protocol::PROTOCOL_VERSION + 1;
         let body = codec::encode(&proto::OperationRequest {
             protocol_version: newer,
             ..Default::default()
         });
-        let rule = "request: another version is refused, naming it";
-        checks.push(match agent.ask_raw("status", name, body, 0.0).await {
-            Ok(reply) => Check::new(
-                rule,
-                reply.status == ResponseCode::Error.value()
-                    && reply.message.starts_with(&format!(
-                        "malformed request: unsupported protocol version {newer}"
-                    )),
-                format!("{} {:?}", reply.status, reply.message),
-            ),
-            Err(err) => Check::new(rule, false, err),
-        });
+        let refusal = format!("malformed request: unsupported protocol version {newer}");
+        checks.push(conformance::answered(
+            "request: another version is refused, naming it".into(),
+            agent.ask_raw("status", name, body, 0.0).await,
+            |reply| {
+                reply.status == ResponseCode::Error.value() && reply.message.starts_with(&refusal)
+            },
+        ));
     }
     checks
 }
@@ -297,7 +287,7 @@ async fn exercise(agent: &Requests<'_>, op: &str, op_type: &str, params: Vec<u8>
         .ok()
         .and_then(|reply| reply.session.as_ref())
         .is_some_and(|session| session.status != "done");
-    checks.push(with_session(
+    checks.push(conformance::with_session(
         row(
             &format!("start of {op}"),
             started.clone(),
@@ -325,7 +315,7 @@ async fn exercise(agent: &Requests<'_>, op: &str, op_type: &str, params: Vec<u8>
             &format!("Operation \"{op}\" still running; wait timed out."),
         ));
         let stopped = agent.ask("stop", op, Vec::new(), None).await;
-        checks.push(with_session(
+        checks.push(conformance::with_session(
             row(
                 &format!("stop of the running {op}"),
                 stopped.clone(),
@@ -337,55 +327,28 @@ async fn exercise(agent: &Requests<'_>, op: &str, op_type: &str, params: Vec<u8>
         ));
     }
     let waited = agent.ask("wait", op, Vec::new(), Some(limit)).await;
-    let rule = format!("wait until {op} is done");
-    checks.push(match waited {
-        Ok(reply) => {
-            let ended = reply.status == ResponseCode::Ok.value()
-                && reply
-                    .message
-                    .starts_with(&format!("Operation \"{op}\" is currently not running ("));
-            let shape = reply
-                .session
-                .as_ref()
-                .map(|session| conformance::session_shape(&rule, op, session));
-            Check::new(
-                rule.clone(),
-                ended && shape.as_ref().is_some_and(|shape| shape.passed),
-                shape.map_or(format!("{} {:?}", reply.status, reply.message), |shape| {
-                    format!("{:?}; session {}", reply.message, shape.detail)
-                }),
-            )
-        }
-        Err(err) => Check::new(rule, false, err),
-    });
-    let (action, done) = if op_type == "process" {
-        ("stop", "stop")
+    let not_running = format!("Operation \"{op}\" is currently not running (");
+    checks.push(conformance::with_session(
+        conformance::answered(
+            format!("wait until {op} is done"),
+            waited.clone(),
+            |reply| {
+                reply.status == ResponseCode::Ok.value() && reply.message.starts_with(&not_running)
+            },
+        ),
+        op,
+        waited,
+    ));
+    let action = if op_type == "process" {
+        "stop"
     } else {
-        ("abort", "abort")
+        "abort"
     };
     checks.push(row(
-        &format!("{done} of the finished {op}"),
+        &format!("{action} of the finished {op}"),
         agent.ask(action, op, Vec::new(), None).await,
         ResponseCode::Error,
         "The operation is already done",
     ));
     checks
-}
-
-/// `check`, failed also when the reply's session is missing or malformed.
-fn with_session(check: Check, op: &str, answer: Result<proto::OperationReply, String>) -> Check {
-    if !check.passed {
-        return check;
-    }
-    match answer.ok().and_then(|reply| reply.session) {
-        Some(session) => {
-            let shape = conformance::session_shape(&check.rule, op, &session);
-            Check::new(
-                check.rule,
-                shape.passed,
-                format!("{}; session {}", check.detail, shape.detail),
-            )
-        }
-        None => Check::new(check.rule, false, "no session in the reply"),
-    }
 }
