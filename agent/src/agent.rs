@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
 use futures::{FutureExt, StreamExt};
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
 use ocs_protocol::{Action, AgentAddress, FeedName, OpName, ResponseCode, proto, subject};
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;

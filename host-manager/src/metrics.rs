@@ -3,8 +3,6 @@
 //! report (children taken out of the site file leave no series).
 
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 use std::time::Duration;
 
 use axum::Router;
@@ -12,14 +10,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use ocs_service::exposition::{encode_gauges, render};
+use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
-
-use ocs_service::exposition::{encode_gauges, render};
 
 /// Every state a child can be in, for the state gauge.
 pub const CHILD_STATES: [&str; 7] = [

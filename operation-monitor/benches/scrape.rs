@@ -19,14 +19,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
 use ocs_agent::OcsClient;
 use ocs_operation_monitor::fleet::{Fleet, FleetLimits};
 use ocs_operation_monitor::metrics::MonitorMetrics;
 use ocs_protocol::codec::to_msgpack;
 use ocs_protocol::{Action, AddressRoot, AgentAddress, InstanceId, OpName, proto};
 use ocs_testkit::{NatsServer, http_get};
+use parking_lot::Mutex;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -16,11 +16,10 @@ pub mod metrics;
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use ocs_protocol::AgentAddress;
 use ocs_service::endpoints;
 use ocs_service::skeleton::Started;
+use parking_lot::Mutex;
 
 pub use config::Config;
 

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use ocs_protocol::OpCode;
+use ocs_service::exposition::encode_gauges as gauge;
+use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
@@ -18,7 +18,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as MetricFamilies;
 
 use crate::fleet::Fleet;
-use ocs_service::exposition::encode_gauges as gauge;
 
 /// Why a feed message or record was not taken.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]

@@ -15,11 +15,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
 use async_nats::jetstream::kv;
 use ocs_protocol::{AgentAddress, subject};
 use ocs_service::{BucketSpec, open_kv_bucket};
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

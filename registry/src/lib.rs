@@ -24,11 +24,10 @@ mod vigil;
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use ocs_agent::{Agent, AgentError, NoParams};
 use ocs_service::endpoints;
 use ocs_service::skeleton::Started;
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

@@ -5,13 +5,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
 use async_nats::connection::State;
 use futures::{FutureExt, StreamExt};
 use ocs_agent::{OpContext, OpResult};
 use ocs_protocol::codec::{self, CodecError};
 use ocs_protocol::{AddressRoot, AgentAddress, json, proto, subject};
+use parking_lot::Mutex;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 

@@ -13,13 +13,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use ocs_protocol::{AgentAddress, codec, proto, subject};
 use ocs_service::{BucketSpec, open_kv_bucket, reopen_kv_bucket};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
