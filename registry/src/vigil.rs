@@ -155,15 +155,12 @@ mod tests {
         })
     }
 
+    /// Beat `seq` of one steady incarnation at `address`.
     fn beat(table: &mut AgentTable, address: &str, seq: u64) {
         let heartbeat = proto::Heartbeat {
-            protocol_version: 1,
-            agent_address: address.into(),
-            agent_class: "FakeDataAgent".into(),
             incarnation: "2f1e8f36-8b0e-4d4f-9a57-3c2a0b7b1c11".into(),
             seq,
-            interval_ms: 1000,
-            ..Default::default()
+            ..ocs_testkit::heartbeat(address)
         };
         table.observe(&heartbeat, Instant::now(), 0);
     }
