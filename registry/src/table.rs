@@ -605,13 +605,11 @@ impl AgentTable {
     /// Makes the record of `address` follow `survivor`, the incarnation it
     /// displaced, which has kept beating (it is a conflict).
     fn fall_back_to(&mut self, address: &str, survivor: Rival) -> Observation {
-        let Some(entry) = self.agents.get(address) else {
+        let deadline = survivor.last_heard + self.config.timeout_for(survivor.interval_ms);
+        let Some(entry) = self.agents.get_mut(address) else {
             return Observation::Stale;
         };
         let (old_deadline, old_state) = (entry.deadline, entry.state);
-        self.unschedule(address, old_deadline, old_state);
-        let deadline = survivor.last_heard + self.config.timeout_for(survivor.interval_ms);
-        let entry = self.agents.get_mut(address).expect("looked up above");
         entry.incarnation = survivor.incarnation;
         entry.seq = survivor.seq;
         entry.host = survivor.host;
@@ -627,6 +625,7 @@ impl AgentTable {
         entry.last_updated_unix_ms = survivor.last_heard_unix_ms;
         entry.rival = None;
         entry.conflict = false;
+        self.unschedule(address, old_deadline, old_state);
         self.schedule(address, deadline, AgentState::Alive);
         Observation::Changed
     }
