@@ -151,13 +151,12 @@ pub fn validate_heartbeat(heartbeat: &proto::Heartbeat) -> Result<(), CodecError
             reason: "must be 1 to 256 characters".into(),
         });
     }
-    let mut names = std::collections::HashSet::with_capacity(heartbeat.op_codes.len());
+    let invalid = |reason: String| CodecError::InvalidField {
+        field: "op_codes",
+        reason,
+    };
     for op in &heartbeat.op_codes {
         validate_token("operation name", &op.op_name)?;
-        let invalid = |reason: String| CodecError::InvalidField {
-            field: "op_codes",
-            reason,
-        };
         match OpCode::from_value(op.op_code) {
             None => {
                 return Err(invalid(format!(
@@ -179,11 +178,30 @@ pub fn validate_heartbeat(heartbeat: &proto::Heartbeat) -> Result<(), CodecError
                 op.op_name, op.op_type
             )));
         }
-        if !names.insert(op.op_name.as_str()) {
-            return Err(invalid(format!("{} is listed twice", op.op_name)));
-        }
+    }
+    if let Some(name) = listed_twice(&heartbeat.op_codes) {
+        return Err(invalid(format!("{name} is listed twice")));
     }
     Ok(())
+}
+
+/// The first operation name listed twice. Every heartbeat the registry
+/// receives is checked, so an agent's usual handful of operations is
+/// compared pair by pair without allocating; only a long list (a broken or
+/// hostile sender) pays for a set.
+fn listed_twice(ops: &[proto::OperationCode]) -> Option<&str> {
+    const PAIRWISE_UP_TO: usize = 16;
+    if ops.len() <= PAIRWISE_UP_TO {
+        return ops
+            .iter()
+            .enumerate()
+            .find(|(i, op)| ops[..*i].iter().any(|seen| seen.op_name == op.op_name))
+            .map(|(_, op)| op.op_name.as_str());
+    }
+    let mut names = std::collections::HashSet::with_capacity(ops.len());
+    ops.iter()
+        .map(|op| op.op_name.as_str())
+        .find(|name| !names.insert(*name))
 }
 
 /// Encodes a value as a MessagePack map with named fields.
@@ -303,6 +321,29 @@ mod tests {
                 "{message:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_name_listed_twice_is_found_in_short_and_long_lists() {
+        let ops = |names: &[String]| -> Vec<proto::OperationCode> {
+            names
+                .iter()
+                .map(|name| proto::OperationCode {
+                    op_name: name.clone(),
+                    op_code: 1,
+                    op_type: "task".into(),
+                })
+                .collect()
+        };
+        let mut names: Vec<String> = (0..40).map(|i| format!("op{i}")).collect();
+        assert_eq!(listed_twice(&ops(&names[..5])), None);
+        assert_eq!(listed_twice(&ops(&names)), None);
+        names[4] = "op2".into();
+        assert_eq!(listed_twice(&ops(&names[..5])), Some("op2"));
+        assert_eq!(listed_twice(&ops(&names)), Some("op2"));
+        names[4] = "op4".into();
+        names[39] = "op30".into();
+        assert_eq!(listed_twice(&ops(&names)), Some("op30"));
     }
 
     #[test]
