@@ -342,7 +342,10 @@ impl AgentTable {
         if min == 0 || self.expiries.len() < min {
             return false;
         }
-        let horizon = now + HOLD_WINDOW;
+        // With a short timeout every beating agent's deadline lies within
+        // HOLD_WINDOW of now; half the timeout still separates the silent
+        // (due soon) from those beating (due a timeout less an interval away).
+        let horizon = now + HOLD_WINDOW.min(self.config.agent_timeout / 2);
         let due = self
             .expiries
             .iter()

@@ -471,6 +471,42 @@ fn a_sender_faster_than_the_rate_limit_is_cut_to_it() {
 }
 
 #[test]
+fn with_a_short_timeout_a_few_silent_agents_expire_without_a_hold() {
+    let timeout = Duration::from_secs(2);
+    let mut table = AgentTable::new(TableConfig {
+        agent_timeout: timeout,
+        forget_after: FORGET,
+        max_agents: 100,
+        hold_fraction: 0.5,
+        hold_min_agents: 10,
+        max_hold: Duration::from_secs(60),
+        max_heartbeat_rate: 10.0,
+    });
+    let t0 = Instant::now();
+    let address = |i: usize| format!("observatory.agent{i}");
+    // Twenty agents beat every 500 ms; the last two stop after 1.5 s.
+    for round in 0..12u64 {
+        let now = t0 + Duration::from_millis(round * 500);
+        let beating = if round < 4 { 20 } else { 18 };
+        for i in 0..beating {
+            let mut heartbeat = beat(&address(i), INCARNATION_A, round + 1, &[]);
+            heartbeat.interval_ms = 500;
+            table.observe(&heartbeat, now, 0);
+        }
+        let expired = table.expire_due(now + Duration::from_millis(499), 0);
+        assert!(
+            !table.holding(),
+            "held at {round}: two of twenty is no partition"
+        );
+        if !expired.expired.is_empty() {
+            assert_eq!(expired.expired, [address(18), address(19)]);
+            return;
+        }
+    }
+    panic!("the two silent agents never expired");
+}
+
+#[test]
 fn most_agents_silent_at_once_holds_expiries_until_heartbeats_return() {
     let mut table = AgentTable::new(TableConfig {
         agent_timeout: TIMEOUT,
