@@ -662,7 +662,7 @@ async fn handle_operation_request(
         return;
     };
     let reply = operation_reply(&shared, &operations, &shutdown, &message).await;
-    let payload = codec::encode(&reply.to_proto());
+    let payload = reply.encode_within(ocs_service::connect::max_payload(&shared.client));
     if let Err(err) = shared.client.publish(reply_to, payload.into()).await {
         warn!(error = %err, "cannot send reply");
     }
@@ -705,7 +705,15 @@ async fn operation_reply(
             shared.changed();
             reply
         }
-        Action::Status => shared.table().status(op_name),
+        Action::Status => {
+            // A session's data may be computed on request (the registry's
+            // table of every agent): off the async workers, so that a large
+            // one cannot starve the tasks queued behind it on this worker.
+            let (shared, op_name) = (shared.clone(), op_name.to_owned());
+            tokio::task::spawn_blocking(move || shared.table().status(&op_name))
+                .await
+                .unwrap_or_else(|err| error_reply(format!("status failed: {err}")))
+        }
         Action::Wait => match request.timeout {
             // A NaN or infinite timeout has no deadline to sleep until; OCS's
             // clients never send one, so it is a broken or hostile caller.

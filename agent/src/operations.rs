@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use ocs_protocol::codec::{self, to_msgpack};
 use ocs_protocol::{Action, OpCode, ResponseCode, SessionStatus, proto};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -109,6 +110,34 @@ impl Reply {
             message: self.message.clone(),
             session: self.session.clone(),
         }
+    }
+
+    /// The reply encoded in at most `limit` bytes (the server's
+    /// `max_payload`): one that does not fit becomes an ERROR that says so,
+    /// its session without `data` (or without messages too), so the caller
+    /// learns at once instead of waiting out its timeout for a message the
+    /// server refused.
+    pub fn encode_within(&self, limit: usize) -> Vec<u8> {
+        let payload = codec::encode(&self.to_proto());
+        if payload.len() <= limit {
+            return payload;
+        }
+        let mut reply = self.to_proto();
+        reply.status = ResponseCode::Error.value();
+        reply.message = format!(
+            "reply of {} bytes exceeds the NATS server's max_payload of {limit} bytes; the session's data was left out (the reply was: {})",
+            payload.len(),
+            self.message
+        );
+        if let Some(session) = reply.session.as_mut() {
+            session.data = to_msgpack(&serde_json::json!({})).unwrap_or_default();
+        }
+        let trimmed = codec::encode(&reply);
+        if trimmed.len() <= limit {
+            return trimmed;
+        }
+        reply.session = None;
+        codec::encode(&reply)
     }
 }
 
@@ -429,6 +458,46 @@ impl<L> OpTable<L> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_over_the_server_limit_becomes_an_error_that_says_so() {
+        let session = proto::Session {
+            op_name: "main".into(),
+            status: "running".into(),
+            data: to_msgpack(&serde_json::json!({"table": "x".repeat(100_000)})).unwrap(),
+            ..Default::default()
+        };
+        let reply = Reply::new(ResponseCode::Ok, "Session active.", Some(session));
+        let fits = reply.encode_within(1 << 20);
+        assert_eq!(
+            codec::decode::<proto::OperationReply>(&fits, 1 << 20).unwrap(),
+            reply.to_proto()
+        );
+
+        let trimmed = reply.encode_within(4096);
+        assert!(trimmed.len() <= 4096);
+        let trimmed: proto::OperationReply = codec::decode(&trimmed, 4096).unwrap();
+        assert_eq!(trimmed.status, ResponseCode::Error.value());
+        assert!(
+            trimmed
+                .message
+                .contains("exceeds the NATS server's max_payload of 4096 bytes")
+                && trimmed
+                    .message
+                    .ends_with("(the reply was: Session active.)"),
+            "{}",
+            trimmed.message
+        );
+        let session = trimmed.session.unwrap();
+        assert_eq!(
+            session.status, "running",
+            "the session is kept, without its data"
+        );
+        assert_eq!(
+            ocs_protocol::codec::from_msgpack::<serde_json::Value>(&session.data).unwrap(),
+            serde_json::json!({})
+        );
+    }
 
     /// What the tests' operations launch: nothing runs in these tests.
     type Launch = &'static str;

@@ -78,6 +78,16 @@ pub async fn connect_client(
         .await
 }
 
+/// The largest message the connected server takes (its `max_payload`),
+/// which bounds every reply and every message a client accepts; NATS's
+/// default before the server has said.
+pub fn max_payload(client: &async_nats::Client) -> usize {
+    match client.server_info().max_payload {
+        0 => ocs_protocol::codec::MAX_MESSAGE_BYTES,
+        bytes => bytes,
+    }
+}
+
 /// Drains the connection (flushing buffered publishes), bounded in time.
 pub async fn drain(client: &async_nats::Client) {
     if tokio::time::timeout(Duration::from_secs(3), client.drain())
