@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use async_nats::RequestErrorKind;
 use async_nats::client::Request;
-use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES};
+use ocs_protocol::codec;
 use ocs_protocol::{
-    Action, AddressRoot, AgentAddress, CodecError, InstanceId, OpName, proto, subject,
+    Action, AddressRoot, AgentAddress, CodecError, InstanceId, OpName, json, proto, subject,
 };
 
 /// Why a request got no usable answer.
@@ -32,6 +32,14 @@ pub enum ClientError {
         /// The agent's address.
         address: String,
         /// The client's error.
+        reason: String,
+    },
+    /// The agent answered, but refused the request.
+    #[error("{address} refused the request: {reason}")]
+    Refused {
+        /// The agent's address.
+        address: String,
+        /// Its reason.
         reason: String,
     },
     /// The answer was not a valid reply.
@@ -60,6 +68,11 @@ impl OcsClient {
     /// The underlying NATS client.
     pub fn nats(&self) -> &async_nats::Client {
         &self.client
+    }
+
+    /// The largest message the server carries; a reply may be as large.
+    fn max_payload(&self) -> usize {
+        ocs_service::connect::max_payload(&self.client)
     }
 
     /// The address of `instance_id` under this client's root.
@@ -129,7 +142,7 @@ impl OcsClient {
                 timeout,
             )
             .await?;
-        codec::decode(&payload, MAX_MESSAGE_BYTES).map_err(|source| ClientError::Decode {
+        codec::decode(&payload, self.max_payload()).map_err(|source| ClientError::Decode {
             address: address.to_string(),
             source,
         })
@@ -145,7 +158,7 @@ impl OcsClient {
         let payload = self
             .request(&address, subject::ping(&address), Vec::new(), timeout)
             .await?;
-        codec::decode(&payload, MAX_MESSAGE_BYTES).map_err(|source| ClientError::Decode {
+        codec::decode(&payload, self.max_payload()).map_err(|source| ClientError::Decode {
             address: address.to_string(),
             source,
         })
@@ -161,9 +174,118 @@ impl OcsClient {
         let payload = self
             .request(&address, subject::api(&address), Vec::new(), timeout)
             .await?;
-        codec::decode(&payload, MAX_MESSAGE_BYTES).map_err(|source| ClientError::Decode {
+        codec::decode(&payload, self.max_payload()).map_err(|source| ClientError::Decode {
             address: address.to_string(),
             source,
         })
+    }
+}
+
+/// What a records query of the registry returned, all pages together.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryRecords {
+    /// The records, in address order.
+    pub records: Vec<proto::AgentRecord>,
+    /// Counts of the agents that matched, by state and class.
+    pub summary: Option<proto::RecordsSummary>,
+}
+
+impl OcsClient {
+    /// `registry main status` of the registry `registry` with every record
+    /// (or, given `filter`, those it selects, or only their summary) in the
+    /// session's `data`, as OCS shapes it, however large the fleet: when the
+    /// registry says its records come in pages, or a filter is given, they
+    /// are read with [`Self::registry_records`] and put in `data`.
+    pub async fn registry_status(
+        &self,
+        registry: &InstanceId,
+        filter: Option<proto::RecordsQuery>,
+        timeout: Duration,
+    ) -> Result<proto::OperationReply, ClientError> {
+        let main = OpName::new("main").expect("a valid operation name");
+        let mut reply = self
+            .operation(registry, &main, Action::Status, Vec::new(), None, timeout)
+            .await?;
+        let Some(session) = reply.session.as_mut() else {
+            return Ok(reply);
+        };
+        let paged = codec::from_msgpack::<serde_json::Value>(&session.data)
+            .is_ok_and(|data| data.get(json::RECORDS_IN_PAGES).is_some());
+        if !paged && filter.is_none() {
+            return Ok(reply);
+        }
+        let query = filter.unwrap_or_default();
+        let summary_only = query.summary_only;
+        let found = self.registry_records(registry, query, timeout).await?;
+        let data = if summary_only {
+            json::records_summary(&found.summary.unwrap_or_default())
+        } else {
+            serde_json::Value::Object(
+                found
+                    .records
+                    .iter()
+                    .map(|record| (record.agent_address.clone(), json::agent_record(record)))
+                    .collect(),
+            )
+        };
+        session.data = codec::to_msgpack(&data).map_err(|source| ClientError::Decode {
+            address: self.address(registry).to_string(),
+            source,
+        })?;
+        Ok(reply)
+    }
+
+    /// The records of the registry `registry` that `query` selects (or only
+    /// their summary), read page after page from `{registry}.records`, each
+    /// page under the server's `max_payload`: works at any fleet size.
+    /// `timeout` bounds each page.
+    pub async fn registry_records(
+        &self,
+        registry: &InstanceId,
+        mut query: proto::RecordsQuery,
+        timeout: Duration,
+    ) -> Result<RegistryRecords, ClientError> {
+        let address = self.address(registry);
+        query.protocol_version = ocs_protocol::PROTOCOL_VERSION;
+        query.after.clear();
+        let mut all = RegistryRecords::default();
+        loop {
+            let payload = self
+                .request(
+                    &address,
+                    subject::registry_records(&address),
+                    codec::encode(&query),
+                    timeout,
+                )
+                .await?;
+            let page: proto::RecordsPage =
+                codec::decode(&payload, self.max_payload()).map_err(|source| {
+                    ClientError::Decode {
+                        address: address.to_string(),
+                        source,
+                    }
+                })?;
+            if !page.error.is_empty() {
+                return Err(ClientError::Refused {
+                    address: address.to_string(),
+                    reason: page.error,
+                });
+            }
+            if page.summary.is_some() {
+                all.summary = page.summary;
+            }
+            all.records.extend(page.records);
+            if page.next_after.is_empty() {
+                return Ok(all);
+            }
+            // A page that does not move past the last one would loop for ever.
+            if page.next_after <= query.after {
+                return Err(ClientError::Refused {
+                    address: address.to_string(),
+                    reason: format!("records pages stopped advancing at {:?}", page.next_after),
+                });
+            }
+            query.after = page.next_after;
+        }
     }
 }

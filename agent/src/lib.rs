@@ -41,7 +41,7 @@ mod session;
 mod shared;
 
 pub use agent::{Agent, AgentBuilder, AgentError};
-pub use client::{ClientError, OcsClient};
+pub use client::{ClientError, OcsClient, RegistryRecords};
 pub use context::{OpContext, PublishError, now_unix};
 pub use journal::SESSIONS_BUCKET;
 pub use operations::{BoxError, OpFuture, OpKind, OpResult, Reply};

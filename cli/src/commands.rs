@@ -53,6 +53,45 @@ pub(crate) struct OperationCall {
     /// Print `{"status", "message", "session"}` as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    records: RecordsFilterArgs,
+}
+
+/// Filters of `ocs registry main status`; with any of them the session's
+/// `data` holds only the matching records (or their summary).
+#[derive(Args, Default)]
+pub(crate) struct RecordsFilterArgs {
+    /// Registry status only: counts of agents by state and class instead of the records.
+    #[arg(long)]
+    summary: bool,
+    /// Registry status only: agents in this state (alive, expired, left,
+    /// conflict, flapping, unverified); repeat for several.
+    #[arg(long = "state", value_name = "STATE")]
+    states: Vec<String>,
+    /// Registry status only: agents of this class; repeat for several.
+    #[arg(long = "class", value_name = "CLASS")]
+    classes: Vec<String>,
+    /// Registry status only: agents whose address matches this pattern
+    /// (`*` any run of characters, `?` one), e.g. 'observatory.lakeshore*'.
+    #[arg(long = "agent", value_name = "PATTERN")]
+    agent_pattern: Option<String>,
+}
+
+impl RecordsFilterArgs {
+    /// The query these filters make, if any is given.
+    fn query(&self) -> Option<proto::RecordsQuery> {
+        let filtered = self.summary
+            || !self.states.is_empty()
+            || !self.classes.is_empty()
+            || self.agent_pattern.is_some();
+        filtered.then(|| proto::RecordsQuery {
+            summary_only: self.summary,
+            states: self.states.clone(),
+            classes: self.classes.clone(),
+            agent_pattern: self.agent_pattern.clone().unwrap_or_default(),
+            ..Default::default()
+        })
+    }
 }
 
 /// Options of `ocs scan`.
@@ -223,6 +262,7 @@ pub(crate) async fn host(nats: &Nats<'_>, args: HostArgs) -> anyhow::Result<Exit
         params: Vec::new(),
         timeout: args.timeout,
         json: args.json,
+        records: RecordsFilterArgs::default(),
     };
     let mut start = call("start");
     start.params = vec![format!("requests={}", serde_json::to_string(&requests)?)];
@@ -320,13 +360,23 @@ async fn call_operation(
     if action != Action::Start && !params.is_empty() {
         bail!("params are only accepted by start");
     }
+    let request_timeout = seconds(call.timeout)?;
+    let filter = call.records.query();
+    if action == Action::Status && call.op_name.as_str() == "main" {
+        // The registry's status: complete however large the fleet, and filtered when asked.
+        return Ok(client
+            .registry_status(&call.instance_id, filter, request_timeout)
+            .await?);
+    }
+    if filter.is_some() {
+        bail!("--summary, --state, --class and --agent are for `<registry> main status` only");
+    }
     let params = if params.is_empty() {
         Vec::new()
     } else {
         to_msgpack(&params)?
     };
     let wait_timeout = (action == Action::Wait).then_some(call.timeout);
-    let request_timeout = seconds(call.timeout)?;
     let reply = client
         .operation(
             &call.instance_id,
@@ -345,9 +395,8 @@ async fn registered_agents(
     registry: &InstanceId,
     timeout: f64,
 ) -> anyhow::Result<BTreeMap<String, Value>> {
-    let main = OpName::new("main")?;
     let reply = client
-        .operation(registry, &main, Action::Status, Vec::new(), None, seconds(timeout)?)
+        .registry_status(registry, None, seconds(timeout)?)
         .await
         .with_context(|| format!("cannot reach the registry at {}; the registry must be running for \"scan\" (or use --listen)", client.address(registry)))?;
     let value = json::reply(&reply)?;

@@ -78,7 +78,9 @@ envelope!(
     proto::StoredSession,
     proto::FeedMessage,
     proto::AgentOperations,
-    proto::StoredAgent
+    proto::StoredAgent,
+    proto::RecordsQuery,
+    proto::RecordsPage
 );
 
 /// Encodes an envelope.

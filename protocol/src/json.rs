@@ -68,7 +68,7 @@ pub fn agent_record(record: &proto::AgentRecord) -> Value {
         Ok(proto::AgentState::Left) => "left",
         _ => "unknown",
     };
-    json!({
+    let mut object = json!({
         "expired": record.expired,
         "time_expired": unix_ms_to_seconds(record.time_expired_unix_ms),
         "last_updated": unix_ms_to_seconds(record.last_updated_unix_ms),
@@ -79,17 +79,62 @@ pub fn agent_record(record: &proto::AgentRecord) -> Value {
         "incarnation": record.incarnation,
         "host": record.host,
         "pid": record.pid,
-        "version": record.agent_version,
-        "first_seen": unix_ms_to_seconds(record.first_seen_unix_ms),
-        "heartbeat_interval": record.interval_ms as f64 / 1000.0,
-        "incarnations_seen": record.incarnations_seen,
-        "flapping": record.flapping,
-        "unverified": record.unverified,
-        "conflict": record.conflict.as_ref().map(|other| json!({
-            "incarnation": other.incarnation,
-            "host": other.host,
-            "pid": other.pid,
-        })),
+    });
+    // The rest only when it says something: at a few thousand agents every
+    // byte of a record counts against the one message `status` answers with.
+    let map = object.as_object_mut().expect("built as an object");
+    if !record.agent_version.is_empty() {
+        map.insert("version".into(), json!(record.agent_version));
+    }
+    if record.interval_ms != DEFAULT_INTERVAL_MS {
+        map.insert(
+            "heartbeat_interval".into(),
+            json!(record.interval_ms as f64 / 1000.0),
+        );
+    }
+    if record.incarnations_seen > 1 {
+        map.insert("incarnations_seen".into(), json!(record.incarnations_seen));
+    }
+    if record.flapping {
+        map.insert("flapping".into(), json!(true));
+    }
+    if record.unverified {
+        map.insert("unverified".into(), json!(true));
+    }
+    if let Some(other) = &record.conflict {
+        map.insert(
+            "conflict".into(),
+            json!({"incarnation": other.incarnation, "host": other.host, "pid": other.pid}),
+        );
+    }
+    object
+}
+
+/// The heartbeat interval a record leaves unsaid (OCS's one second).
+const DEFAULT_INTERVAL_MS: u32 = 1000;
+
+/// The key of the registry's `main` session `data` that says the records
+/// come in pages on `{registry}.records` (the fleet is too large for one
+/// message); the data then holds only that and a `summary`. Agent addresses
+/// always hold a dot, so no agent's record can be mistaken for it.
+pub const RECORDS_IN_PAGES: &str = "records_in_pages";
+
+/// A registry records summary: `{"agents", "by_state", "by_class"}`, keys sorted.
+pub fn records_summary(summary: &proto::RecordsSummary) -> Value {
+    let sorted = |counts: &std::collections::HashMap<String, u64>| {
+        let mut pairs: Vec<_> = counts.iter().collect();
+        pairs.sort();
+        Value::Object(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect(),
+        )
+    };
+    json!({
+        "agents": summary.agents,
+        "by_state": sorted(&summary.by_state),
+        "by_class": sorted(&summary.by_class),
     })
 }
 
@@ -169,13 +214,31 @@ mod tests {
         assert_eq!(alive["last_updated"], json!(1_795_000_000.25));
         assert_eq!(alive["heartbeat_interval"], json!(1.5));
         assert_eq!(alive["state"], "alive");
-        assert_eq!(alive["conflict"], serde_json::Value::Null);
+        for unsaid in [
+            "conflict",
+            "flapping",
+            "unverified",
+            "incarnations_seen",
+            "version",
+        ] {
+            assert!(
+                alive.get(unsaid).is_none(),
+                "{unsaid} at its default is left out"
+            );
+        }
         record.expired = true;
         record.state = proto::AgentState::Expired as i32;
         record.time_expired_unix_ms = 1_795_000_005_000;
         let expired = agent_record(&record);
         assert_eq!(expired["time_expired"], json!(1_795_000_005.0));
         assert_eq!(expired["state"], "expired");
+        record.flapping = true;
+        record.incarnations_seen = 3;
+        record.interval_ms = 1000;
+        let flapping = agent_record(&record);
+        assert_eq!(flapping["flapping"], true);
+        assert_eq!(flapping["incarnations_seen"], 3);
+        assert!(flapping.get("heartbeat_interval").is_none());
     }
     use crate::codec::to_msgpack;
 

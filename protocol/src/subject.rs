@@ -11,6 +11,7 @@
 //! | `{root}.{iid}.ping` | client → agent, request/reply | empty → [`PingReply`](crate::proto::PingReply) | protobuf |
 //! | KV `ocs_sessions`, key `{root}.{iid}.{op}` | agent writes, next incarnation reads | [`StoredSession`](crate::proto::StoredSession) | protobuf |
 //! | `{root}.{registry}.snapshot` | monitor → registry, request/reply | empty → empty; the registry publishes a snapshot on its feed at once | |
+//! | `{root}.{registry}.records` | client → registry, request/reply | [`RecordsQuery`](crate::proto::RecordsQuery) → [`RecordsPage`](crate::proto::RecordsPage), one page per request | protobuf |
 //!
 //! The action comes before the operation name in operation subjects so that a
 //! NATS permission such as `observatory.*.ops.status.>` can be granted to every
@@ -104,6 +105,12 @@ pub fn ping(address: &AgentAddress) -> String {
 /// `{registry}.snapshot`: asks the registry to publish a full snapshot on its feed now.
 pub fn snapshot_request(registry: &AgentAddress) -> String {
     format!("{registry}.snapshot")
+}
+
+/// `{registry}.records`: a page of the registry's table, filtered, for fleets
+/// too large for `registry main status` to carry in one message.
+pub fn registry_records(registry: &AgentAddress) -> String {
+    format!("{registry}.records")
 }
 
 /// Checks a subscription pattern as nats-server does, so that a client can

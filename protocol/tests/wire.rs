@@ -265,6 +265,36 @@ fn vectors() -> Vec<(&'static str, &'static str, &'static str, Vec<u8>)> {
                 forget_at_unix_ms: 1_795_086_405_000,
             }),
         ),
+        (
+            "records_query",
+            "ocs.v1.RecordsQuery",
+            "the second page of the expired Lakeshore agents, at most 512 KiB",
+            codec::encode(&proto::RecordsQuery {
+                protocol_version: 1,
+                summary_only: false,
+                states: vec!["expired".into()],
+                classes: vec!["Lakeshore372Agent".into()],
+                agent_pattern: "observatory.lakeshore*".into(),
+                after: "observatory.lakeshore07".into(),
+                max_bytes: 512 * 1024,
+            }),
+        ),
+        (
+            "records_page",
+            "ocs.v1.RecordsPage",
+            "a first page: one record, more to come, and the summary of what matched",
+            codec::encode(&proto::RecordsPage {
+                protocol_version: 1,
+                records: vec![record()],
+                next_after: record().agent_address,
+                summary: Some(proto::RecordsSummary {
+                    agents: 2,
+                    by_state: [("expired".to_owned(), 2)].into(),
+                    by_class: [("FakeDataAgent".to_owned(), 2)].into(),
+                }),
+                error: String::new(),
+            }),
+        ),
     ]
 }
 

@@ -9,6 +9,8 @@
 //! - `service`: the `main` process loop that feeds the table and publishes;
 //! - `vigil`: whether silence may count as death now (cut off, stalled, holding);
 //! - `store`: the agent records kept in JetStream KV across restarts;
+//! - [`records`]: records queries, the table in pages and filtered, and the
+//!   `registry main status` data that always fits in one message;
 //! - [`lease`]: which replica leads when several run (`--ha`);
 //! - [`metrics`] and [`http`]: `/metrics` and `/healthz`;
 //! - [`config`]: the command line.
@@ -17,6 +19,7 @@ pub mod config;
 pub mod http;
 pub mod lease;
 pub mod metrics;
+pub mod records;
 mod service;
 mod store;
 pub mod table;

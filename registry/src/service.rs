@@ -9,13 +9,14 @@ use async_nats::connection::State;
 use futures::{FutureExt, StreamExt};
 use ocs_agent::{OpContext, OpResult};
 use ocs_protocol::codec::{self, CodecError};
-use ocs_protocol::{AddressRoot, AgentAddress, json, proto, subject};
+use ocs_protocol::{AddressRoot, AgentAddress, proto, subject};
 use parking_lot::Mutex;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
 use crate::lease::{self, SharedLease};
 use crate::metrics::{DropReason, KindLabel, RegistryMetrics};
+use crate::records;
 use crate::store::{self, AgentStore, PendingWrites};
 use crate::table::{AgentTable, Observation, TableConfig};
 use crate::vigil::{Change, Vigil};
@@ -96,17 +97,17 @@ pub(crate) async fn main_process(
     mut leading: tokio::sync::watch::Receiver<bool>,
 ) -> OpResult {
     let table = Arc::new(Mutex::new(AgentTable::new(settings.table.clone())));
-    let view = table.clone();
-    ctx.set_data_source(Arc::new(move || {
-        let records = view.lock().records();
-        serde_json::Value::Object(
-            records
-                .iter()
-                .map(|record| (record.agent_address.clone(), json::agent_record(record)))
-                .collect(),
-        )
-    }));
     let client = ctx.client().clone();
+    let records_subject = subject::registry_records(&settings.address);
+    let view = table.clone();
+    let (limit, subject_name) = (
+        ocs_service::connect::max_payload(&client),
+        records_subject.clone(),
+    );
+    ctx.set_data_source(Arc::new(move || {
+        let status = records::StatusView::of(&view.lock(), limit);
+        status.data(limit, &subject_name)
+    }));
     let mut heartbeats = client
         .subscribe(subject::all_heartbeats(&settings.root))
         .await
@@ -115,6 +116,16 @@ pub(crate) async fn main_process(
         .subscribe(subject::snapshot_request(&settings.address))
         .await
         .map_err(|err| format!("cannot subscribe to snapshot requests: {err}"))?;
+    // Replicas share the address, so a query reaches one of them.
+    let records_queries = client
+        .queue_subscribe(records_subject, settings.address.to_string())
+        .await
+        .map_err(|err| format!("cannot subscribe to records queries: {err}"))?;
+    let answering = tokio::spawn(answer_records_queries(
+        client.clone(),
+        table.clone(),
+        records_queries,
+    ));
     let mut last_requested_snapshot: Option<Instant> = None;
     let mut main = MainProcess {
         feed_subject: subject::agent_operations(&settings.address),
@@ -251,6 +262,7 @@ pub(crate) async fn main_process(
         main.publish_changes().await;
         main.vigil.awake(Instant::now());
     }
+    answering.abort();
     storage_stop.cancel();
     // The last writes get a moment; with JetStream unreachable they would
     // hold the stop past any sensible grace period.
@@ -263,6 +275,36 @@ pub(crate) async fn main_process(
         );
     }
     Ok("Stopped registry main process".into())
+}
+
+/// Answers records queries, a page each, from the table the main loop keeps.
+async fn answer_records_queries(
+    client: async_nats::Client,
+    table: Arc<Mutex<AgentTable>>,
+    mut queries: async_nats::Subscriber,
+) {
+    while let Some(query) = queries.next().await {
+        let Some(reply_to) = query.reply else {
+            continue;
+        };
+        // Room for the reply's subject and headers under the server's limit.
+        let limit = ocs_service::connect::max_payload(&client).saturating_sub(4096);
+        let page =
+            match codec::decode::<proto::RecordsQuery>(&query.payload, codec::MAX_MESSAGE_BYTES)
+                .map_err(|err| format!("malformed records query: {err}"))
+                .and_then(|query| records::RecordsFilter::parse(&query, limit))
+            {
+                Ok(filter) => filter.page(&table.lock()),
+                Err(error) => proto::RecordsPage {
+                    protocol_version: ocs_protocol::PROTOCOL_VERSION,
+                    error,
+                    ..Default::default()
+                },
+            };
+        if let Err(err) = client.publish(reply_to, codec::encode(&page).into()).await {
+            warn!(error = %err, "cannot send a records page");
+        }
+    }
 }
 
 /// Opens the KV bucket (retrying until JetStream answers), hands the stored

@@ -98,6 +98,42 @@ impl AgentState {
     }
 }
 
+/// One agent as a records query sees it (see [`AgentTable::facets`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Facets<'a> {
+    /// Its address.
+    pub address: &'a str,
+    /// Its class.
+    pub agent_class: &'a str,
+    /// Its liveness.
+    pub state: AgentState,
+    /// Two incarnations heartbeat at its address.
+    pub conflict: bool,
+    /// It expires and returns repeatedly.
+    pub flapping: bool,
+    /// Alive only by assumption.
+    pub unverified: bool,
+}
+
+impl<'a> Facets<'a> {
+    /// The facets of a record already taken out of the table.
+    pub fn of_record(record: &'a proto::AgentRecord) -> Self {
+        let state = match proto::AgentState::try_from(record.state) {
+            Ok(proto::AgentState::Expired) => AgentState::Expired,
+            Ok(proto::AgentState::Left) => AgentState::Left,
+            _ => AgentState::Alive,
+        };
+        Facets {
+            address: &record.agent_address,
+            agent_class: &record.agent_class,
+            state,
+            conflict: record.conflict.is_some(),
+            flapping: record.flapping,
+            unverified: record.unverified,
+        }
+    }
+}
+
 /// What a heartbeat did to the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observation {
@@ -924,6 +960,19 @@ impl AgentTable {
                 AgentState::Expired => (a, e + 1, l),
                 AgentState::Left => (a, e, l + 1),
             })
+    }
+
+    /// What a records query filters on, for every agent, built without
+    /// copying anything.
+    pub fn facets(&self) -> impl Iterator<Item = Facets<'_>> {
+        self.agents.iter().map(|(address, entry)| Facets {
+            address,
+            agent_class: &entry.agent_class,
+            state: entry.state,
+            conflict: entry.conflict,
+            flapping: entry.flapping,
+            unverified: entry.unverified,
+        })
     }
 
     /// The wire record of `address`.

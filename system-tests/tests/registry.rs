@@ -837,6 +837,18 @@ async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_sta
         },
     )
     .await;
+    // ...and its records query.
+    let (code, stdout, stderr) = ocs_as(
+        "viewer",
+        "VIEWER",
+        &["registry", "main", "status", "--summary", "--json"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let summary: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        summary["session"]["data"]["by_state"]["alive"], 3,
+        "{summary}"
+    );
 
     // faker1's credentials cannot speak for faker2: the server refuses the publish.
     let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -1066,4 +1078,164 @@ async fn services_agents_and_the_cli_speak_tls_with_client_certificates() {
         String::from_utf8_lossy(&output.stdout)
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect to NATS"));
+}
+
+/// Beats for `fleet` simulated agents every 500 ms (one in ten of class
+/// `Lakeshore372Agent`) until dropped; those at or past `silent_from` stop
+/// once it is set.
+fn simulate_fleet(
+    sender: async_nats::Client,
+    fleet: usize,
+    silent_from: Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    let root = ocs_protocol::AddressRoot::default();
+    let mut beats: Vec<(String, proto::Heartbeat)> = (0..fleet)
+        .map(|index| {
+            let address = ocs_protocol::AgentAddress::new(
+                &root,
+                &InstanceId::new(format!("sim{index:05}")).unwrap(),
+            );
+            let mut beat = ocs_testkit::heartbeat(address.as_str());
+            beat.interval_ms = 500;
+            if index % 10 == 0 {
+                beat.agent_class = "Lakeshore372Agent".into();
+            }
+            (ocs_protocol::subject::heartbeat(&address), beat)
+        })
+        .collect();
+    tokio::spawn(async move {
+        loop {
+            let silent = silent_from.load(std::sync::atomic::Ordering::Relaxed);
+            for (subject, beat) in beats.iter_mut().take(silent) {
+                beat.seq += 1;
+                let _ = sender
+                    .publish(subject.clone(), codec::encode(beat).into())
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_status_answers_at_any_fleet_size_filtered_and_summarised() {
+    // A default server: 1 MiB max_payload, about 2,000 records in one reply.
+    let nats = NatsServer::start();
+    let registry = Registry::start(&nats, &["--agent-timeout", "2"]).await;
+    let client = client(&nats).await;
+    const FLEET: usize = 3_000;
+    let silent_from = Arc::new(std::sync::atomic::AtomicUsize::new(FLEET));
+    let sender = async_nats::connect(nats.url()).await.unwrap();
+    let fleet = simulate_fleet(sender, FLEET, silent_from.clone());
+    let sims = |data: &serde_json::Map<String, Value>| {
+        data.keys()
+            .filter(|address| address.starts_with("observatory.sim"))
+            .count()
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the whole fleet registered",
+        || async {
+            registry_agents(&client)
+                .await
+                .filter(|agents| sims(agents) == FLEET)
+        },
+    )
+    .await;
+
+    // The reply itself stays under the limit and says where the records are.
+    let raw = client
+        .operation(
+            &InstanceId::new("registry").unwrap(),
+            &OpName::new("main").unwrap(),
+            Action::Status,
+            Vec::new(),
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let raw = ocs_protocol::json::reply(&raw).unwrap();
+    let data = &raw["session"]["data"];
+    assert_eq!(
+        data[ocs_protocol::json::RECORDS_IN_PAGES]["subject"],
+        "observatory.registry.records",
+        "{data}"
+    );
+    assert_eq!(data["summary"]["by_class"]["Lakeshore372Agent"], 300);
+
+    // The CLI reassembles the pages into OCS's shape.
+    let json = |args: &[&str]| {
+        let (code, stdout, stderr) = ocs(&nats.url(), args);
+        assert_eq!(code, 0, "ocs {args:?}: {stderr}");
+        let reply: Value = serde_json::from_str(&stdout).unwrap();
+        reply["session"]["data"].as_object().unwrap().clone()
+    };
+    let everything = json(&["registry", "main", "status", "--json"]);
+    assert_eq!(sims(&everything), FLEET);
+    assert_eq!(
+        everything["observatory.sim00010"]["agent_class"],
+        "Lakeshore372Agent"
+    );
+
+    // The last hundred fall silent and expire; filters find them.
+    silent_from.store(FLEET - 100, std::sync::atomic::Ordering::Relaxed);
+    let expired = eventually(Duration::from_secs(10), "100 agents expired", || async {
+        let expired = json(&["registry", "main", "status", "--state", "expired", "--json"]);
+        (expired.len() == 100).then_some(expired)
+    })
+    .await;
+    assert!(
+        expired.iter().all(
+            |(address, record)| address.as_str() >= "observatory.sim02900"
+                && record["expired"] == true
+        ),
+        "{expired:?}"
+    );
+    let summary = json(&["registry", "main", "status", "--summary", "--json"]);
+    assert_eq!(
+        summary["agents"],
+        FLEET + 1,
+        "the fleet and the registry: {summary:?}"
+    );
+    assert_eq!(summary["by_state"]["expired"], 100);
+    assert_eq!(summary["by_state"]["alive"], FLEET + 1 - 100);
+    assert_eq!(summary["by_class"]["Lakeshore372Agent"], 300);
+    let alive_lakeshores = json(&[
+        "registry",
+        "main",
+        "status",
+        "--class",
+        "Lakeshore372Agent",
+        "--state",
+        "alive",
+        "--json",
+    ]);
+    assert_eq!(alive_lakeshores.len(), 290);
+    let by_pattern = json(&[
+        "registry",
+        "main",
+        "status",
+        "--agent",
+        "observatory.sim001*",
+        "--json",
+    ]);
+    assert_eq!(by_pattern.len(), 100);
+    assert!(
+        by_pattern.contains_key("observatory.sim00100")
+            && by_pattern.contains_key("observatory.sim00199")
+    );
+
+    // Bad filters fail at once and say why.
+    let (code, _, stderr) = ocs(
+        &nats.url(),
+        &["registry", "main", "status", "--state", "dead"],
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("unknown state \"dead\""), "{stderr}");
+    let (code, _, stderr) = ocs(&nats.url(), &["registry", "main", "start", "--summary"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("main status"), "{stderr}");
+    fleet.abort();
+    registry.stop().await;
 }

@@ -32,9 +32,18 @@ pub async fn status(client: &OcsClient, instance_id: &str, op: &str) -> Option<V
     ocs_protocol::json::reply(&reply).ok()
 }
 
-/// The registry's `main` session data: agent address → OCS record.
+/// The registry's `main` session data, complete at any fleet size: agent
+/// address → OCS record; `None` when it does not answer within 2 s.
 pub async fn registry_agents(client: &OcsClient) -> Option<Map<String, Value>> {
-    status(client, "registry", "main").await?["session"]["data"]
+    let reply = client
+        .registry_status(
+            &InstanceId::new("registry").unwrap(),
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .ok()?;
+    ocs_protocol::json::reply(&reply).ok()?["session"]["data"]
         .as_object()
         .cloned()
 }

@@ -1,0 +1,448 @@
+//! Records queries (`{registry}.records`): the registry's table filtered by
+//! state, class and address pattern, in pages under the server's
+//! `max_payload`, with counts by state and class. Sans I/O: the service
+//! hands a query and the table in, and sends the page that comes out.
+
+use std::collections::HashMap;
+
+use ocs_protocol::{codec, json, proto};
+use prost::Message;
+use serde_json::Value;
+use wildmatch::WildMatch;
+
+use crate::table::{AgentState, AgentTable, Facets};
+
+/// The names a query may filter on, as the summary counts them.
+pub const STATE_NAMES: [&str; 6] = [
+    "alive",
+    "expired",
+    "left",
+    "conflict",
+    "flapping",
+    "unverified",
+];
+
+/// Room for everything in a page except its records.
+const PAGE_OVERHEAD: usize = 1024;
+/// The smallest page a caller may ask for: room for a record with dozens of operations.
+pub const MIN_PAGE_BYTES: usize = 16 * 1024;
+
+/// A query, checked.
+#[derive(Debug)]
+pub struct RecordsFilter {
+    summary_only: bool,
+    states: Vec<&'static str>,
+    classes: Vec<String>,
+    pattern: Option<WildMatch>,
+    after: String,
+    max_bytes: usize,
+}
+
+impl RecordsFilter {
+    /// Checks `query`; `limit` is the largest reply the bus carries.
+    pub fn parse(query: &proto::RecordsQuery, limit: usize) -> Result<Self, String> {
+        let states = query
+            .states
+            .iter()
+            .map(|wanted| {
+                STATE_NAMES
+                    .iter()
+                    .find(|name| **name == wanted.as_str())
+                    .copied()
+                    .ok_or_else(|| {
+                        format!(
+                            "unknown state {wanted:?}: use one of {}",
+                            STATE_NAMES.join(", ")
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let asked = match query.max_bytes {
+            0 => limit,
+            bytes => (bytes as usize).min(limit),
+        };
+        Ok(RecordsFilter {
+            summary_only: query.summary_only,
+            states,
+            classes: query.classes.clone(),
+            pattern: (!query.agent_pattern.is_empty())
+                .then(|| WildMatch::new(&query.agent_pattern)),
+            after: query.after.clone(),
+            max_bytes: asked.max(MIN_PAGE_BYTES),
+        })
+    }
+
+    fn keeps(&self, agent: &Facets<'_>) -> bool {
+        let in_state =
+            self.states.is_empty() || states_of(agent).any(|state| self.states.contains(&state));
+        in_state
+            && (self.classes.is_empty() || self.classes.iter().any(|c| c == agent.agent_class))
+            && self
+                .pattern
+                .as_ref()
+                .is_none_or(|pattern| pattern.matches(agent.address))
+    }
+
+    /// The page this query asks for.
+    pub fn page(&self, table: &AgentTable) -> proto::RecordsPage {
+        let first_page = self.after.is_empty();
+        let mut summary = first_page.then(Summary::default);
+        let mut addresses = Vec::new();
+        for agent in table.facets().filter(|agent| self.keeps(agent)) {
+            if let Some(summary) = summary.as_mut() {
+                summary.count(&agent);
+            }
+            if !self.summary_only && agent.address > self.after.as_str() {
+                addresses.push(agent.address);
+            }
+        }
+        addresses.sort_unstable();
+        let mut page = proto::RecordsPage {
+            protocol_version: ocs_protocol::PROTOCOL_VERSION,
+            summary: summary.map(Summary::into_proto),
+            ..Default::default()
+        };
+        let mut budget = self
+            .max_bytes
+            .saturating_sub(PAGE_OVERHEAD + page.encoded_len());
+        for (index, address) in addresses.iter().enumerate() {
+            let Some(record) = table.record(address) else {
+                continue;
+            };
+            let cost = 1 + prost::length_delimiter_len(record.encoded_len()) + record.encoded_len();
+            if cost > budget && !page.records.is_empty() {
+                page.next_after = addresses[index - 1].to_owned();
+                break;
+            }
+            budget = budget.saturating_sub(cost);
+            page.records.push(record);
+        }
+        page
+    }
+}
+
+/// What `registry main status` shows, taken from the table under its lock:
+/// copies of the records while they may fit in one reply, else only their
+/// summary. Building the OCS-shaped data happens after, outside the lock,
+/// so a status call never holds up heartbeats for long.
+pub enum StatusView {
+    /// Every record, in address order.
+    Records(Vec<proto::AgentRecord>),
+    /// Too many to try: the summary of all of them.
+    Summary(proto::RecordsSummary),
+}
+
+impl StatusView {
+    /// Takes the view of `table` for a server that carries `max_payload` bytes.
+    pub fn of(table: &AgentTable, max_payload: usize) -> StatusView {
+        // No record is smaller than this; larger fleets need not be tried.
+        const SMALLEST_RECORD: usize = 128;
+        if table.len() <= status_budget(max_payload) / SMALLEST_RECORD {
+            StatusView::Records(table.records())
+        } else {
+            StatusView::Summary(summarise(table.facets()))
+        }
+    }
+
+    /// The `main` session's `data`: every record keyed by address, OCS's
+    /// shape, while they fit in half of `max_payload` (the session's
+    /// messages and the envelope need the rest); beyond that the summary and
+    /// where to read the records in pages, so that the reply always fits.
+    pub fn data(self, max_payload: usize, records_subject: &str) -> Value {
+        let budget = status_budget(max_payload);
+        let (agents, summary) = match self {
+            StatusView::Records(records) => {
+                // The protobuf form is smaller than the MessagePack one: past
+                // the budget there, the data cannot fit either.
+                let wire: usize = records.iter().map(Message::encoded_len).sum();
+                if wire <= budget {
+                    let data = Value::Object(
+                        records
+                            .iter()
+                            .map(|record| {
+                                (record.agent_address.clone(), json::agent_record(record))
+                            })
+                            .collect(),
+                    );
+                    if codec::to_msgpack(&data).is_ok_and(|bytes| bytes.len() <= budget) {
+                        return data;
+                    }
+                }
+                let facets: Vec<Facets<'_>> = records.iter().map(Facets::of_record).collect();
+                (records.len() as u64, summarise(facets.into_iter()))
+            }
+            StatusView::Summary(summary) => (summary.agents, summary),
+        };
+        let mut data = serde_json::Map::new();
+        data.insert(
+            json::RECORDS_IN_PAGES.to_owned(),
+            serde_json::json!({
+                "subject": records_subject,
+                "agents": agents,
+                "why": format!(
+                    "{agents} records do not fit in one message under the server's max_payload of {max_payload} bytes; ocs and OcsClient read them in pages"
+                ),
+            }),
+        );
+        data.insert("summary".to_owned(), json::records_summary(&summary));
+        Value::Object(data)
+    }
+}
+
+/// The share of `max_payload` the status data may take.
+fn status_budget(max_payload: usize) -> usize {
+    max_payload / 2
+}
+
+/// Counts of `agents` by state and class.
+fn summarise<'a>(agents: impl Iterator<Item = Facets<'a>>) -> proto::RecordsSummary {
+    let mut summary = Summary::default();
+    for agent in agents {
+        summary.count(&agent);
+    }
+    summary.into_proto()
+}
+
+/// The state names an agent counts under.
+fn states_of(agent: &Facets<'_>) -> impl Iterator<Item = &'static str> {
+    let liveness = match agent.state {
+        AgentState::Alive => "alive",
+        AgentState::Expired => "expired",
+        AgentState::Left => "left",
+    };
+    [
+        Some(liveness),
+        agent.conflict.then_some("conflict"),
+        agent.flapping.then_some("flapping"),
+        agent.unverified.then_some("unverified"),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+#[derive(Default)]
+struct Summary<'a> {
+    agents: u64,
+    by_state: HashMap<&'static str, u64>,
+    by_class: HashMap<&'a str, u64>,
+}
+
+impl<'a> Summary<'a> {
+    fn count(&mut self, agent: &Facets<'a>) {
+        self.agents += 1;
+        for state in states_of(agent) {
+            *self.by_state.entry(state).or_default() += 1;
+        }
+        *self.by_class.entry(agent.agent_class).or_default() += 1;
+    }
+
+    fn into_proto(self) -> proto::RecordsSummary {
+        proto::RecordsSummary {
+            agents: self.agents,
+            by_state: self
+                .by_state
+                .into_iter()
+                .map(|(state, count)| (state.to_owned(), count))
+                .collect(),
+            by_class: self
+                .by_class
+                .into_iter()
+                .map(|(class, count)| (class.to_owned(), count))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::table::TableConfig;
+
+    fn table(agents: usize) -> (AgentTable, Instant) {
+        let mut table = AgentTable::new(TableConfig {
+            agent_timeout: Duration::from_secs(5),
+            forget_after: Duration::from_secs(600),
+            max_agents: 1_000_000,
+            hold_fraction: 0.5,
+            hold_min_agents: 0,
+            max_hold: Duration::from_secs(60),
+            max_heartbeat_rate: 10.0,
+        });
+        let now = Instant::now();
+        for index in 0..agents {
+            let mut beat = heartbeat(&format!("observatory.agent{index:05}"));
+            if index % 10 == 0 {
+                beat.agent_class = "Lakeshore372Agent".into();
+            }
+            table.observe(&beat, now, 1_795_000_000_000);
+        }
+        (table, now)
+    }
+
+    fn heartbeat(address: &str) -> proto::Heartbeat {
+        proto::Heartbeat {
+            protocol_version: 1,
+            agent_address: address.into(),
+            agent_class: "FakeDataAgent".into(),
+            incarnation: "2f1e8f36-8b0e-4d4f-9a57-3c2a0b7b1c11".into(),
+            seq: 1,
+            interval_ms: 1000,
+            host: "daq1".into(),
+            pid: 4242,
+            op_codes: vec![proto::OperationCode {
+                op_name: "acq".into(),
+                op_code: 3,
+                op_type: "process".into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn query(edit: impl FnOnce(&mut proto::RecordsQuery)) -> proto::RecordsQuery {
+        let mut query = proto::RecordsQuery {
+            protocol_version: 1,
+            ..Default::default()
+        };
+        edit(&mut query);
+        query
+    }
+
+    /// Every page of `query`, as a client reads them.
+    fn pages(table: &AgentTable, mut query: proto::RecordsQuery) -> Vec<proto::RecordsPage> {
+        let mut pages = Vec::new();
+        loop {
+            let page = RecordsFilter::parse(&query, 1024 * 1024)
+                .unwrap()
+                .page(table);
+            let next = page.next_after.clone();
+            assert!(page.encoded_len() <= query.max_bytes.max(MIN_PAGE_BYTES as u32) as usize);
+            pages.push(page);
+            if next.is_empty() {
+                return pages;
+            }
+            query.after = next;
+        }
+    }
+
+    #[test]
+    fn pages_cover_every_record_once_in_address_order_and_each_fits() {
+        let (table, _) = table(2_000);
+        let pages = pages(&table, query(|q| q.max_bytes = 32 * 1024));
+        assert!(pages.len() > 5, "{} pages", pages.len());
+        let addresses: Vec<&str> = pages
+            .iter()
+            .flat_map(|page| page.records.iter().map(|r| r.agent_address.as_str()))
+            .collect();
+        let mut sorted = addresses.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(addresses, sorted, "in order, none twice");
+        assert_eq!(addresses.len(), 2_000);
+        assert_eq!(pages[0].summary.as_ref().unwrap().agents, 2_000);
+        assert!(pages[1..].iter().all(|page| page.summary.is_none()));
+    }
+
+    #[test]
+    fn filters_by_state_class_and_pattern_and_counts_what_matches() {
+        let (mut table, now) = table(100);
+        table.expire_due(now + Duration::from_secs(6), 1_795_000_006_000);
+        for index in [1, 2, 3] {
+            table.observe(
+                &proto::Heartbeat {
+                    seq: 2,
+                    ..heartbeat(&format!("observatory.agent{index:05}"))
+                },
+                now + Duration::from_secs(7),
+                1_795_000_007_000,
+            );
+        }
+        let alive = pages(&table, query(|q| q.states = vec!["alive".into()]));
+        assert_eq!(alive[0].records.len(), 3);
+        let summary = alive[0].summary.as_ref().unwrap();
+        assert_eq!(summary.agents, 3);
+        assert_eq!(summary.by_state.get("alive"), Some(&3));
+
+        let expired_lakeshores = pages(
+            &table,
+            query(|q| {
+                q.states = vec!["expired".into()];
+                q.classes = vec!["Lakeshore372Agent".into()];
+            }),
+        );
+        assert_eq!(expired_lakeshores[0].records.len(), 10);
+        assert!(
+            expired_lakeshores[0]
+                .records
+                .iter()
+                .all(|r| r.expired && r.agent_class == "Lakeshore372Agent")
+        );
+
+        let pattern = pages(
+            &table,
+            query(|q| q.agent_pattern = "observatory.agent000?1".into()),
+        );
+        let found: Vec<&str> = pattern[0]
+            .records
+            .iter()
+            .map(|r| r.agent_address.as_str())
+            .collect();
+        assert_eq!(found.len(), 10);
+        assert_eq!(
+            found[..2],
+            ["observatory.agent00001", "observatory.agent00011"]
+        );
+        let star = pages(&table, query(|q| q.agent_pattern = "*agent0009*".into()));
+        assert_eq!(star[0].records.len(), 10);
+
+        let summary = pages(&table, query(|q| q.summary_only = true));
+        assert!(summary[0].records.is_empty());
+        let counts = summary[0].summary.as_ref().unwrap();
+        assert_eq!(counts.agents, 100);
+        assert_eq!(counts.by_state.get("expired"), Some(&97));
+        assert_eq!(counts.by_class.get("Lakeshore372Agent"), Some(&10));
+        assert!(
+            summary[0].encoded_len() < 300,
+            "{} bytes",
+            summary[0].encoded_len()
+        );
+    }
+
+    #[test]
+    fn an_unknown_state_is_refused_with_the_names_to_use() {
+        let err =
+            RecordsFilter::parse(&query(|q| q.states = vec!["dead".into()]), 1 << 20).unwrap_err();
+        assert!(
+            err.contains("\"dead\"") && err.contains("flapping"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn status_data_holds_every_record_while_they_fit_and_points_to_pages_beyond() {
+        let (table, _) = table(500);
+        let status_data = |max_payload: usize| {
+            StatusView::of(&table, max_payload).data(max_payload, "observatory.registry.records")
+        };
+        let inline = status_data(1024 * 1024);
+        assert_eq!(inline.as_object().unwrap().len(), 500);
+        let bytes = codec::to_msgpack(&inline).unwrap().len();
+        println!("{} bytes per record in status data", bytes / 500);
+
+        let paged = status_data(64 * 1024);
+        assert_eq!(paged[json::RECORDS_IN_PAGES]["agents"], 500);
+        assert_eq!(
+            paged[json::RECORDS_IN_PAGES]["subject"],
+            "observatory.registry.records"
+        );
+        assert_eq!(paged["summary"]["agents"], 500);
+        assert!(codec::to_msgpack(&paged).unwrap().len() < 32 * 1024);
+        // Too many even to try: the summary comes from the table directly.
+        let summary_only = status_data(16 * 1024);
+        assert_eq!(summary_only[json::RECORDS_IN_PAGES]["agents"], 500);
+        assert_eq!(summary_only["summary"]["by_class"]["Lakeshore372Agent"], 50);
+    }
+}
