@@ -35,6 +35,11 @@ pub struct Config {
     /// Largest heartbeat accepted, in bytes.
     #[arg(long, env = "OCS_REGISTRY_MAX_HEARTBEAT_BYTES", default_value_t = 64 * 1024)]
     pub max_heartbeat_bytes: usize,
+    /// Heartbeats (and other messages) the NATS client buffers for the
+    /// registry while it is busy; beyond that it drops them, counted in
+    /// `ocs_registry_heartbeats_dropped_total{reason="slow_consumer"}`.
+    #[arg(long, env = "OCS_REGISTRY_HEARTBEAT_BUFFER", default_value_t = ocs_service::connect::SERVICE_SUBSCRIPTION_CAPACITY, value_parser = clap::value_parser!(usize))]
+    pub heartbeat_buffer: usize,
     /// Self-preservation: when more than this share of the alive agents would
     /// expire at once, hold expiries (the registry is likely cut off from
     /// them) until heartbeats return.
@@ -73,11 +78,10 @@ pub struct Config {
 impl ServiceArgs for Config {
     fn identity(&self) -> Result<ServiceIdentity<'_>, String> {
         let listen = Some(self.listen);
-        Ok(ServiceIdentity::new(
-            &self.common,
-            &self.instance_id,
-            listen,
-        ))
+        Ok(
+            ServiceIdentity::new(&self.common, &self.instance_id, listen)
+                .with_subscription_capacity(self.heartbeat_buffer),
+        )
     }
 }
 

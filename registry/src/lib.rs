@@ -60,6 +60,7 @@ pub async fn run(
         shutdown,
         address,
         listener,
+        bus_events,
     } = started;
     let lease: SharedLease = Arc::new(Mutex::new(if config.ha {
         Lease::contested(config.lease_ttl)
@@ -91,6 +92,7 @@ pub async fn run(
         table: config.table(),
         wait_time: config.wait_time,
         max_heartbeat_bytes: config.max_heartbeat_bytes,
+        bus_events,
     });
     let main_metrics = metrics.clone();
     let agent = Agent::builder("RegistryAgent")

@@ -28,11 +28,15 @@ pub enum DropReason {
     table_full,
     /// Faster than `--max-heartbeat-rate` from one address.
     rate_limited,
+    /// Discarded by the registry's NATS client because the registry did not
+    /// take them in time (its `--heartbeat-buffer` was full): the registry
+    /// falls behind. Counted from the client's reports, a lower bound.
+    slow_consumer,
 }
 
 impl DropReason {
     /// Every reason, to pre-create the series.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::oversized,
         DropReason::undecodable,
         DropReason::unsupported_version,
@@ -42,6 +46,7 @@ impl DropReason {
         DropReason::seq_jump,
         DropReason::table_full,
         DropReason::rate_limited,
+        DropReason::slow_consumer,
     ];
 }
 
@@ -86,6 +91,7 @@ pub struct RegistryMetrics {
     pub(crate) unverified: Gauge,
     pub(crate) holds_exhausted: Counter,
     pub(crate) seq_resyncs: Counter,
+    pub(crate) nats_disconnects: Counter,
 }
 
 impl RegistryMetrics {
@@ -115,6 +121,7 @@ impl RegistryMetrics {
             unverified: Gauge::default(),
             holds_exhausted: Counter::default(),
             seq_resyncs: Counter::default(),
+            nats_disconnects: Counter::default(),
             families: MetricFamilies::default(),
         };
         families.register(
@@ -227,6 +234,11 @@ impl RegistryMetrics {
             "Heartbeats accepted with an out-of-range seq because their incarnation had been silent (a forged or corrupt seq was overruled)",
             metrics.seq_resyncs.clone(),
         );
+        families.register(
+            "nats_disconnects",
+            "Times the registry lost its NATS connection (nats-server also closes the connection of a client too slow to read)",
+            metrics.nats_disconnects.clone(),
+        );
         for reason in DropReason::ALL {
             let _ = metrics
                 .heartbeats_dropped
@@ -246,6 +258,16 @@ impl RegistryMetrics {
         self.heartbeats_dropped
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// Brings the counters of what the NATS client reported up to its totals.
+    pub(crate) fn sync_bus_events(&self, events: &ocs_service::connect::BusEvents) {
+        let slow = self.heartbeats_dropped.get_or_create(&ReasonLabel {
+            reason: DropReason::slow_consumer,
+        });
+        slow.inc_by(events.slow_consumer_drops().saturating_sub(slow.get()));
+        let disconnects = &self.nats_disconnects;
+        disconnects.inc_by(events.disconnects().saturating_sub(disconnects.get()));
     }
 
     /// Sets the agents-by-state gauges and the conflicts gauge.

@@ -40,6 +40,8 @@ pub(crate) struct Settings {
     pub(crate) kv_replicas: usize,
     /// Whether this replica leads (always, without `--ha`).
     pub(crate) lease: SharedLease,
+    /// What the NATS client reported going wrong, for the metrics.
+    pub(crate) bus_events: Arc<ocs_service::connect::BusEvents>,
 }
 
 /// Logs the first drop of each reason with its context, then a count at most once a minute,
@@ -204,13 +206,6 @@ pub(crate) async fn main_process(
                     main.report(hold, &ctx);
                 }
             }
-            message = heartbeats.next() => {
-                let Some(message) = message else {
-                    return Err("heartbeat subscription closed".into());
-                };
-                main.handle(&message);
-                main.drain_ready(&mut heartbeats);
-            }
             _ = snapshots.tick() => main.publish_snapshot().await,
             Some(request) = snapshot_requests.next() => {
                 // At most one on-demand snapshot per second, however many consumers restart at once.
@@ -254,9 +249,18 @@ pub(crate) async fn main_process(
                     (table.counts(), table.conflicts(), table.flapping(), table.unverified(), settled)
                 };
                 main.metrics.set_agent_counts(counts, conflicts);
+                main.metrics.sync_bus_events(&settings.bus_events);
                 main.metrics.flapping.set(flapping as i64);
                 main.metrics.unverified.set(unverified as i64);
                 main.changed.extend(settled);
+            }
+            // Last: under a flood of heartbeats the rarer branches above still get their turn.
+            message = heartbeats.next() => {
+                let Some(message) = message else {
+                    return Err("heartbeat subscription closed".into());
+                };
+                main.handle(&message);
+                main.drain_ready(&mut heartbeats);
             }
         }
         main.publish_changes().await;

@@ -1,7 +1,9 @@
 //! Connecting to NATS: long-lived services that retry for ever, and the
 //! short-lived client that tries once.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_nats::Event;
 use tracing::{info, warn};
@@ -22,15 +24,96 @@ pub async fn connect_service(
     connect_service_as(nats_url, name, &NatsAuth::default()).await
 }
 
+/// Messages a subscription buffers for a service before its client drops
+/// them (a slow consumer): 2.6 s of 100,000 agents' heartbeats. The buffer
+/// fills only while the service falls behind, and costs memory only then.
+pub const SERVICE_SUBSCRIPTION_CAPACITY: usize = 1 << 18;
+
+/// What a connection's client reported going wrong, for a service's metrics.
+#[derive(Debug)]
+pub struct BusEvents {
+    slow_consumer_drops: AtomicU64,
+    disconnects: AtomicU64,
+    /// Milliseconds after `since` of the last slow-consumer warning.
+    last_warning_ms: AtomicU64,
+    since: Instant,
+}
+
+impl Default for BusEvents {
+    fn default() -> Self {
+        BusEvents {
+            slow_consumer_drops: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            last_warning_ms: AtomicU64::new(0),
+            since: Instant::now(),
+        }
+    }
+}
+
+impl BusEvents {
+    /// Messages the client dropped because a subscription's buffer was full.
+    /// A lower bound: the client reports each drop on a bounded channel of
+    /// its own, which may overflow too.
+    pub fn slow_consumer_drops(&self) -> u64 {
+        self.slow_consumer_drops.load(Ordering::Relaxed)
+    }
+
+    /// Times the connection was lost (the server also closes the connection
+    /// of a client it finds too slow to read).
+    pub fn disconnects(&self) -> u64 {
+        self.disconnects.load(Ordering::Relaxed)
+    }
+
+    /// Counts a drop; warns on the first and then at most once a minute.
+    fn slow_consumer(&self, subscription: u64) {
+        let dropped = self.slow_consumer_drops.fetch_add(1, Ordering::Relaxed) + 1;
+        let now_ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_warning_ms.load(Ordering::Relaxed);
+        let due = dropped == 1 || now_ms.saturating_sub(last) >= 60_000;
+        if due
+            && self
+                .last_warning_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                subscription,
+                dropped_so_far = dropped,
+                "slow consumer: the NATS client dropped messages this service did not take in time (warned at most once a minute)"
+            );
+        }
+    }
+}
+
 /// [`connect_service`] with credentials and TLS settings.
 pub async fn connect_service_as(
     nats_url: &str,
     name: &str,
     auth: &NatsAuth,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
+    connect_service_with(
+        nats_url,
+        name,
+        auth,
+        SERVICE_SUBSCRIPTION_CAPACITY,
+        Arc::default(),
+    )
+    .await
+}
+
+/// [`connect_service_as`] with each subscription buffering `capacity`
+/// messages, counting what goes wrong in `events`.
+pub async fn connect_service_with(
+    nats_url: &str,
+    name: &str,
+    auth: &NatsAuth,
+    capacity: usize,
+    events: Arc<BusEvents>,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
     let options = auth.options().await?;
     options
         .name(name)
+        .subscription_capacity(capacity.max(1))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .ping_interval(SERVICE_PING_INTERVAL)
@@ -38,16 +121,20 @@ pub async fn connect_service_as(
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis((attempts as u64 * 100).min(1000))
         })
-        .event_callback(|event| async move {
-            match event {
-                Event::Connected => info!("connected to NATS"),
-                Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
-                Event::SlowConsumer(sid) => {
-                    warn!(subscription = sid, "slow consumer: messages dropped")
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                match event {
+                    Event::Connected => info!("connected to NATS"),
+                    Event::Disconnected => {
+                        events.disconnects.fetch_add(1, Ordering::Relaxed);
+                        warn!("disconnected from NATS; reconnecting")
+                    }
+                    Event::SlowConsumer(sid) => events.slow_consumer(sid),
+                    Event::ServerError(err) => warn!(error = %err, "NATS server error"),
+                    Event::LameDuckMode => warn!("NATS server entering lame duck mode"),
+                    Event::ClientError(_) | Event::Draining | Event::Closed => {}
                 }
-                Event::ServerError(err) => warn!(error = %err, "NATS server error"),
-                Event::LameDuckMode => warn!("NATS server entering lame duck mode"),
-                Event::ClientError(_) | Event::Draining | Event::Closed => {}
             }
         })
         .connect(server_urls(nats_url).as_slice())

@@ -11,6 +11,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use ocs_protocol::{AgentAddress, InstanceId};
 use tokio::net::TcpListener;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::args::{CommonArgs, LogFormat, parse_with_site};
-use crate::connect::{connect_service_as, drain};
+use crate::connect::{BusEvents, connect_service_with, drain};
 use crate::lifecycle::{init_tracing, notify_systemd, shutdown_on_signals, stop_with_parent};
 
 /// What a service's command line must tell the skeleton.
@@ -43,6 +44,8 @@ pub struct ServiceIdentity<'a> {
     pub instance_id: InstanceId,
     /// Where its endpoints are served.
     pub listen: Option<SocketAddr>,
+    /// Messages each of its subscriptions buffers while it is busy.
+    pub subscription_capacity: usize,
 }
 
 impl<'a> ServiceIdentity<'a> {
@@ -57,7 +60,14 @@ impl<'a> ServiceIdentity<'a> {
             common,
             instance_id: instance_id.clone(),
             listen,
+            subscription_capacity: crate::connect::SERVICE_SUBSCRIPTION_CAPACITY,
         }
+    }
+
+    /// The same with each subscription buffering `capacity` messages.
+    pub fn with_subscription_capacity(mut self, capacity: usize) -> Self {
+        self.subscription_capacity = capacity;
+        self
     }
 
     /// The service's address.
@@ -76,6 +86,8 @@ pub struct Started {
     pub address: AgentAddress,
     /// Bound to [`ServiceArgs::listen`], for `/metrics` and `/healthz`.
     pub listener: Option<TcpListener>,
+    /// What the connection's client reported going wrong (drops, disconnects).
+    pub bus_events: Arc<BusEvents>,
 }
 
 /// Why a service could not start.
@@ -178,16 +190,24 @@ pub async fn start_within(
     };
     let common = identity.common;
     info!(nats_url = %common.nats_url, %address, "connecting");
-    let client = connect_service_as(&common.nats_url, address.as_str(), &common.nats_auth)
-        .await
-        .map_err(|source| StartError::Connect {
-            url: common.nats_url.clone(),
-            source,
-        })?;
+    let bus_events = Arc::new(BusEvents::default());
+    let client = connect_service_with(
+        &common.nats_url,
+        address.as_str(),
+        &common.nats_auth,
+        identity.subscription_capacity,
+        bus_events.clone(),
+    )
+    .await
+    .map_err(|source| StartError::Connect {
+        url: common.nats_url.clone(),
+        source,
+    })?;
     Ok(Started {
         client,
         shutdown,
         address,
         listener,
+        bus_events,
     })
 }

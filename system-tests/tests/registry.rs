@@ -1239,3 +1239,62 @@ async fn registry_status_answers_at_any_fleet_size_filtered_and_summarised() {
     fleet.abort();
     registry.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_the_registry_falls_behind_on_are_counted_not_lost_silently() {
+    let nats = NatsServer::start();
+    // A buffer of 16 messages: a burst overflows it before the main loop takes them.
+    let registry = Registry::start(&nats, &["--heartbeat-buffer", "16"]).await;
+    let flooder = async_nats::connect(nats.url()).await.unwrap();
+    let root = ocs_protocol::AddressRoot::default();
+    let burst: Vec<(String, bytes::Bytes)> = (0..5_000)
+        .map(|index| {
+            let address = ocs_protocol::AgentAddress::new(
+                &root,
+                &InstanceId::new(format!("burst{index:04}")).unwrap(),
+            );
+            let beat = ocs_testkit::heartbeat(address.as_str());
+            (
+                ocs_protocol::subject::heartbeat(&address),
+                codec::encode(&beat).into(),
+            )
+        })
+        .collect();
+    let dropped = eventually(
+        Duration::from_secs(20),
+        "slow-consumer drops counted",
+        || async {
+            for (subject, payload) in &burst {
+                flooder
+                    .publish(subject.clone(), payload.clone())
+                    .await
+                    .unwrap();
+            }
+            flooder.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let body = http_get(registry.http, "/metrics").await.1;
+            body.lines()
+                .find_map(|line| {
+                    line.strip_prefix(
+                        "ocs_registry_heartbeats_dropped_total{reason=\"slow_consumer\"} ",
+                    )
+                })
+                .and_then(|count| count.parse::<u64>().ok())
+                .filter(|count| *count > 0)
+        },
+    )
+    .await;
+    println!("{dropped} heartbeats counted as dropped by the registry's client");
+    assert!(registry.metrics.dropped_count(DropReason::slow_consumer) >= dropped);
+    // It keeps working: its own record is alive and it answers.
+    let client = client(&nats).await;
+    assert_eq!(
+        record(&client, "observatory.registry").await.unwrap()["expired"],
+        false
+    );
+    assert_eq!(
+        http_get(registry.http, "/healthz").await,
+        (200, "ok\n".to_owned())
+    );
+    registry.stop().await;
+}
