@@ -24,21 +24,8 @@ use ocs_operation_monitor::fleet::{Fleet, FleetLimits};
 use ocs_operation_monitor::metrics::MonitorMetrics;
 use ocs_protocol::codec::to_msgpack;
 use ocs_protocol::{Action, AddressRoot, AgentAddress, InstanceId, OpName, proto};
-use ocs_testkit::{NatsServer, http_get};
+use ocs_testkit::{NatsServer, http_get, measure};
 use parking_lot::Mutex;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 fn record(i: usize) -> proto::AgentRecord {
     let ops = [
@@ -76,7 +63,7 @@ async fn scrape_bench(agents: usize) {
         &AddressRoot::default(),
         &InstanceId::new("registry").unwrap(),
     );
-    let before = rss_kib();
+    let before = measure::own_resident_kib();
     let fleet = Arc::new(Mutex::new(Fleet::new(
         &registry,
         FleetLimits {
@@ -110,12 +97,12 @@ async fn scrape_bench(agents: usize) {
         size = body.len();
     }
     times.sort_by(f64::total_cmp);
-    let grown = rss_kib().saturating_sub(before);
+    let grown = measure::own_resident_kib().saturating_sub(before);
     println!(
         "scrape agents={agents} ops/agent=5 series={} : p50={:.1} ms p99={:.1} ms body={:.1} MiB rss_growth={:.1} MiB",
         agents * 5,
-        percentile(&times, 0.5),
-        percentile(&times, 0.99),
+        measure::percentile(&times, 0.5),
+        measure::percentile(&times, 0.99),
         size as f64 / 1048576.0,
         grown as f64 / 1024.0
     );
@@ -201,8 +188,8 @@ async fn latency_bench(changes: usize) {
     latencies.sort_by(f64::total_cmp);
     println!(
         "end-to-end start request -> op code on /metrics, n={changes}: p50={:.1} ms p99={:.1} ms max={:.1} ms",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
+        measure::percentile(&latencies, 0.5),
+        measure::percentile(&latencies, 0.99),
         latencies.last().unwrap()
     );
 }

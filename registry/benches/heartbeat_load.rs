@@ -10,7 +10,10 @@
 //!
 //! Reports registry CPU and memory, heartbeats lost or dropped, false
 //! expiries and the expiry-detection latency (feed arrival minus the deadline,
-//! last heartbeat + timeout).
+//! last heartbeat + timeout). Beside the registry it runs the floor: this
+//! program again as a bare subscriber (`--bare-subscriber URL`) that only
+//! receives and counts the same heartbeats, and reports the CPU per
+//! heartbeat of both and their ratio.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -20,9 +23,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES};
 use ocs_protocol::proto;
-use ocs_testkit::NatsServer;
+use ocs_testkit::{NatsServer, Process, measure};
 
 struct Args {
+    bare_subscriber: Option<String>,
     agents: usize,
     steady: u64,
     silence: usize,
@@ -31,6 +35,7 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut args = Args {
+        bare_subscriber: None,
         agents: 1000,
         steady: 30,
         silence: 100,
@@ -47,6 +52,7 @@ fn parse_args() -> Args {
             "--steady" => args.steady = value().parse().expect("--steady SECONDS"),
             "--silence" => args.silence = value().parse().expect("--silence N"),
             "--timeout" => args.timeout = value().parse().expect("--timeout SECONDS"),
+            "--bare-subscriber" => args.bare_subscriber = Some(value()),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -55,65 +61,26 @@ fn parse_args() -> Args {
     args
 }
 
-/// `(utime + stime)` in clock ticks and resident set in KiB, from /proc.
-fn cpu_and_rss(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0);
-    (ticks, rss)
+async fn metric(port: u16, series: &str) -> f64 {
+    measure::metric(port, series).await.unwrap_or(0.0)
 }
 
-fn clock_ticks_per_second() -> f64 {
-    let output = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .expect("getconf");
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(100.0)
-}
-
-async fn metric(port: u16, name: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+/// The floor: a process that only receives and counts the same heartbeats.
+async fn bare_subscriber(url: &str) {
+    let client = async_nats::ConnectOptions::new()
+        .subscription_capacity(1 << 18)
+        .connect(url)
         .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("bare subscriber connects");
+    let mut heartbeats = client
+        .subscribe("observatory.*.feeds.heartbeat")
         .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body.lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn metric_or_zero(port: u16, name: &str) -> f64 {
-    if tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        return 0.0;
+        .expect("bare subscriber subscribes");
+    let mut count = 0u64;
+    while heartbeats.next().await.is_some() {
+        count += 1;
     }
-    metric(port, name).await
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    std::hint::black_box(count);
 }
 
 struct Simulated {
@@ -153,6 +120,9 @@ fn heartbeat(agent: &mut Simulated) -> Vec<u8> {
 #[tokio::main]
 async fn main() {
     let args = parse_args();
+    if let Some(url) = &args.bare_subscriber {
+        return bare_subscriber(url).await;
+    }
     let nats = NatsServer::start();
     let http_port = ocs_testkit::free_port();
     let timeout = args.timeout.to_string();
@@ -162,6 +132,9 @@ async fn main() {
         &["--agent-timeout", &timeout, "--max-agents", "1000000"],
     );
     let pid = registry.pid();
+    let mut floor_command = Command::new(std::env::current_exe().expect("this bench's path"));
+    floor_command.args(["--bare-subscriber", &nats.url()]);
+    let floor = Process::spawn("bare subscriber", floor_command);
     let client = async_nats::ConnectOptions::new()
         .client_capacity(65_536)
         .connect(nats.url())
@@ -205,7 +178,7 @@ async fn main() {
 
     // Start the load only once the registry listens, so no beat goes unheard.
     let ready_by = Instant::now() + Duration::from_secs(30);
-    while metric_or_zero(http_port, "ocs_registry_nats_connected").await < 1.0 {
+    while metric(http_port, "ocs_registry_nats_connected").await < 1.0 {
         assert!(Instant::now() < ready_by, "registry not ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -234,7 +207,8 @@ async fn main() {
     let start = Instant::now();
     let mut sent = 0u64;
     let mut slot = 0usize;
-    let mut baseline: Option<(Instant, (u64, u64), f64)> = None;
+    // When the measurement started: registry CPU, floor CPU, heartbeats received.
+    let mut baseline: Option<(Instant, f64, f64, f64)> = None;
     let mut peak_rss = 0u64;
     let mut silence_at: Option<Instant> = None;
     loop {
@@ -242,7 +216,12 @@ async fn main() {
         let elapsed = start.elapsed();
         if elapsed >= warmup && baseline.is_none() {
             let received = metric(http_port, "ocs_registry_heartbeats_received_total").await;
-            baseline = Some((Instant::now(), cpu_and_rss(pid), received));
+            baseline = Some((
+                Instant::now(),
+                measure::cpu_seconds(pid),
+                measure::cpu_seconds(floor.pid()),
+                received,
+            ));
         }
         if elapsed >= warmup + steady && silence_at.is_none() {
             silence_at = Some(Instant::now());
@@ -267,18 +246,21 @@ async fn main() {
         }
         slot = (slot + 1) % SLOTS;
         if slot == 0 {
-            peak_rss = peak_rss.max(cpu_and_rss(pid).1);
+            peak_rss = peak_rss.max(measure::resident_kib(pid));
         }
     }
     client.flush().await.unwrap();
     // Let the registry finish what is in flight before reading its counters.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (base_at, (base_ticks, _), _) = baseline.expect("warm-up done");
-    let (end_ticks, end_rss) = cpu_and_rss(pid);
+    let (base_at, base_cpu, base_floor_cpu, base_received) = baseline.expect("warm-up done");
+    let registry_cpu = measure::cpu_seconds(pid) - base_cpu;
+    let floor_cpu = measure::cpu_seconds(floor.pid()) - base_floor_cpu;
+    let end_rss = measure::resident_kib(pid);
     let wall = base_at.elapsed().as_secs_f64();
-    let cpu_percent = (end_ticks - base_ticks) as f64 / clock_ticks_per_second() / wall * 100.0;
-    let received = metric(http_port, "ocs_registry_heartbeats_received_total").await
-        - own_beats.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let cpu_percent = registry_cpu / wall * 100.0;
+    let total_received = metric(http_port, "ocs_registry_heartbeats_received_total").await;
+    let measured = (total_received - base_received).max(1.0);
+    let received = total_received - own_beats.load(std::sync::atomic::Ordering::Relaxed) as f64;
     let dropped = metric(http_port, "ocs_registry_heartbeats_dropped_total").await;
     let alive = metric(http_port, "ocs_registry_agents{state=\"alive\"}").await;
 
@@ -322,16 +304,23 @@ async fn main() {
         peak_rss.max(end_rss)
     );
     println!(
+        "cpu per heartbeat: registry {:.2} us, bare subscriber (floor) {:.2} us, ratio {:.1} ({measured} heartbeats measured)",
+        registry_cpu / measured * 1e6,
+        floor_cpu / measured * 1e6,
+        registry_cpu / floor_cpu.max(1e-9)
+    );
+    println!(
         "alive at end={alive} (expected {})",
         args.agents - silenced.len() + 1
     );
     println!("false_expiries={false_expiries}  missed_expiries={missed}");
     println!(
         "expiry detection latency after the deadline: p50={:.1} ms p99={:.1} ms max={:.1} ms (n={})",
-        percentile(&latencies_ms, 0.5),
-        percentile(&latencies_ms, 0.99),
+        measure::percentile(&latencies_ms, 0.5),
+        measure::percentile(&latencies_ms, 0.99),
         latencies_ms.last().copied().unwrap_or(f64::NAN),
         latencies_ms.len()
     );
+    drop(floor);
     drop(registry);
 }

@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use ocs_protocol::codec;
-use ocs_testkit::NatsServer;
+use ocs_testkit::{NatsServer, measure};
 
 /// The benchmark's settings.
 #[derive(clap::Parser)]
@@ -31,24 +31,7 @@ struct Args {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-async fn metric(port: u16, name: &str) -> Option<f64> {
-    // Not listening yet (starting) is no value yet.
-    tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let (_, body) = ocs_testkit::http_get(([127, 0, 0, 1], port).into(), "/metrics").await;
-    body.lines()
-        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    measure::resident_kib(pid) as f64 / 1024.0
 }
 
 /// Polls until the registry's `name` reaches `target`, sampling the peak
@@ -64,7 +47,7 @@ async fn until_metric(
     let started = Instant::now();
     loop {
         *peak = peak.max(rss_mib(pid));
-        if metric(port, name)
+        if measure::metric(port, name)
             .await
             .is_some_and(|value| value >= target)
         {

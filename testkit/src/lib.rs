@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use ocs_service::lifecycle::PARENT_PID_ENV;
 
 pub mod launch;
+pub mod measure;
 pub mod query;
 
 pub use launch::{Output, agent, idle_faker, ocs, ocs_as};
