@@ -13,7 +13,8 @@
 //! last heartbeat + timeout). Beside the registry it runs the floor: this
 //! program again as a bare subscriber (`--bare-subscriber URL`) that only
 //! receives and counts the same heartbeats, and reports the CPU per
-//! heartbeat of both and their ratio.
+//! heartbeat of both and their ratio (`--no-floor` leaves it out: it doubles
+//! what nats-server delivers, which matters on a small machine).
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -27,6 +28,8 @@ use ocs_testkit::{NatsServer, Process, measure};
 
 struct Args {
     bare_subscriber: Option<String>,
+    /// Run the bare subscriber beside the registry (it doubles what nats-server delivers).
+    floor: bool,
     agents: usize,
     steady: u64,
     silence: usize,
@@ -36,6 +39,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut args = Args {
         bare_subscriber: None,
+        floor: true,
         agents: 1000,
         steady: 30,
         silence: 100,
@@ -53,6 +57,7 @@ fn parse_args() -> Args {
             "--silence" => args.silence = value().parse().expect("--silence N"),
             "--timeout" => args.timeout = value().parse().expect("--timeout SECONDS"),
             "--bare-subscriber" => args.bare_subscriber = Some(value()),
+            "--no-floor" => args.floor = false,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -134,7 +139,10 @@ async fn main() {
     let pid = registry.pid();
     let mut floor_command = Command::new(std::env::current_exe().expect("this bench's path"));
     floor_command.args(["--bare-subscriber", &nats.url()]);
-    let floor = Process::spawn("bare subscriber", floor_command);
+    let floor = args
+        .floor
+        .then(|| Process::spawn("bare subscriber", floor_command));
+    let floor_pid = floor.as_ref().map_or(0, Process::pid);
     let client = async_nats::ConnectOptions::new()
         .client_capacity(65_536)
         .connect(nats.url())
@@ -219,7 +227,7 @@ async fn main() {
             baseline = Some((
                 Instant::now(),
                 measure::cpu_seconds(pid),
-                measure::cpu_seconds(floor.pid()),
+                measure::cpu_seconds(floor_pid),
                 received,
             ));
         }
@@ -254,7 +262,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (base_at, base_cpu, base_floor_cpu, base_received) = baseline.expect("warm-up done");
     let registry_cpu = measure::cpu_seconds(pid) - base_cpu;
-    let floor_cpu = measure::cpu_seconds(floor.pid()) - base_floor_cpu;
+    let floor_cpu = measure::cpu_seconds(floor_pid) - base_floor_cpu;
     let end_rss = measure::resident_kib(pid);
     let wall = base_at.elapsed().as_secs_f64();
     let cpu_percent = registry_cpu / wall * 100.0;
@@ -303,12 +311,19 @@ async fn main() {
         end_rss,
         peak_rss.max(end_rss)
     );
-    println!(
-        "cpu per heartbeat: registry {:.2} us, bare subscriber (floor) {:.2} us, ratio {:.1} ({measured} heartbeats measured)",
-        registry_cpu / measured * 1e6,
-        floor_cpu / measured * 1e6,
-        registry_cpu / floor_cpu.max(1e-9)
-    );
+    if floor.is_some() {
+        println!(
+            "cpu per heartbeat: registry {:.2} us, bare subscriber (floor) {:.2} us, ratio {:.1} ({measured} heartbeats measured)",
+            registry_cpu / measured * 1e6,
+            floor_cpu / measured * 1e6,
+            registry_cpu / floor_cpu.max(1e-9)
+        );
+    } else {
+        println!(
+            "cpu per heartbeat: registry {:.2} us ({measured} heartbeats measured; no floor run)",
+            registry_cpu / measured * 1e6
+        );
+    }
     println!(
         "alive at end={alive} (expected {})",
         args.agents - silenced.len() + 1

@@ -243,16 +243,12 @@ pub(crate) async fn main_process(
                 }
             }
             _ = housekeeping.tick() => {
-                let (counts, conflicts, flapping, unverified, settled) = {
-                    let mut table = main.table.lock();
-                    let settled = table.settle_flapping(Instant::now());
-                    (table.counts(), table.conflicts(), table.flapping(), table.unverified(), settled)
-                };
-                main.metrics.set_agent_counts(counts, conflicts);
+                let census = main.table.lock().census(Instant::now());
+                main.metrics.set_agent_counts((census.alive, census.expired, census.left), census.conflicts);
                 main.metrics.sync_bus_events(&settings.bus_events);
-                main.metrics.flapping.set(flapping as i64);
-                main.metrics.unverified.set(unverified as i64);
-                main.changed.extend(settled);
+                main.metrics.flapping.set(census.flapping as i64);
+                main.metrics.unverified.set(census.unverified as i64);
+                main.changed.extend(census.settled);
             }
             // Last: under a flood of heartbeats the rarer branches above still get their turn.
             message = heartbeats.next() => {
@@ -414,13 +410,15 @@ impl MainProcess {
         }
     }
 
-    fn drain_ready(&mut self, heartbeats: &mut async_nats::Subscriber) {
-        for _ in 0..BATCH {
+    /// Handles the heartbeats already queued, at most [`BATCH`]; returns how many.
+    fn drain_ready(&mut self, heartbeats: &mut async_nats::Subscriber) -> usize {
+        for handled in 0..BATCH {
             match heartbeats.next().now_or_never() {
                 Some(Some(message)) => self.handle(&message),
-                _ => break,
+                _ => return handled,
             }
         }
+        BATCH
     }
 
     fn drop_heartbeat(

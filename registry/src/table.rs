@@ -308,6 +308,25 @@ struct Hold {
     recheck: Instant,
 }
 
+/// What [`AgentTable::census`] counted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Agents by state.
+    pub alive: usize,
+    /// Expired agents.
+    pub expired: usize,
+    /// Departed agents.
+    pub left: usize,
+    /// Addresses where two incarnations heartbeat at once.
+    pub conflicts: usize,
+    /// Agents still flapping.
+    pub flapping: usize,
+    /// Agents alive only by assumption.
+    pub unverified: usize,
+    /// Agents that stopped flapping now.
+    pub settled: Vec<String>,
+}
+
 /// What [`AgentTable::expire_due`] changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Expiries {
@@ -334,6 +353,52 @@ fn seq_follows(last: u64, seq: u64, elapsed: Duration) -> bool {
     let allowed =
         SEQ_JUMP_BASE.saturating_add(SEQ_JUMP_PER_SECOND.saturating_mul(elapsed.as_secs()));
     seq > last && seq - last <= allowed
+}
+
+/// The common case: an alive agent beating on, unchanged, is updated in
+/// place, with no copy of its strings or operations; returns the deadline it
+/// had. `None` for anything else (a new incarnation, a change, a leaving, a
+/// conflict, a seq out of range), which [`AgentTable::observe`] handles by
+/// building a new entry.
+fn refresh_in_place(
+    entry: &mut Entry,
+    heartbeat: &proto::Heartbeat,
+    now: Instant,
+    now_unix_ms: i64,
+    timeout: Duration,
+) -> Option<Instant> {
+    let unchanged = entry.incarnation == heartbeat.incarnation
+        && entry.state == AgentState::Alive
+        && !heartbeat.leaving
+        && !entry.unverified
+        && !entry.conflict
+        && entry.rival.is_none()
+        && entry.interval_ms == heartbeat.interval_ms
+        && seq_follows(
+            entry.seq,
+            heartbeat.seq,
+            now.saturating_duration_since(entry.last_heard),
+        )
+        && entry.agent_class == heartbeat.agent_class
+        && entry.op_codes == heartbeat.op_codes;
+    if !unchanged {
+        return None;
+    }
+    let earlier = entry.deadline;
+    entry.seq = heartbeat.seq;
+    entry.last_heard = now;
+    entry.last_updated_unix_ms = now_unix_ms;
+    entry.deadline = now + timeout;
+    entry.beats = entry.beats.saturating_add(1);
+    entry.heard = true;
+    if entry.host != heartbeat.host {
+        entry.host.clone_from(&heartbeat.host);
+    }
+    if entry.agent_version != heartbeat.agent_version {
+        entry.agent_version.clone_from(&heartbeat.agent_version);
+    }
+    entry.pid = heartbeat.pid;
+    Some(earlier)
 }
 
 fn all_expired(op_codes: &[proto::OperationCode]) -> Vec<proto::OperationCode> {
@@ -419,6 +484,16 @@ impl AgentTable {
         };
     }
 
+    /// Moves an alive `address`'s expiry from `earlier` to `later`, reusing
+    /// the scheduled key's string.
+    fn postpone_expiry(&mut self, address: &str, earlier: Instant, later: Instant) {
+        let key = self
+            .expiries
+            .take(&(earlier, address.to_owned()))
+            .map_or_else(|| address.to_owned(), |(_, key)| key);
+        self.expiries.insert((later, key));
+    }
+
     /// Schedules `address`'s expiry (alive) or forgetting (expired, left) at `deadline`.
     fn schedule(&mut self, address: &str, deadline: Instant, state: AgentState) {
         let key = (deadline, address.to_owned());
@@ -442,6 +517,10 @@ impl AgentTable {
         if let Some(entry) = self.agents.get_mut(address) {
             if !entry.rate.take(max_rate, now) {
                 return Observation::RateLimited;
+            }
+            if let Some(earlier) = refresh_in_place(entry, heartbeat, now, now_unix_ms, timeout) {
+                self.postpone_expiry(address, earlier, now + timeout);
+                return Observation::Refreshed;
             }
             rate = entry.rate;
         }
@@ -672,18 +751,35 @@ impl AgentTable {
     /// Clears the flapping mark of agents without an expiry for
     /// [`FLAP_WINDOW`]; returns their addresses.
     pub fn settle_flapping(&mut self, now: Instant) -> Vec<String> {
-        let mut settled = Vec::new();
+        self.census(now).settled
+    }
+
+    /// The counts the registry's metrics show, in one pass over the table,
+    /// settling flapping agents on the way (see [`Self::settle_flapping`]).
+    pub fn census(&mut self, now: Instant) -> Census {
+        let mut census = Census::default();
         for (address, entry) in &mut self.agents {
-            let quiet = entry
-                .recent_expiries
-                .last()
-                .is_none_or(|last| now.saturating_duration_since(*last) >= FLAP_WINDOW);
-            if entry.flapping && quiet {
-                entry.flapping = false;
-                settled.push(address.clone());
+            match entry.state {
+                AgentState::Alive => census.alive += 1,
+                AgentState::Expired => census.expired += 1,
+                AgentState::Left => census.left += 1,
+            }
+            census.conflicts += usize::from(entry.conflict);
+            census.unverified += usize::from(entry.unverified);
+            if entry.flapping {
+                let quiet = entry
+                    .recent_expiries
+                    .last()
+                    .is_none_or(|last| now.saturating_duration_since(*last) >= FLAP_WINDOW);
+                if quiet {
+                    entry.flapping = false;
+                    census.settled.push(address.clone());
+                } else {
+                    census.flapping += 1;
+                }
             }
         }
-        settled
+        census
     }
 
     /// Every tracked address, in no particular order.

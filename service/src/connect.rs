@@ -25,9 +25,12 @@ pub async fn connect_service(
 }
 
 /// Messages a subscription buffers for a service before its client drops
-/// them (a slow consumer): 2.6 s of 100,000 agents' heartbeats. The buffer
-/// fills only while the service falls behind, and costs memory only then.
-pub const SERVICE_SUBSCRIPTION_CAPACITY: usize = 1 << 18;
+/// them (a slow consumer): async-nats's default, 0.65 s of 100,000 agents'
+/// heartbeats. Larger is not better for the registry: a heartbeat queued
+/// for longer than the registry's own takes to come back (2.5 s) makes it
+/// believe it is cut off, and one queued past its agent's deadline is read
+/// too late. Drops are counted instead.
+pub const SERVICE_SUBSCRIPTION_CAPACITY: usize = 1 << 16;
 
 /// What a connection's client reported going wrong, for a service's metrics.
 #[derive(Debug)]

@@ -471,6 +471,36 @@ fn a_sender_faster_than_the_rate_limit_is_cut_to_it() {
 }
 
 #[test]
+fn an_unchanged_beat_moves_the_deadline_and_takes_the_new_host_version_and_pid() {
+    let mut table = table();
+    let t0 = Instant::now();
+    let acq = [("acq", OpCode::Running)];
+    table.observe(&beat(FAKER, INCARNATION_A, 1, &acq), t0, 1_000);
+    let mut second = beat(FAKER, INCARNATION_A, 2, &acq);
+    second.host = "daq2".into();
+    second.agent_version = "1.1".into();
+    second.pid = 77;
+    let t1 = t0 + Duration::from_secs(1);
+    assert_eq!(table.observe(&second, t1, 2_000), Observation::Refreshed);
+    assert_eq!(table.next_deadline(), Some(t1 + TIMEOUT));
+    assert!(
+        table.expired_at(t0 + TIMEOUT, 6_000).is_empty(),
+        "the first deadline no longer holds"
+    );
+    let record = table.record(FAKER).unwrap();
+    assert_eq!(
+        (
+            record.host.as_str(),
+            record.agent_version.as_str(),
+            record.pid,
+            record.last_updated_unix_ms
+        ),
+        ("daq2", "1.1", 77, 2_000)
+    );
+    assert_eq!(table.expired_at(t1 + TIMEOUT, 7_000), [FAKER]);
+}
+
+#[test]
 fn with_a_short_timeout_a_few_silent_agents_expire_without_a_hold() {
     let timeout = Duration::from_secs(2);
     let mut table = AgentTable::new(TableConfig {
