@@ -3,11 +3,14 @@
 //! ```text
 //! cargo build --release --workspace --bins
 //! cargo bench -p ocs-operation-monitor --bench scrape -- --agents 1000,20000 --changes 200
+//! cargo bench -p ocs-operation-monitor --bench scrape -- --agents 100000 --series per-operation,per-agent,aggregate --changes 20
 //! ```
 //!
 //! 1. Scrape: a fleet of N agents with five operations each, fed through the
-//!    real feed path, then `/metrics` fetched over HTTP from the real router;
-//!    reports time per scrape, body size and the process's memory growth.
+//!    real feed path, then `/metrics` fetched over HTTP from the real router
+//!    behind the services' endpoint layers, plain and with gzip; reports time
+//!    per scrape, body sizes and the process's memory growth, for each
+//!    `--series` detail asked.
 //! 2. End to end: a real nats-server, `ocs-registry` and `ocs-fake-data-agent`
 //!    processes and the monitor; times from a `start` request to the new op
 //!    code being visible on `/metrics`, polled every 2 ms. Every wait is
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use ocs_agent::OcsClient;
 use ocs_operation_monitor::fleet::{Fleet, FleetLimits};
-use ocs_operation_monitor::metrics::MonitorMetrics;
+use ocs_operation_monitor::metrics::{MonitorMetrics, SeriesDetail};
 use ocs_protocol::codec::to_msgpack;
 use ocs_protocol::{Action, AddressRoot, AgentAddress, InstanceId, OpName, proto};
 use ocs_testkit::{NatsServer, http_get, measure};
@@ -58,7 +61,23 @@ fn record(i: usize) -> proto::AgentRecord {
     }
 }
 
-async fn scrape_bench(agents: usize) {
+/// A GET of `/metrics` that accepts gzip: (milliseconds to the last byte, bytes on the wire).
+async fn scrape_gzip(address: SocketAddr) -> (f64, usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let head = String::from_utf8_lossy(&response[..response.len().min(300)]).to_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    (start.elapsed().as_secs_f64() * 1000.0, response.len())
+}
+
+async fn scrape_bench(agents: usize, detail: SeriesDetail) {
     let registry = AgentAddress::new(
         &AddressRoot::default(),
         &InstanceId::new("registry").unwrap(),
@@ -82,11 +101,15 @@ async fn scrape_bench(agents: usize) {
         fleet.lock().apply(&message, tokio::time::Instant::now());
     }
     drop(records);
-    let metrics = Arc::new(MonitorMetrics::new(fleet.clone()));
+    let metrics = Arc::new(MonitorMetrics::new(fleet.clone(), detail));
     let router = ocs_operation_monitor::http::router(metrics, fleet, Duration::from_secs(95));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::spawn(ocs_service::endpoints::serve(
+        listener,
+        router,
+        tokio_util::sync::CancellationToken::new(),
+    ));
     let mut times = Vec::new();
     let mut size = 0;
     for _ in 0..20 {
@@ -97,15 +120,31 @@ async fn scrape_bench(agents: usize) {
         size = body.len();
     }
     times.sort_by(f64::total_cmp);
+    let mut gzip_times = Vec::new();
+    let mut gzip_size = 0;
+    for _ in 0..20 {
+        let (ms, bytes) = scrape_gzip(address).await;
+        gzip_times.push(ms);
+        gzip_size = bytes;
+    }
+    gzip_times.sort_by(f64::total_cmp);
     let grown = measure::own_resident_kib().saturating_sub(before);
+    let series = size_lines(&http_get(address, "/metrics").await.1);
     println!(
-        "scrape agents={agents} ops/agent=5 series={} : p50={:.1} ms p99={:.1} ms body={:.1} MiB rss_growth={:.1} MiB",
-        agents * 5,
+        "scrape agents={agents} ops/agent=5 --series {detail:?} ({series} samples): plain p50={:.1} ms p99={:.1} ms body={:.1} MiB; gzip p50={:.1} ms p99={:.1} ms body={:.2} MiB; rss_growth={:.1} MiB",
         measure::percentile(&times, 0.5),
         measure::percentile(&times, 0.99),
         size as f64 / 1048576.0,
+        measure::percentile(&gzip_times, 0.5),
+        measure::percentile(&gzip_times, 0.99),
+        gzip_size as f64 / 1048576.0,
         grown as f64 / 1024.0
     );
+}
+
+/// Samples in an exposition.
+fn size_lines(body: &str) -> usize {
+    body.lines().filter(|line| !line.starts_with('#')).count()
 }
 
 async fn latency_bench(changes: usize) {
@@ -218,6 +257,7 @@ async fn shows(monitor: SocketAddr, what: &str, limit: Duration, done: impl Fn(&
 async fn main() {
     let mut sizes = vec![1000, 20000];
     let mut changes = 200;
+    let mut details = vec![SeriesDetail::PerOperation];
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         match flag.as_str() {
@@ -229,13 +269,26 @@ async fn main() {
                     .map(|n| n.parse().expect("number"))
                     .collect()
             }
+            "--series" => {
+                details = args
+                    .next()
+                    .expect("--series per-operation,per-agent,aggregate")
+                    .split(',')
+                    .map(|name| {
+                        <SeriesDetail as clap::ValueEnum>::from_str(name, false)
+                            .expect("per-operation, per-agent or aggregate")
+                    })
+                    .collect()
+            }
             "--changes" => changes = args.next().expect("--changes N").parse().expect("number"),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
     }
     for agents in sizes {
-        scrape_bench(agents).await;
+        for detail in &details {
+            scrape_bench(agents, *detail).await;
+        }
     }
     latency_bench(changes).await;
 }

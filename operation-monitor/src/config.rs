@@ -7,6 +7,8 @@ use clap::Parser;
 use ocs_protocol::InstanceId;
 use ocs_service::{CommonArgs, ServiceArgs, ServiceIdentity};
 
+use crate::metrics::SeriesDetail;
+
 /// The operation monitor: the registry's agent_operations feed as Prometheus metrics.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ocs-operation-monitor", version, args_override_self = true)]
@@ -37,6 +39,11 @@ pub struct Config {
     /// Most operations exported per agent.
     #[arg(long, env = "OCS_MONITOR_MAX_OPERATIONS", default_value_t = 256)]
     pub max_operations: usize,
+    /// Which series of the fleet /metrics exports: per-operation (all),
+    /// per-agent (no ocs_operation_code) or aggregate (totals only); see
+    /// README "Monitoring at scale" for what each costs Prometheus.
+    #[arg(long, env = "OCS_MONITOR_SERIES", value_enum, default_value_t = SeriesDetail::PerOperation)]
+    pub series: SeriesDetail,
 }
 
 impl ServiceArgs for Config {

@@ -62,6 +62,7 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
 mod tests {
     use super::*;
     use crate::fleet::{Fleet, FleetLimits};
+    use crate::metrics::SeriesDetail;
     use ocs_protocol::{AddressRoot, AgentAddress, InstanceId, proto};
     use parking_lot::Mutex;
     use tokio::time::Instant;
@@ -87,7 +88,10 @@ mod tests {
                 max_operations: 10,
             },
         )));
-        let metrics = Arc::new(MonitorMetrics::new(fleet.clone()));
+        let metrics = Arc::new(MonitorMetrics::new(
+            fleet.clone(),
+            SeriesDetail::PerOperation,
+        ));
         let router = router(metrics, fleet.clone(), Duration::from_secs(90));
         assert_eq!(status(&router).await, StatusCode::SERVICE_UNAVAILABLE);
         let message = proto::AgentOperations {

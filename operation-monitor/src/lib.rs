@@ -51,7 +51,7 @@ pub async fn run(config: Config, started: Started) -> Result<(), MonitorError> {
             max_operations: config.max_operations,
         },
     )));
-    let metrics = Arc::new(MonitorMetrics::new(fleet.clone()));
+    let metrics = Arc::new(MonitorMetrics::new(fleet.clone(), config.series));
     let http = listener.map(|listener| {
         let router = http::router(metrics.clone(), fleet.clone(), config.stale_after);
         tokio::spawn(endpoints::serve(listener, router, shutdown.clone()))
