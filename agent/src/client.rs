@@ -209,8 +209,7 @@ impl OcsClient {
         let Some(session) = reply.session.as_mut() else {
             return Ok(reply);
         };
-        let paged = codec::from_msgpack::<serde_json::Value>(&session.data)
-            .is_ok_and(|data| data.get(json::RECORDS_IN_PAGES).is_some());
+        let paged = json::records_in_pages(&session.data);
         if !paged && filter.is_none() {
             return Ok(reply);
         }

@@ -119,6 +119,17 @@ const DEFAULT_INTERVAL_MS: u32 = 1000;
 /// always hold a dot, so no agent's record can be mistaken for it.
 pub const RECORDS_IN_PAGES: &str = "records_in_pages";
 
+/// Whether the registry's `main` session `data` (MessagePack) says its
+/// records come in pages ([`RECORDS_IN_PAGES`]); reads the map without
+/// building it.
+pub fn records_in_pages(data: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Marker {
+        records_in_pages: Option<serde::de::IgnoredAny>,
+    }
+    from_msgpack::<Marker>(data).is_ok_and(|marker| marker.records_in_pages.is_some())
+}
+
 /// A registry records summary: `{"agents", "by_state", "by_class"}`, keys sorted.
 pub fn records_summary(summary: &proto::RecordsSummary) -> Value {
     let sorted = |counts: &std::collections::HashMap<String, u64>| {
@@ -214,6 +225,10 @@ mod tests {
         assert_eq!(alive["last_updated"], json!(1_795_000_000.25));
         assert_eq!(alive["heartbeat_interval"], json!(1.5));
         assert_eq!(alive["state"], "alive");
+        let paged = to_msgpack(&json!({RECORDS_IN_PAGES: {"agents": 3}, "summary": {}})).unwrap();
+        assert!(records_in_pages(&paged));
+        let inline = to_msgpack(&json!({"observatory.a": {"expired": false}})).unwrap();
+        assert!(!records_in_pages(&inline));
         for unsaid in [
             "conflict",
             "flapping",

@@ -164,7 +164,14 @@ impl StatusView {
                             })
                             .collect(),
                     );
-                    if codec::to_msgpack(&data).is_ok_and(|bytes| bytes.len() <= budget) {
+                    // A record's MessagePack form holds its address twice,
+                    // its key names (under 200 bytes) and floats where
+                    // protobuf has varints: never more than this bound, so
+                    // below it the encoding need not be tried first.
+                    let at_most = 2 * wire + 256 * records.len();
+                    if at_most <= budget
+                        || codec::to_msgpack(&data).is_ok_and(|bytes| bytes.len() <= budget)
+                    {
                         return data;
                     }
                 }
@@ -408,6 +415,37 @@ mod tests {
             summary[0].encoded_len() < 300,
             "{} bytes",
             summary[0].encoded_len()
+        );
+    }
+
+    #[test]
+    fn the_messagepack_bound_holds_for_every_optional_key() {
+        let (mut table, now) = table(1);
+        let mut beat = heartbeat("observatory.agent00000");
+        beat.agent_version = "1.2.3-with-a-long-suffix".into();
+        beat.interval_ms = 1500;
+        beat.seq = 2;
+        table.observe(&beat, now + Duration::from_secs(1), 1_795_000_001_000);
+        let mut record = table.record("observatory.agent00000").unwrap();
+        record.flapping = true;
+        record.unverified = true;
+        record.incarnations_seen = 7;
+        record.time_expired_unix_ms = 1_795_000_001_000;
+        record.conflict = Some(proto::Conflict {
+            incarnation: "6f7a1c0e-1d2b-4c3a-8e9f-0a1b2c3d4e5f".into(),
+            host: "daq2".into(),
+            pid: 4_000_000,
+        });
+        let data = Value::Object(
+            [(record.agent_address.clone(), json::agent_record(&record))]
+                .into_iter()
+                .collect(),
+        );
+        let packed = codec::to_msgpack(&data).unwrap().len();
+        assert!(
+            packed <= 2 * record.encoded_len() + 256,
+            "{packed} bytes for {} on the wire",
+            record.encoded_len()
         );
     }
 
