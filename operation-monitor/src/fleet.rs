@@ -252,6 +252,22 @@ impl Fleet {
     }
 }
 
+/// A fleet following the default registry, for ten agents of ten
+/// operations, as other modules' tests need one: `(registry, fleet)`.
+#[cfg(test)]
+pub(crate) fn small_fleet() -> (AgentAddress, Fleet) {
+    let registry = AgentAddress::new(
+        &ocs_protocol::AddressRoot::default(),
+        &ocs_protocol::InstanceId::new("registry").unwrap(),
+    );
+    let limits = FleetLimits {
+        max_agents: 10,
+        max_operations: 10,
+    };
+    let fleet = Fleet::new(&registry, limits);
+    (registry, fleet)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

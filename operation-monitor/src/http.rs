@@ -61,9 +61,8 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::{Fleet, FleetLimits};
     use crate::metrics::SeriesDetail;
-    use ocs_protocol::{AddressRoot, AgentAddress, InstanceId, proto};
+    use ocs_protocol::proto;
     use parking_lot::Mutex;
     use tokio::time::Instant;
 
@@ -77,17 +76,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn healthz_follows_feed_freshness() {
-        let registry = AgentAddress::new(
-            &AddressRoot::default(),
-            &InstanceId::new("registry").unwrap(),
-        );
-        let fleet: SharedFleet = Arc::new(Mutex::new(Fleet::new(
-            &registry,
-            FleetLimits {
-                max_agents: 10,
-                max_operations: 10,
-            },
-        )));
+        let (registry, fleet) = crate::fleet::small_fleet();
+        let fleet: SharedFleet = Arc::new(Mutex::new(fleet));
         let metrics = Arc::new(MonitorMetrics::new(
             fleet.clone(),
             SeriesDetail::PerOperation,

@@ -301,24 +301,14 @@ impl MonitorMetrics {
 mod tests {
     use tokio::time::Instant;
 
-    use ocs_protocol::{AddressRoot, AgentAddress, InstanceId, proto};
+    use ocs_protocol::proto;
 
     use super::*;
-    use crate::fleet::FleetLimits;
 
     /// `/metrics` of a fleet of one agent with two operations, at `detail`.
     fn exposition(detail: SeriesDetail) -> String {
-        let registry = AgentAddress::new(
-            &AddressRoot::default(),
-            &InstanceId::new("registry").unwrap(),
-        );
-        let fleet: SharedFleet = Arc::new(Mutex::new(Fleet::new(
-            &registry,
-            FleetLimits {
-                max_agents: 10,
-                max_operations: 10,
-            },
-        )));
+        let (registry, fleet) = crate::fleet::small_fleet();
+        let fleet: SharedFleet = Arc::new(Mutex::new(fleet));
         let operation = |name: &str, code: i32| proto::OperationCode {
             op_name: name.into(),
             op_code: code,

@@ -384,10 +384,14 @@ async fn the_registry_probe_tests_reachability_not_the_fleet_size() {
     client.nats().flush().await.unwrap();
     // The fleet is too large for the status reply to carry its records (it
     // says where the pages are instead)...
-    eventually(Duration::from_secs(10), "status pointing to pages", || async {
-        let reply = status().await.ok()?;
-        ocs_protocol::json::records_in_pages(&reply.session?.data).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "status pointing to pages",
+        || async {
+            let reply = status().await.ok()?;
+            ocs_protocol::json::records_in_pages(&reply.session?.data).then_some(())
+        },
+    )
     .await;
     // ...yet the registry is there, and the monitor says so probe after probe.
     let started = Instant::now();

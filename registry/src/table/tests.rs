@@ -20,6 +20,20 @@ fn table() -> AgentTable {
     })
 }
 
+/// A table of up to 100 agents that holds expiries when more than half of
+/// at least ten fall silent at once, for a minute at most.
+fn holding_table(agent_timeout: Duration) -> AgentTable {
+    AgentTable::new(TableConfig {
+        agent_timeout,
+        forget_after: FORGET,
+        max_agents: 100,
+        hold_fraction: 0.5,
+        hold_min_agents: 10,
+        max_hold: Duration::from_secs(60),
+        max_heartbeat_rate: 10.0,
+    })
+}
+
 fn beat(address: &str, incarnation: &str, seq: u64, ops: &[(&str, OpCode)]) -> proto::Heartbeat {
     proto::Heartbeat {
         protocol_version: 1,
@@ -503,15 +517,7 @@ fn an_unchanged_beat_moves_the_deadline_and_takes_the_new_host_version_and_pid()
 #[test]
 fn with_a_short_timeout_a_few_silent_agents_expire_without_a_hold() {
     let timeout = Duration::from_secs(2);
-    let mut table = AgentTable::new(TableConfig {
-        agent_timeout: timeout,
-        forget_after: FORGET,
-        max_agents: 100,
-        hold_fraction: 0.5,
-        hold_min_agents: 10,
-        max_hold: Duration::from_secs(60),
-        max_heartbeat_rate: 10.0,
-    });
+    let mut table = holding_table(timeout);
     let t0 = Instant::now();
     let address = |i: usize| format!("observatory.agent{i}");
     // Twenty agents beat every 500 ms; the last two stop after 1.5 s.
@@ -538,15 +544,7 @@ fn with_a_short_timeout_a_few_silent_agents_expire_without_a_hold() {
 
 #[test]
 fn most_agents_silent_at_once_holds_expiries_until_heartbeats_return() {
-    let mut table = AgentTable::new(TableConfig {
-        agent_timeout: TIMEOUT,
-        forget_after: FORGET,
-        max_agents: 100,
-        hold_fraction: 0.5,
-        hold_min_agents: 10,
-        max_hold: Duration::from_secs(60),
-        max_heartbeat_rate: 10.0,
-    });
+    let mut table = holding_table(TIMEOUT);
     let t0 = Instant::now();
     let at = |ms: u64| t0 + Duration::from_millis(ms);
     let address = |i: usize| format!("observatory.agent{i}");
