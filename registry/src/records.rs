@@ -83,23 +83,36 @@ impl RecordsFilter {
                 .is_none_or(|pattern| pattern.matches(agent.address))
     }
 
-    /// The page this query asks for.
-    pub fn page(&self, table: &AgentTable) -> proto::RecordsPage {
+    /// Whether the query selects every agent.
+    fn unfiltered(&self) -> bool {
+        self.states.is_empty() && self.classes.is_empty() && self.pattern.is_none()
+    }
+
+    /// The page this query asks for; an unfiltered summary comes from
+    /// `index`, which counts the whole table as it changes.
+    pub fn page(&self, table: &AgentTable, index: &SummaryIndex) -> proto::RecordsPage {
         let first_page = self.after.is_empty();
-        let mut summary = first_page.then(Summary::default);
+        let from_index = self.unfiltered();
+        let mut summary = (first_page && !from_index).then(Summary::default);
         let mut addresses = Vec::new();
-        for agent in table.facets().filter(|agent| self.keeps(agent)) {
-            if let Some(summary) = summary.as_mut() {
-                summary.count(&agent);
-            }
-            if !self.summary_only && agent.address > self.after.as_str() {
-                addresses.push(agent.address);
+        if summary.is_some() || !self.summary_only {
+            for agent in table.facets().filter(|agent| self.keeps(agent)) {
+                if let Some(summary) = summary.as_mut() {
+                    summary.count(&agent);
+                }
+                if !self.summary_only && agent.address > self.after.as_str() {
+                    addresses.push(agent.address);
+                }
             }
         }
         addresses.sort_unstable();
         let mut page = proto::RecordsPage {
             protocol_version: ocs_protocol::PROTOCOL_VERSION,
-            summary: summary.map(Summary::into_proto),
+            summary: if first_page && from_index {
+                Some(index.summary())
+            } else {
+                summary.map(Summary::into_proto)
+            },
             ..Default::default()
         };
         let mut budget = self
@@ -133,14 +146,15 @@ pub enum StatusView {
 }
 
 impl StatusView {
-    /// Takes the view of `table` for a server that carries `max_payload` bytes.
-    pub fn of(table: &AgentTable, max_payload: usize) -> StatusView {
+    /// Takes the view of `table` (counted in `index`) for a server that
+    /// carries `max_payload` bytes.
+    pub fn of(table: &AgentTable, index: &SummaryIndex, max_payload: usize) -> StatusView {
         // No record is smaller than this; larger fleets need not be tried.
         const SMALLEST_RECORD: usize = 128;
         if table.len() <= status_budget(max_payload) / SMALLEST_RECORD {
             StatusView::Records(table.records())
         } else {
-            StatusView::Summary(summarise(table.facets()))
+            StatusView::Summary(index.summary())
         }
     }
 
@@ -208,6 +222,104 @@ fn summarise<'a>(agents: impl Iterator<Item = Facets<'a>>) -> proto::RecordsSumm
         summary.count(&agent);
     }
     summary.into_proto()
+}
+
+/// The counts of the whole table by state and class, kept up to date as
+/// the main loop publishes changes (and rebuilt with every snapshot), so an
+/// unfiltered summary costs the same at any fleet size.
+#[derive(Debug, Default)]
+pub struct SummaryIndex {
+    /// What each agent was counted as.
+    counted: HashMap<String, Counted>,
+    by_state: [u64; STATE_NAMES.len()],
+    by_class: HashMap<String, u64>,
+}
+
+#[derive(Debug)]
+struct Counted {
+    agent_class: String,
+    states: [bool; STATE_NAMES.len()],
+}
+
+impl Counted {
+    fn of(agent: &Facets<'_>) -> Self {
+        let mut states = [false; STATE_NAMES.len()];
+        for state in states_of(agent) {
+            if let Some(slot) = STATE_NAMES.iter().position(|name| *name == state) {
+                states[slot] = true;
+            }
+        }
+        Counted {
+            agent_class: agent.agent_class.to_owned(),
+            states,
+        }
+    }
+}
+
+impl SummaryIndex {
+    /// Counts `address` as `table` now holds it: once more if it is new,
+    /// anew if it changed, not at all if it was forgotten.
+    pub fn update(&mut self, table: &AgentTable, address: &str) {
+        let key = match self.counted.remove_entry(address) {
+            Some((key, old)) => {
+                self.tally(&old, false);
+                key
+            }
+            None => address.to_owned(),
+        };
+        if let Some(agent) = table.facets_of(address) {
+            let counted = Counted::of(&agent);
+            self.tally(&counted, true);
+            self.counted.insert(key, counted);
+        }
+    }
+
+    /// Counts the whole table afresh.
+    pub fn rebuild(&mut self, table: &AgentTable) {
+        *self = SummaryIndex::default();
+        for agent in table.facets() {
+            let counted = Counted::of(&agent);
+            self.tally(&counted, true);
+            self.counted.insert(agent.address.to_owned(), counted);
+        }
+    }
+
+    fn tally(&mut self, counted: &Counted, add: bool) {
+        let step = |count: &mut u64| {
+            *count = if add {
+                *count + 1
+            } else {
+                count.saturating_sub(1)
+            };
+        };
+        for (slot, set) in counted.states.iter().enumerate() {
+            if *set {
+                step(&mut self.by_state[slot]);
+            }
+        }
+        let class = self
+            .by_class
+            .entry(counted.agent_class.clone())
+            .or_default();
+        step(class);
+        if *class == 0 {
+            self.by_class.remove(&counted.agent_class);
+        }
+    }
+
+    /// The summary of every agent.
+    pub fn summary(&self) -> proto::RecordsSummary {
+        proto::RecordsSummary {
+            agents: self.counted.len() as u64,
+            by_state: STATE_NAMES
+                .iter()
+                .zip(self.by_state)
+                .filter(|(_, count)| *count > 0)
+                .map(|(state, count)| ((*state).to_owned(), count))
+                .collect(),
+            by_class: self.by_class.clone(),
+        }
+    }
 }
 
 /// The state names an agent counts under.
@@ -309,6 +421,48 @@ mod tests {
         }
     }
 
+    /// The summary index of `table`, counted from scratch.
+    fn counted(table: &AgentTable) -> SummaryIndex {
+        let mut index = SummaryIndex::default();
+        index.rebuild(table);
+        index
+    }
+
+    #[test]
+    fn the_summary_index_follows_new_changed_and_forgotten_agents() {
+        let (mut table, now) = table(30);
+        let mut index = counted(&table);
+        let everything = |table: &AgentTable| summarise(table.facets());
+        assert_eq!(index.summary(), everything(&table));
+        // Ten expire, one more arrives, and the index hears of each.
+        let expired = table
+            .expire_due(now + Duration::from_secs(6), 1_795_000_006_000)
+            .expired;
+        assert_eq!(expired.len(), 30);
+        let mut late = heartbeat("observatory.late");
+        late.agent_class = "NewAgent".into();
+        table.observe(&late, now + Duration::from_secs(6), 1_795_000_006_000);
+        for address in expired
+            .iter()
+            .map(String::as_str)
+            .chain(["observatory.late"])
+        {
+            index.update(&table, address);
+        }
+        assert_eq!(index.summary(), everything(&table));
+        assert_eq!(index.summary().by_state.get("expired"), Some(&30));
+        assert_eq!(index.summary().by_class.get("NewAgent"), Some(&1));
+        // Forgotten: counted no more, and a class with no agent left goes.
+        let forgotten = table.forget_due(now + Duration::from_secs(3600));
+        assert_eq!(forgotten.len(), 30);
+        for address in &forgotten {
+            index.update(&table, address);
+        }
+        assert_eq!(index.summary(), everything(&table));
+        assert_eq!(index.summary().agents, 1);
+        assert!(!index.summary().by_class.contains_key("Lakeshore372Agent"));
+    }
+
     fn query(edit: impl FnOnce(&mut proto::RecordsQuery)) -> proto::RecordsQuery {
         let mut query = proto::RecordsQuery {
             protocol_version: 1,
@@ -324,7 +478,7 @@ mod tests {
         loop {
             let page = RecordsFilter::parse(&query, 1024 * 1024)
                 .unwrap()
-                .page(table);
+                .page(table, &counted(table));
             let next = page.next_after.clone();
             assert!(page.encoded_len() <= query.max_bytes.max(MIN_PAGE_BYTES as u32) as usize);
             pages.push(page);
@@ -463,7 +617,8 @@ mod tests {
     fn status_data_holds_every_record_while_they_fit_and_points_to_pages_beyond() {
         let (table, _) = table(500);
         let status_data = |max_payload: usize| {
-            StatusView::of(&table, max_payload).data(max_payload, "observatory.registry.records")
+            StatusView::of(&table, &counted(&table), max_payload)
+                .data(max_payload, "observatory.registry.records")
         };
         let inline = status_data(1024 * 1024);
         assert_eq!(inline.as_object().unwrap().len(), 500);

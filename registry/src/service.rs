@@ -74,6 +74,8 @@ struct MainProcess {
     settings: Arc<Settings>,
     metrics: Arc<RegistryMetrics>,
     table: Arc<Mutex<AgentTable>>,
+    /// The table's counts by state and class, for unfiltered summaries.
+    summary: Arc<Mutex<records::SummaryIndex>>,
     client: async_nats::Client,
     feed_subject: String,
     incarnation: String,
@@ -101,13 +103,15 @@ pub(crate) async fn main_process(
     let table = Arc::new(Mutex::new(AgentTable::new(settings.table.clone())));
     let client = ctx.client().clone();
     let records_subject = subject::registry_records(&settings.address);
-    let view = table.clone();
+    // Counts of the whole table, kept as changes are published.
+    let summary = Arc::new(Mutex::new(records::SummaryIndex::default()));
+    let (view, counts) = (table.clone(), summary.clone());
     let (limit, subject_name) = (
         ocs_service::connect::max_payload(&client),
         records_subject.clone(),
     );
     ctx.set_data_source(Arc::new(move || {
-        let status = records::StatusView::of(&view.lock(), limit);
+        let status = records::StatusView::of(&view.lock(), &counts.lock(), limit);
         status.data(limit, &subject_name)
     }));
     let mut heartbeats = client
@@ -126,6 +130,7 @@ pub(crate) async fn main_process(
     let answering = tokio::spawn(answer_records_queries(
         client.clone(),
         table.clone(),
+        summary.clone(),
         records_queries,
     ));
     let mut last_requested_snapshot: Option<Instant> = None;
@@ -135,6 +140,7 @@ pub(crate) async fn main_process(
         settings: settings.clone(),
         metrics,
         table,
+        summary,
         client: client.clone(),
         seq: 0,
         changed: BTreeSet::new(),
@@ -281,6 +287,7 @@ pub(crate) async fn main_process(
 async fn answer_records_queries(
     client: async_nats::Client,
     table: Arc<Mutex<AgentTable>>,
+    summary: Arc<Mutex<records::SummaryIndex>>,
     mut queries: async_nats::Subscriber,
 ) {
     while let Some(query) = queries.next().await {
@@ -294,7 +301,7 @@ async fn answer_records_queries(
                 .map_err(|err| format!("malformed records query: {err}"))
                 .and_then(|query| records::RecordsFilter::parse(&query, limit))
             {
-                Ok(filter) => filter.page(&table.lock()),
+                Ok(filter) => filter.page(&table.lock(), &summary.lock()),
                 Err(error) => proto::RecordsPage {
                     protocol_version: ocs_protocol::PROTOCOL_VERSION,
                     error,
@@ -631,6 +638,13 @@ impl MainProcess {
         if self.changed.is_empty() && self.forgotten.is_empty() {
             return;
         }
+        {
+            let table = self.table.lock();
+            let mut summary = self.summary.lock();
+            for address in self.changed.iter().chain(&self.forgotten) {
+                summary.update(&table, address);
+            }
+        }
         if !self.leads() {
             // The leader publishes and stores; a standby only keeps its table current.
             self.changed.clear();
@@ -668,10 +682,15 @@ impl MainProcess {
 
     /// Publishes every record, in parts if needed, so late subscribers catch up.
     async fn publish_snapshot(&mut self) {
-        if !self.leads() {
-            return;
-        }
-        let records = self.table.lock().records();
+        let records = {
+            let table = self.table.lock();
+            // Every snapshot also recounts, so the summary cannot drift for long.
+            self.summary.lock().rebuild(&table);
+            if !self.leads() {
+                return;
+            }
+            table.records()
+        };
         let parts: Vec<&[proto::AgentRecord]> = if records.is_empty() {
             vec![&[]]
         } else {

@@ -116,6 +116,17 @@ pub struct Facets<'a> {
 }
 
 impl<'a> Facets<'a> {
+    fn of_entry(address: &'a str, entry: &'a Entry) -> Self {
+        Facets {
+            address,
+            agent_class: &entry.agent_class,
+            state: entry.state,
+            conflict: entry.conflict,
+            flapping: entry.flapping,
+            unverified: entry.unverified,
+        }
+    }
+
     /// The facets of a record already taken out of the table.
     pub fn of_record(record: &'a proto::AgentRecord) -> Self {
         let state = match proto::AgentState::try_from(record.state) {
@@ -1061,14 +1072,16 @@ impl AgentTable {
     /// What a records query filters on, for every agent, built without
     /// copying anything.
     pub fn facets(&self) -> impl Iterator<Item = Facets<'_>> {
-        self.agents.iter().map(|(address, entry)| Facets {
-            address,
-            agent_class: &entry.agent_class,
-            state: entry.state,
-            conflict: entry.conflict,
-            flapping: entry.flapping,
-            unverified: entry.unverified,
-        })
+        self.agents
+            .iter()
+            .map(|(address, entry)| Facets::of_entry(address, entry))
+    }
+
+    /// What a records query sees of `address`, if tracked.
+    pub fn facets_of(&self, address: &str) -> Option<Facets<'_>> {
+        self.agents
+            .get_key_value(address)
+            .map(|(address, entry)| Facets::of_entry(address, entry))
     }
 
     /// The wire record of `address`.
