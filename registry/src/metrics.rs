@@ -4,6 +4,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry as MetricFamilies;
 
 /// Why a heartbeat was dropped.
@@ -65,6 +66,13 @@ pub(crate) struct KindLabel {
     pub(crate) kind: &'static str,
 }
 
+/// Bucket bounds of the expiry lateness histogram, in seconds: fine below
+/// 20 ms, where a healthy registry publishes, coarse up to the seconds a
+/// starved one takes.
+const EXPIRY_LATENESS_BUCKETS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
 /// Counters and gauges the service updates.
 pub struct RegistryMetrics {
     /// Every family, for exposition.
@@ -73,6 +81,7 @@ pub struct RegistryMetrics {
     pub(crate) heartbeats_dropped: Family<ReasonLabel, Counter>,
     pub(crate) agents: Family<StateLabel, Gauge>,
     pub(crate) expiries: Counter,
+    pub(crate) expiry_lateness: Histogram,
     pub(crate) forgotten: Counter,
     pub(crate) feed_messages: Family<KindLabel, Counter>,
     pub(crate) feed_failures: Counter,
@@ -103,6 +112,7 @@ impl RegistryMetrics {
             heartbeats_dropped: Family::default(),
             agents: Family::default(),
             expiries: Counter::default(),
+            expiry_lateness: Histogram::new(EXPIRY_LATENESS_BUCKETS),
             forgotten: Counter::default(),
             feed_messages: Family::default(),
             feed_failures: Counter::default(),
@@ -143,6 +153,12 @@ impl RegistryMetrics {
             "expiries",
             "Agents marked expired after missing heartbeats",
             metrics.expiries.clone(),
+        );
+        families.register_with_unit(
+            "expiry_lateness",
+            "How long after an agent's deadline (its last heartbeat as received plus its timeout, on this process's monotonic clock) its expiry was published on the feed",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.expiry_lateness.clone(),
         );
         families.register(
             "forgotten_agents",

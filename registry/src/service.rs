@@ -82,6 +82,8 @@ struct MainProcess {
     seq: u64,
     changed: BTreeSet<String>,
     forgotten: Vec<String>,
+    /// Deadlines of the agents expired since the last publish, for the lateness metric.
+    expired_deadlines: Vec<Instant>,
     drops: DropLog,
     /// Records to write to the KV bucket, while leading.
     pending_writes: Arc<PendingWrites>,
@@ -145,6 +147,7 @@ pub(crate) async fn main_process(
         seq: 0,
         changed: BTreeSet::new(),
         forgotten: Vec::new(),
+        expired_deadlines: Vec::new(),
         drops: DropLog {
             last: HashMap::new(),
         },
@@ -266,6 +269,7 @@ pub(crate) async fn main_process(
             }
         }
         main.publish_changes().await;
+        main.note_expiry_lateness();
         main.vigil.awake(Instant::now());
     }
     answering.abort();
@@ -547,6 +551,7 @@ impl MainProcess {
             );
         }
         self.changed.extend(expiries.unverified);
+        self.expired_deadlines.extend(expiries.deadlines);
         for address in expiries.expired {
             warn!(agent = %address, "agent expired");
             self.metrics.expiries.inc();
@@ -677,6 +682,19 @@ impl MainProcess {
             let message = self.envelope(chunk.to_vec(), std::mem::take(&mut forgotten));
             // A failed change is repaired by the next snapshot, which lists every agent.
             self.publish(&message, "change").await;
+        }
+    }
+
+    /// How long after their deadlines the expiries just published went out;
+    /// a standby publishes nothing, so only the leader measures.
+    fn note_expiry_lateness(&mut self) {
+        let published = Instant::now();
+        let leads = self.leads();
+        for deadline in self.expired_deadlines.drain(..) {
+            if leads {
+                let late = published.saturating_duration_since(deadline);
+                self.metrics.expiry_lateness.observe(late.as_secs_f64());
+            }
         }
     }
 

@@ -343,6 +343,9 @@ pub struct Census {
 pub struct Expiries {
     /// Agents that expired now.
     pub expired: Vec<String>,
+    /// When each of `expired` was due, in the same order: how late the
+    /// expiry is shows in the registry's metrics.
+    pub deadlines: Vec<Instant>,
     /// Agents whose `unverified` mark was set or cleared.
     pub unverified: Vec<String>,
     /// A hold ended because it reached [`TableConfig::max_hold`].
@@ -866,7 +869,7 @@ impl AgentTable {
             if *deadline > now {
                 break;
             }
-            let (_, address) = self.expiries.pop_first().expect("checked non-empty");
+            let (deadline, address) = self.expiries.pop_first().expect("checked non-empty");
             let forget_at = now + self.config.forget_after;
             if let Some(entry) = self.agents.get_mut(&address) {
                 entry.state = AgentState::Expired;
@@ -884,6 +887,7 @@ impl AgentTable {
                 self.forgets.insert((forget_at, address.clone()));
             }
             expired.push(address);
+            outcome.deadlines.push(deadline);
         }
         outcome
     }

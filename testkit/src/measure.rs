@@ -72,3 +72,62 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
+
+/// The `q` quantile (0..=1) of histogram `name` (its full name, without
+/// `_bucket`) on `port`'s `/metrics`, interpolated within the bucket as
+/// Prometheus's `histogram_quantile` does; `None` when it has no samples.
+pub async fn histogram_quantile(port: u16, name: &str, q: f64) -> Option<f64> {
+    let (_, body) = crate::http_get(([127, 0, 0, 1], port).into(), "/metrics").await;
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = body
+        .lines()
+        .filter_map(|line| {
+            let (bound, count) = line.strip_prefix(&prefix)?.split_once("\"} ")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect();
+    quantile_of_buckets(&buckets, q)
+}
+
+/// `q` quantile of cumulative `(upper bound, count)` buckets, ascending.
+fn quantile_of_buckets(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut below = (0.0, 0.0);
+    for &(bound, count) in buckets {
+        if count >= rank {
+            if bound.is_infinite() {
+                // Beyond the last finite bound, which is all it can say.
+                return Some(below.0);
+            }
+            let within = (rank - below.1) / (count - below.1).max(f64::MIN_POSITIVE);
+            return Some(below.0 + (bound - below.0) * within);
+        }
+        below = (bound, count);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile_of_buckets;
+
+    #[test]
+    fn quantiles_interpolate_within_their_bucket() {
+        let buckets = [(0.01, 50.0), (0.02, 100.0), (f64::INFINITY, 100.0)];
+        assert_eq!(quantile_of_buckets(&buckets, 0.5), Some(0.01));
+        let p75 = quantile_of_buckets(&buckets, 0.75).unwrap();
+        assert!((p75 - 0.015).abs() < 1e-12, "{p75}");
+        assert_eq!(quantile_of_buckets(&[(f64::INFINITY, 0.0)], 0.5), None);
+        let beyond = [(0.01, 1.0), (f64::INFINITY, 10.0)];
+        assert_eq!(quantile_of_buckets(&beyond, 0.99), Some(0.01));
+    }
+}

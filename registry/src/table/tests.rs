@@ -64,6 +64,27 @@ impl AgentTable {
 }
 
 #[test]
+fn a_late_look_expires_with_the_deadline_each_agent_had() {
+    let mut table = table();
+    let t0 = Instant::now();
+    let acq = [("acq", OpCode::Running)];
+    table.observe(&beat(FAKER, INCARNATION_A, 1, &acq), t0, 1000);
+    let later = t0 + Duration::from_millis(300);
+    table.observe(
+        &beat("observatory.other", INCARNATION_B, 1, &acq),
+        later,
+        1300,
+    );
+    // Woken late, after both deadlines: each expiry says when it was due.
+    let expiries = table.expire_due(t0 + Duration::from_secs(8), 9000);
+    assert_eq!(expiries.expired, [FAKER, "observatory.other"]);
+    assert_eq!(
+        expiries.deadlines,
+        [t0 + Duration::from_secs(5), later + Duration::from_secs(5)]
+    );
+}
+
+#[test]
 fn expires_exactly_at_the_deadline_and_records_that_moment() {
     let mut table = table();
     let t0 = Instant::now();
