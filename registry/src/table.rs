@@ -303,6 +303,10 @@ pub struct AgentTable {
     agents: HashMap<String, Entry>,
     /// `(deadline, address)` of alive agents.
     expiries: BTreeSet<(Instant, String)>,
+    /// How many of `expiries` beat steadily ([`STEADY_BEATS`]): what a
+    /// self-preservation hold compares the silent with. Kept as the table
+    /// changes; counting at each expiry cost 6 ms at 20,000 agents.
+    steady_alive: usize,
     /// `(deadline, address)` of expired or departed agents.
     forgets: BTreeSet<(Instant, String)>,
     /// While holding expiries (self-preservation).
@@ -433,6 +437,7 @@ impl AgentTable {
             config,
             agents: HashMap::new(),
             expiries: BTreeSet::new(),
+            steady_alive: 0,
             forgets: BTreeSet::new(),
             hold: None,
             no_hold_until: None,
@@ -471,12 +476,17 @@ impl AgentTable {
         if due as f64 <= self.config.hold_fraction * min as f64 {
             return false;
         }
-        let alive = self
-            .expiries
+        let alive = self.steady_alive;
+        alive >= min && due as f64 > self.config.hold_fraction * alive as f64
+    }
+
+    /// The steady alive agents counted afresh, to hold `steady_alive` to in tests.
+    #[cfg(test)]
+    fn steady_alive_recounted(&self) -> usize {
+        self.expiries
             .iter()
             .filter(|(_, address)| self.steady(address))
-            .count();
-        alive >= min && due as f64 > self.config.hold_fraction * alive as f64
+            .count()
     }
 
     /// Number of agents tracked.
@@ -493,27 +503,44 @@ impl AgentTable {
     fn unschedule(&mut self, address: &str, entry_deadline: Instant, state: AgentState) {
         let key = (entry_deadline, address.to_owned());
         match state {
-            AgentState::Alive => self.expiries.remove(&key),
-            AgentState::Expired | AgentState::Left => self.forgets.remove(&key),
+            AgentState::Alive => {
+                if self.expiries.remove(&key) && self.steady(address) {
+                    self.steady_alive -= 1;
+                }
+            }
+            AgentState::Expired | AgentState::Left => {
+                self.forgets.remove(&key);
+            }
         };
     }
 
     /// Moves an alive `address`'s expiry from `earlier` to `later`, reusing
     /// the scheduled key's string.
     fn postpone_expiry(&mut self, address: &str, earlier: Instant, later: Instant) {
-        let key = self
-            .expiries
-            .take(&(earlier, address.to_owned()))
-            .map_or_else(|| address.to_owned(), |(_, key)| key);
+        let key = match self.expiries.take(&(earlier, address.to_owned())) {
+            Some((_, key)) => key,
+            None => {
+                // Not scheduled before: it joins the alive.
+                self.steady_alive += usize::from(self.steady(address));
+                address.to_owned()
+            }
+        };
         self.expiries.insert((later, key));
     }
 
-    /// Schedules `address`'s expiry (alive) or forgetting (expired, left) at `deadline`.
+    /// Schedules `address`'s expiry (alive) or forgetting (expired, left)
+    /// at `deadline`; its entry is in the table already.
     fn schedule(&mut self, address: &str, deadline: Instant, state: AgentState) {
         let key = (deadline, address.to_owned());
         match state {
-            AgentState::Alive => self.expiries.insert(key),
-            AgentState::Expired | AgentState::Left => self.forgets.insert(key),
+            AgentState::Alive => {
+                if self.expiries.insert(key) && self.steady(address) {
+                    self.steady_alive += 1;
+                }
+            }
+            AgentState::Expired | AgentState::Left => {
+                self.forgets.insert(key);
+            }
         };
     }
 
@@ -532,7 +559,11 @@ impl AgentTable {
             if !entry.rate.take(max_rate, now) {
                 return Observation::RateLimited;
             }
+            let was_steady = entry.beats >= STEADY_BEATS;
             if let Some(earlier) = refresh_in_place(entry, heartbeat, now, now_unix_ms, timeout) {
+                if !was_steady && entry.beats >= STEADY_BEATS {
+                    self.steady_alive += 1;
+                }
                 self.postpone_expiry(address, earlier, now + timeout);
                 return Observation::Refreshed;
             }
@@ -702,7 +733,6 @@ impl AgentTable {
             .get_mut(address)
             .map(|entry| (std::mem::take(&mut entry.recent_expiries), entry.flapping))
             .unwrap_or_default();
-        self.schedule(address, deadline, state);
         self.agents.insert(
             address.to_owned(),
             Entry {
@@ -731,6 +761,7 @@ impl AgentTable {
                 heard: true,
             },
         );
+        self.schedule(address, deadline, state);
         observation
     }
 
@@ -870,6 +901,9 @@ impl AgentTable {
                 break;
             }
             let (deadline, address) = self.expiries.pop_first().expect("checked non-empty");
+            if self.steady(&address) {
+                self.steady_alive -= 1;
+            }
             let forget_at = now + self.config.forget_after;
             if let Some(entry) = self.agents.get_mut(&address) {
                 entry.state = AgentState::Expired;
@@ -957,11 +991,13 @@ impl AgentTable {
     pub fn grant_fresh_timeouts(&mut self, now: Instant) {
         let alive: Vec<(Instant, String)> =
             std::mem::take(&mut self.expiries).into_iter().collect();
+        self.steady_alive = 0;
         for (deadline, address) in alive {
             let Some(entry) = self.agents.get_mut(&address) else {
                 continue;
             };
             entry.deadline = deadline.max(now + self.config.timeout_for(entry.interval_ms));
+            self.steady_alive += usize::from(entry.beats >= STEADY_BEATS);
             self.expiries.insert((entry.deadline, address));
         }
     }
@@ -1018,9 +1054,8 @@ impl AgentTable {
             }
         };
         let address = record.agent_address;
-        self.schedule(&address, deadline, state);
         self.agents.insert(
-            address,
+            address.clone(),
             Entry {
                 agent_class: record.agent_class,
                 incarnation: record.incarnation,
@@ -1054,6 +1089,7 @@ impl AgentTable {
                 rate: RateLimit::full(self.config.max_heartbeat_rate, now),
             },
         );
+        self.schedule(&address, deadline, state);
         true
     }
 

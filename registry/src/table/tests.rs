@@ -874,6 +874,7 @@ mod properties {
                 table.forget_due(now);
                 prop_assert!(table.len() <= 3, "max_agents is 3");
                 prop_assert!(table.conflicts() <= table.len());
+                prop_assert_eq!(table.steady_alive, table.steady_alive_recounted());
                 if let Some(deadline) = table.next_deadline() {
                     prop_assert!(deadline > now, "a due deadline was left unprocessed");
                 }
