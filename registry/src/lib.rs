@@ -92,6 +92,7 @@ pub async fn run(
         table: config.table(),
         wait_time: config.wait_time,
         max_heartbeat_bytes: config.max_heartbeat_bytes,
+        heartbeat_buffer: config.heartbeat_buffer,
         bus_events,
     });
     let main_metrics = metrics.clone();

@@ -36,6 +36,8 @@ pub(crate) struct Settings {
     pub(crate) table: TableConfig,
     pub(crate) wait_time: Duration,
     pub(crate) max_heartbeat_bytes: usize,
+    /// Heartbeats the NATS client holds for the loop (`--heartbeat-buffer`).
+    pub(crate) heartbeat_buffer: usize,
     /// Copies of each record (and of the lease) in a NATS cluster.
     pub(crate) kv_replicas: usize,
     /// Whether this replica leads (always, without `--ha`).
@@ -207,8 +209,10 @@ pub(crate) async fn main_process(
                 if let Some(stalled) = stalled {
                     main.report(stalled, &ctx);
                 }
-                // Heartbeats already queued arrived before the deadline; count them first.
-                main.drain_ready(&mut heartbeats);
+                // Heartbeats already queued arrived before the deadline; count
+                // them all first, or a registry that fell behind would expire
+                // agents whose heartbeats it holds.
+                main.drain_ready(&mut heartbeats, settings.heartbeat_buffer);
                 main.expire_and_forget();
                 let hold = main.vigil.after_expiries(&main.table.lock());
                 if let Some(hold) = hold {
@@ -265,7 +269,7 @@ pub(crate) async fn main_process(
                     return Err("heartbeat subscription closed".into());
                 };
                 main.handle(&message);
-                main.drain_ready(&mut heartbeats);
+                main.drain_ready(&mut heartbeats, BATCH);
             }
         }
         main.publish_changes().await;
@@ -377,8 +381,13 @@ fn queue_writes<'a>(
     }
 }
 
+/// Resolves at `deadline`, at once if it has passed: a timer registered
+/// for a moment the runtime's timer wheel has not reached yet (it learns
+/// the time when its driver turns, which a busy loop delays) would wait
+/// for that turn.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
+        Some(deadline) if deadline <= Instant::now() => {}
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
@@ -421,15 +430,15 @@ impl MainProcess {
         }
     }
 
-    /// Handles the heartbeats already queued, at most [`BATCH`]; returns how many.
-    fn drain_ready(&mut self, heartbeats: &mut async_nats::Subscriber) -> usize {
-        for handled in 0..BATCH {
+    /// Handles the heartbeats already queued, at most `limit`; returns how many.
+    fn drain_ready(&mut self, heartbeats: &mut async_nats::Subscriber, limit: usize) -> usize {
+        for handled in 0..limit {
             match heartbeats.next().now_or_never() {
                 Some(Some(message)) => self.handle(&message),
                 _ => return handled,
             }
         }
-        BATCH
+        limit
     }
 
     fn drop_heartbeat(
