@@ -217,17 +217,11 @@ impl OcsClient {
         let summary_only = query.summary_only;
         let found = self.registry_records(registry, query, timeout).await?;
         let data = if summary_only {
-            json::records_summary(&found.summary.unwrap_or_default())
+            codec::to_msgpack(&json::records_summary(&found.summary.unwrap_or_default()))
         } else {
-            serde_json::Value::Object(
-                found
-                    .records
-                    .iter()
-                    .map(|record| (record.agent_address.clone(), json::agent_record(record)))
-                    .collect(),
-            )
+            codec::to_msgpack(&json::AgentRecords(&found.records))
         };
-        session.data = codec::to_msgpack(&data).map_err(|source| ClientError::Decode {
+        session.data = data.map_err(|source| ClientError::Decode {
             address: self.address(registry).to_string(),
             source,
         })?;

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use ocs_protocol::codec::to_msgpack;
+use ocs_protocol::codec::{CodecError, to_msgpack};
 use ocs_protocol::{OpCode, SessionStatus, proto};
 use serde_json::Value;
 
@@ -14,10 +14,11 @@ pub const MIN_MESSAGES: usize = 5;
 /// Messages older than this are dropped while more than [`MIN_MESSAGES`] remain (OCS `min_age_s`).
 pub const MESSAGE_MAX_AGE_SECONDS: f64 = 3600.0;
 
-/// Computes session data when it is read; lets an operation with a large,
-/// fast-changing state (the registry's agent table) publish it without
-/// re-rendering on every change.
-pub type DataSource = Arc<dyn Fn() -> Value + Send + Sync>;
+/// Computes session data when it is read, already encoded as MessagePack;
+/// lets an operation with a large, fast-changing state (the registry's agent
+/// table) publish it without re-rendering on every change, and without
+/// building a JSON value of it first.
+pub type DataSource = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
 
 /// Session `data`: a value the operation sets, or a source read on demand.
 #[derive(Clone)]
@@ -27,10 +28,11 @@ pub(crate) enum SessionData {
 }
 
 impl SessionData {
-    fn current(&self) -> Value {
+    /// The data as MessagePack.
+    fn encoded(&self) -> Result<Vec<u8>, CodecError> {
         match self {
-            SessionData::Value(value) => value.clone(),
-            SessionData::Source(source) => source(),
+            SessionData::Value(value) => to_msgpack(value),
+            SessionData::Source(source) => Ok(source()),
         }
     }
 }
@@ -140,7 +142,7 @@ impl Session {
     /// The wire form. Data that cannot be encoded is replaced by an error note
     /// rather than failing the whole reply.
     pub(crate) fn to_proto(&self) -> proto::Session {
-        let data = to_msgpack(&self.data.current()).unwrap_or_else(|err| {
+        let data = self.data.encoded().unwrap_or_else(|err| {
             to_msgpack(
                 &serde_json::json!({ "error": format!("session data not encodable: {err}") }),
             )

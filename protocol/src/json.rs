@@ -1,6 +1,9 @@
 //! JSON views of wire messages in OCS's shapes, for `ocs --json`, the registry's
 //! `main` session data and anyone who wants OCS-compatible dictionaries.
 
+use std::collections::BTreeMap;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value, json};
 
 use crate::codec::{CodecError, from_msgpack};
@@ -62,52 +65,106 @@ pub fn op_codes(op_codes: &[proto::OperationCode]) -> Value {
 
 /// One registry record in OCS's `RegisteredAgent` shape, plus our additions.
 pub fn agent_record(record: &proto::AgentRecord) -> Value {
-    let state = match proto::AgentState::try_from(record.state) {
-        Ok(proto::AgentState::Alive) => "alive",
-        Ok(proto::AgentState::Expired) => "expired",
-        Ok(proto::AgentState::Left) => "left",
-        _ => "unknown",
-    };
-    let mut object = json!({
-        "expired": record.expired,
-        "time_expired": unix_ms_to_seconds(record.time_expired_unix_ms),
-        "last_updated": unix_ms_to_seconds(record.last_updated_unix_ms),
-        "op_codes": op_codes(&record.op_codes),
-        "agent_class": record.agent_class,
-        "agent_address": record.agent_address,
-        "state": state,
-        "incarnation": record.incarnation,
-        "host": record.host,
-        "pid": record.pid,
-    });
-    // The rest only when it says something: at a few thousand agents every
-    // byte of a record counts against the one message `status` answers with.
-    let map = object.as_object_mut().expect("built as an object");
-    if !record.agent_version.is_empty() {
-        map.insert("version".into(), json!(record.agent_version));
+    serde_json::to_value(RecordView(record)).expect("a record always converts to JSON")
+}
+
+/// Records keyed by address, `{address: record}`: the registry's `main`
+/// session data and the feed's `agents`.
+pub fn agent_records(records: &[proto::AgentRecord]) -> Value {
+    serde_json::to_value(AgentRecords(records)).expect("records always convert to JSON")
+}
+
+/// Records keyed by address as [`agent_records`] shapes them, serialised
+/// straight to MessagePack (or any serde format) without building a JSON
+/// value first: the registry's status at a thousand agents spent most of its
+/// time building one. Addresses in order; of two records with one address,
+/// the last.
+pub struct AgentRecords<'a>(pub &'a [proto::AgentRecord]);
+
+impl Serialize for AgentRecords<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let by_address: BTreeMap<&str, &proto::AgentRecord> = self
+            .0
+            .iter()
+            .map(|record| (record.agent_address.as_str(), record))
+            .collect();
+        let mut map = serializer.serialize_map(Some(by_address.len()))?;
+        for (address, record) in by_address {
+            map.serialize_entry(address, &RecordView(record))?;
+        }
+        map.end()
     }
-    if record.interval_ms != DEFAULT_INTERVAL_MS {
-        map.insert(
-            "heartbeat_interval".into(),
-            json!(record.interval_ms as f64 / 1000.0),
-        );
+}
+
+/// One record in the shape [`agent_record`] documents. Keys in sorted order,
+/// as a JSON object holds them, so both forms encode to the same bytes; keys
+/// at their default are left out: at a few thousand agents every byte of a
+/// record counts against the one message `status` answers with.
+struct RecordView<'a>(&'a proto::AgentRecord);
+
+impl Serialize for RecordView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let record = self.0;
+        let state = match proto::AgentState::try_from(record.state) {
+            Ok(proto::AgentState::Alive) => "alive",
+            Ok(proto::AgentState::Expired) => "expired",
+            Ok(proto::AgentState::Left) => "left",
+            _ => "unknown",
+        };
+        let seconds = |unix_ms: i64| (unix_ms != 0).then(|| unix_ms as f64 / 1000.0);
+        let interval = (record.interval_ms != DEFAULT_INTERVAL_MS)
+            .then(|| f64::from(record.interval_ms) / 1000.0);
+        let version = (!record.agent_version.is_empty()).then_some(&record.agent_version);
+        let incarnations_seen = (record.incarnations_seen > 1).then_some(record.incarnations_seen);
+        let optional = [
+            record.conflict.is_some(),
+            record.flapping,
+            interval.is_some(),
+            incarnations_seen.is_some(),
+            record.unverified,
+            version.is_some(),
+        ];
+        let len = 10 + optional.iter().filter(|said| **said).count();
+        let mut map = serializer.serialize_map(Some(len))?;
+        map.serialize_entry("agent_address", &record.agent_address)?;
+        map.serialize_entry("agent_class", &record.agent_class)?;
+        if let Some(other) = &record.conflict {
+            let mut rival = BTreeMap::new();
+            rival.insert("host", json!(other.host));
+            rival.insert("incarnation", json!(other.incarnation));
+            rival.insert("pid", json!(other.pid));
+            map.serialize_entry("conflict", &rival)?;
+        }
+        map.serialize_entry("expired", &record.expired)?;
+        if record.flapping {
+            map.serialize_entry("flapping", &true)?;
+        }
+        if let Some(interval) = interval {
+            map.serialize_entry("heartbeat_interval", &interval)?;
+        }
+        map.serialize_entry("host", &record.host)?;
+        map.serialize_entry("incarnation", &record.incarnation)?;
+        if let Some(seen) = incarnations_seen {
+            map.serialize_entry("incarnations_seen", &seen)?;
+        }
+        map.serialize_entry("last_updated", &seconds(record.last_updated_unix_ms))?;
+        let op_codes: BTreeMap<&str, i32> = record
+            .op_codes
+            .iter()
+            .map(|op| (op.op_name.as_str(), op.op_code))
+            .collect();
+        map.serialize_entry("op_codes", &op_codes)?;
+        map.serialize_entry("pid", &record.pid)?;
+        map.serialize_entry("state", state)?;
+        map.serialize_entry("time_expired", &seconds(record.time_expired_unix_ms))?;
+        if record.unverified {
+            map.serialize_entry("unverified", &true)?;
+        }
+        if let Some(version) = version {
+            map.serialize_entry("version", version)?;
+        }
+        map.end()
     }
-    if record.incarnations_seen > 1 {
-        map.insert("incarnations_seen".into(), json!(record.incarnations_seen));
-    }
-    if record.flapping {
-        map.insert("flapping".into(), json!(true));
-    }
-    if record.unverified {
-        map.insert("unverified".into(), json!(true));
-    }
-    if let Some(other) = &record.conflict {
-        map.insert(
-            "conflict".into(),
-            json!({"incarnation": other.incarnation, "host": other.host, "pid": other.pid}),
-        );
-    }
-    object
 }
 
 /// The heartbeat interval a record leaves unsaid (OCS's one second).
@@ -168,11 +225,7 @@ pub fn heartbeat(heartbeat: &proto::Heartbeat) -> Value {
 
 /// A registry feed message as a JSON object, for `ocs listen`.
 pub fn agent_operations(message: &proto::AgentOperations) -> Value {
-    let agents: Map<String, Value> = message
-        .agents
-        .iter()
-        .map(|record| (record.agent_address.clone(), agent_record(record)))
-        .collect();
+    let agents = agent_records(&message.agents);
     json!({
         "registry_address": message.registry_address,
         "registry_incarnation": message.registry_incarnation,
@@ -256,6 +309,79 @@ mod tests {
         assert!(flapping.get("heartbeat_interval").is_none());
     }
     use crate::codec::to_msgpack;
+
+    #[test]
+    fn records_encode_straight_to_the_bytes_of_their_json_form() {
+        let full = proto::AgentRecord {
+            agent_address: "observatory.b".into(),
+            agent_class: "FakeDataAgent".into(),
+            state: proto::AgentState::Expired as i32,
+            expired: true,
+            time_expired_unix_ms: 1_795_000_005_000,
+            last_updated_unix_ms: 1_795_000_000_250,
+            op_codes: vec![
+                proto::OperationCode {
+                    op_name: "count".into(),
+                    op_code: 7,
+                    op_type: "task".into(),
+                },
+                proto::OperationCode {
+                    op_name: "acq".into(),
+                    op_code: 7,
+                    op_type: "process".into(),
+                },
+            ],
+            incarnation: "i-2".into(),
+            host: "daq1".into(),
+            pid: 4242,
+            agent_version: "0.3.0".into(),
+            interval_ms: 2000,
+            incarnations_seen: 2,
+            flapping: true,
+            unverified: true,
+            conflict: Some(proto::Conflict {
+                incarnation: "i-1".into(),
+                host: "daq2".into(),
+                pid: 17,
+            }),
+            ..Default::default()
+        };
+        let plain = proto::AgentRecord {
+            agent_address: "observatory.a".into(),
+            state: proto::AgentState::Alive as i32,
+            interval_ms: 1000,
+            ..Default::default()
+        };
+        let records = [full.clone(), plain];
+        let value = agent_records(&records);
+        assert_eq!(
+            value["observatory.b"],
+            json!({
+                "agent_address": "observatory.b",
+                "agent_class": "FakeDataAgent",
+                "conflict": {"host": "daq2", "incarnation": "i-1", "pid": 17},
+                "expired": true,
+                "flapping": true,
+                "heartbeat_interval": 2.0,
+                "host": "daq1",
+                "incarnation": "i-2",
+                "incarnations_seen": 2,
+                "last_updated": 1_795_000_000.25,
+                "op_codes": {"acq": 7, "count": 7},
+                "pid": 4242,
+                "state": "expired",
+                "time_expired": 1_795_000_005.0,
+                "unverified": true,
+                "version": "0.3.0",
+            })
+        );
+        assert_eq!(value["observatory.a"]["time_expired"], Value::Null);
+        assert_eq!(
+            to_msgpack(&AgentRecords(&records)).unwrap(),
+            to_msgpack(&value).unwrap(),
+            "the direct encoding and the JSON value's are the same bytes"
+        );
+    }
 
     #[test]
     fn session_has_exactly_ocs_keys() {

@@ -158,11 +158,12 @@ impl StatusView {
         }
     }
 
-    /// The `main` session's `data`: every record keyed by address, OCS's
-    /// shape, while they fit in half of `max_payload` (the session's
-    /// messages and the envelope need the rest); beyond that the summary and
-    /// where to read the records in pages, so that the reply always fits.
-    pub fn data(self, max_payload: usize, records_subject: &str) -> Value {
+    /// The `main` session's `data`, as MessagePack: every record keyed by
+    /// address, OCS's shape, while they fit in half of `max_payload` (the
+    /// session's messages and the envelope need the rest); beyond that the
+    /// summary and where to read the records in pages, so that the reply
+    /// always fits.
+    pub fn data(self, max_payload: usize, records_subject: &str) -> Vec<u8> {
         let budget = status_budget(max_payload);
         let (agents, summary) = match self {
             StatusView::Records(records) => {
@@ -170,22 +171,8 @@ impl StatusView {
                 // the budget there, the data cannot fit either.
                 let wire: usize = records.iter().map(Message::encoded_len).sum();
                 if wire <= budget {
-                    let data = Value::Object(
-                        records
-                            .iter()
-                            .map(|record| {
-                                (record.agent_address.clone(), json::agent_record(record))
-                            })
-                            .collect(),
-                    );
-                    // A record's MessagePack form holds its address twice,
-                    // its key names (under 200 bytes) and floats where
-                    // protobuf has varints: never more than this bound, so
-                    // below it the encoding need not be tried first.
-                    let at_most = 2 * wire + 256 * records.len();
-                    if at_most <= budget
-                        || codec::to_msgpack(&data).is_ok_and(|bytes| bytes.len() <= budget)
-                    {
+                    let data = codec::to_msgpack(&json::AgentRecords(&records)).ok();
+                    if let Some(data) = data.filter(|data| data.len() <= budget) {
                         return data;
                     }
                 }
@@ -206,7 +193,7 @@ impl StatusView {
             }),
         );
         data.insert("summary".to_owned(), json::records_summary(&summary));
-        Value::Object(data)
+        codec::to_msgpack(&Value::Object(data)).expect("a summary always encodes")
     }
 }
 
@@ -590,12 +577,9 @@ mod tests {
             host: "daq2".into(),
             pid: 4_000_000,
         });
-        let data = Value::Object(
-            [(record.agent_address.clone(), json::agent_record(&record))]
-                .into_iter()
-                .collect(),
-        );
-        let packed = codec::to_msgpack(&data).unwrap().len();
+        let packed = codec::to_msgpack(&json::AgentRecords(std::slice::from_ref(&record)))
+            .unwrap()
+            .len();
         assert!(
             packed <= 2 * record.encoded_len() + 256,
             "{packed} bytes for {} on the wire",
@@ -616,14 +600,18 @@ mod tests {
     #[test]
     fn status_data_holds_every_record_while_they_fit_and_points_to_pages_beyond() {
         let (table, _) = table(500);
-        let status_data = |max_payload: usize| {
+        let encoded = |max_payload: usize| {
             StatusView::of(&table, &counted(&table), max_payload)
                 .data(max_payload, "observatory.registry.records")
         };
+        let status_data =
+            |max_payload: usize| codec::from_msgpack::<Value>(&encoded(max_payload)).unwrap();
         let inline = status_data(1024 * 1024);
         assert_eq!(inline.as_object().unwrap().len(), 500);
-        let bytes = codec::to_msgpack(&inline).unwrap().len();
-        println!("{} bytes per record in status data", bytes / 500);
+        println!(
+            "{} bytes per record in status data",
+            encoded(1024 * 1024).len() / 500
+        );
 
         let paged = status_data(64 * 1024);
         assert_eq!(paged[json::RECORDS_IN_PAGES]["agents"], 500);
@@ -632,7 +620,7 @@ mod tests {
             "observatory.registry.records"
         );
         assert_eq!(paged["summary"]["agents"], 500);
-        assert!(codec::to_msgpack(&paged).unwrap().len() < 32 * 1024);
+        assert!(encoded(64 * 1024).len() < 32 * 1024);
         // Too many even to try: the summary comes from the table directly.
         let summary_only = status_data(16 * 1024);
         assert_eq!(summary_only[json::RECORDS_IN_PAGES]["agents"], 500);
