@@ -46,6 +46,18 @@ pub(crate) struct Settings {
     pub(crate) bus_events: Arc<ocs_service::connect::BusEvents>,
 }
 
+/// The task publishing a snapshot's parts, and whether it is done.
+struct SnapshotInFlight {
+    task: tokio::task::JoinHandle<()>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SnapshotInFlight {
+    fn done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// Logs the first drop of each reason with its context, then a count at most once a minute,
 /// so a flood of bad input cannot flood the log.
 struct DropLog {
@@ -86,6 +98,12 @@ struct MainProcess {
     forgotten: Vec<String>,
     /// Deadlines of the agents expired since the last publish, for the lateness metric.
     expired_deadlines: Vec<Instant>,
+    /// A snapshot's parts are being published by a task of their own; see
+    /// [`MainProcess::publish_snapshot`].
+    snapshot_in_flight: Option<SnapshotInFlight>,
+    /// Notified when a snapshot's last part is out, so the changes that
+    /// waited go out at once.
+    snapshot_sent: Arc<tokio::sync::Notify>,
     drops: DropLog,
     /// Records to write to the KV bucket, while leading.
     pending_writes: Arc<PendingWrites>,
@@ -150,6 +168,8 @@ pub(crate) async fn main_process(
         changed: BTreeSet::new(),
         forgotten: Vec::new(),
         expired_deadlines: Vec::new(),
+        snapshot_in_flight: None,
+        snapshot_sent: Arc::new(tokio::sync::Notify::new()),
         drops: DropLog {
             last: HashMap::new(),
         },
@@ -182,6 +202,7 @@ pub(crate) async fn main_process(
     let mut snapshots =
         tokio::time::interval_at(Instant::now() + settings.wait_time, settings.wait_time);
     snapshots.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let snapshot_sent = main.snapshot_sent.clone();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -220,6 +241,8 @@ pub(crate) async fn main_process(
                 }
             }
             _ = snapshots.tick() => main.publish_snapshot().await,
+            // The changes that waited for a snapshot go out at the end of this turn.
+            _ = snapshot_sent.notified() => {}
             Some(request) = snapshot_requests.next() => {
                 // At most one on-demand snapshot per second, however many consumers restart at once.
                 let now = Instant::now();
@@ -277,6 +300,9 @@ pub(crate) async fn main_process(
         main.vigil.awake(Instant::now());
     }
     answering.abort();
+    if let Some(in_flight) = main.snapshot_in_flight.take() {
+        in_flight.task.abort();
+    }
     storage_stop.cancel();
     // The last writes get a moment; with JetStream unreachable they would
     // hold the stop past any sensible grace period.
@@ -379,6 +405,35 @@ fn queue_writes<'a>(
             pending.put(&stored);
         }
     }
+}
+
+/// Publishes one feed message, counting it or its failure; gives up after a
+/// second (a failed change is repaired by the next snapshot).
+async fn publish_feed(
+    client: &async_nats::Client,
+    subject: &str,
+    metrics: &RegistryMetrics,
+    message: &proto::AgentOperations,
+    kind: &'static str,
+) -> bool {
+    let published = client.connection_state() == State::Connected
+        && matches!(
+            tokio::time::timeout(
+                Duration::from_secs(1),
+                client.publish(subject.to_owned(), codec::encode(message).into()),
+            )
+            .await,
+            Ok(Ok(()))
+        );
+    if published {
+        metrics
+            .feed_messages
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    } else {
+        metrics.feed_failures.inc();
+    }
+    published
 }
 
 /// Resolves at `deadline`, at once if it has passed: a timer registered
@@ -596,25 +651,27 @@ impl MainProcess {
     }
 
     async fn publish(&self, message: &proto::AgentOperations, kind: &'static str) -> bool {
-        let published = self.client.connection_state() == State::Connected
-            && matches!(
-                tokio::time::timeout(
-                    Duration::from_secs(1),
-                    self.client
-                        .publish(self.feed_subject.clone(), codec::encode(message).into()),
-                )
-                .await,
-                Ok(Ok(()))
-            );
-        if published {
-            self.metrics
-                .feed_messages
-                .get_or_create(&KindLabel { kind })
-                .inc();
-        } else {
-            self.metrics.feed_failures.inc();
+        publish_feed(
+            &self.client,
+            &self.feed_subject,
+            &self.metrics,
+            message,
+            kind,
+        )
+        .await
+    }
+
+    /// Whether a snapshot's parts are still on their way out: changes wait
+    /// for them, so that no part cloned earlier lands after a newer change.
+    fn snapshot_publishing(&mut self) -> bool {
+        match &self.snapshot_in_flight {
+            Some(in_flight) if !in_flight.done() => true,
+            Some(_) => {
+                self.snapshot_in_flight = None;
+                false
+            }
+            None => false,
         }
-        published
     }
 
     fn leads(&self) -> bool {
@@ -649,7 +706,7 @@ impl MainProcess {
     /// Publishes the records that changed since the last call, at once, and
     /// queues them for the KV bucket.
     async fn publish_changes(&mut self) {
-        if self.changed.is_empty() && self.forgotten.is_empty() {
+        if (self.changed.is_empty() && self.forgotten.is_empty()) || self.snapshot_publishing() {
             return;
         }
         {
@@ -697,6 +754,10 @@ impl MainProcess {
     /// How long after their deadlines the expiries just published went out;
     /// a standby publishes nothing, so only the leader measures.
     fn note_expiry_lateness(&mut self) {
+        if self.snapshot_publishing() {
+            // Not published yet: they wait for the snapshot.
+            return;
+        }
         let published = Instant::now();
         let leads = self.leads();
         for deadline in self.expired_deadlines.drain(..) {
@@ -708,7 +769,18 @@ impl MainProcess {
     }
 
     /// Publishes every record, in parts if needed, so late subscribers catch up.
+    ///
+    /// The records are copied at once, so the parts agree with each other,
+    /// and sent by a task of their own: encoding and sending 100,000 records
+    /// in the loop held heartbeats up for long enough that the client's
+    /// buffer overflowed. Heartbeats and expiries go on meanwhile; the
+    /// changes they make are published when the last part is out (see
+    /// [`MainProcess::snapshot_publishing`]).
     async fn publish_snapshot(&mut self) {
+        if let Some(in_flight) = self.snapshot_in_flight.take() {
+            // One snapshot at a time, in order.
+            let _ = in_flight.task.await;
+        }
         let records = {
             let table = self.table.lock();
             // Every snapshot also recounts, so the summary cannot drift for long.
@@ -718,20 +790,36 @@ impl MainProcess {
             }
             table.records()
         };
-        let parts: Vec<&[proto::AgentRecord]> = if records.is_empty() {
-            vec![&[]]
-        } else {
-            records.chunks(RECORDS_PER_MESSAGE).collect()
-        };
+        let count = records.len().div_ceil(RECORDS_PER_MESSAGE).max(1);
         let snapshot_id = self.seq + 1;
-        let count = parts.len() as u32;
-        for (part, chunk) in parts.into_iter().enumerate() {
-            let mut message = self.envelope(chunk.to_vec(), Vec::new());
-            message.snapshot = true;
-            message.snapshot_id = snapshot_id;
-            message.snapshot_part = part as u32;
-            message.snapshot_parts = count;
-            self.publish(&message, "snapshot").await;
-        }
+        let mut records = records.into_iter();
+        let messages: Vec<proto::AgentOperations> = (0..count)
+            .map(|part| {
+                let chunk: Vec<proto::AgentRecord> =
+                    records.by_ref().take(RECORDS_PER_MESSAGE).collect();
+                let mut message = self.envelope(chunk, Vec::new());
+                message.snapshot = true;
+                message.snapshot_id = snapshot_id;
+                message.snapshot_part = part as u32;
+                message.snapshot_parts = count as u32;
+                message
+            })
+            .collect();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (client, subject, metrics) = (
+            self.client.clone(),
+            self.feed_subject.clone(),
+            self.metrics.clone(),
+        );
+        let finished = done.clone();
+        let wake = self.snapshot_sent.clone();
+        let task = tokio::spawn(async move {
+            for message in &messages {
+                publish_feed(&client, &subject, &metrics, message, "snapshot").await;
+            }
+            finished.store(true, std::sync::atomic::Ordering::Release);
+            wake.notify_one();
+        });
+        self.snapshot_in_flight = Some(SnapshotInFlight { task, done });
     }
 }
