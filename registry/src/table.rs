@@ -8,10 +8,13 @@
 //! next one: expiry is detected at the deadline, not at the next poll.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
-use ocs_protocol::{OpCode, proto};
+use ocs_protocol::proto;
 use tokio::time::Instant;
+
+use interned::{Operations, SharedStrings, all_expired, op_codes, operations, same_operations};
 
 /// Limits and timings of the table.
 #[derive(Debug, Clone)]
@@ -177,14 +180,14 @@ pub enum Observation {
 }
 
 struct Entry {
-    agent_class: String,
+    agent_class: Arc<str>,
     incarnation: String,
     seq: u64,
-    host: String,
+    host: Arc<str>,
     pid: u32,
-    agent_version: String,
+    agent_version: Arc<str>,
     interval_ms: u32,
-    op_codes: Vec<proto::OperationCode>,
+    op_codes: Operations,
     state: AgentState,
     deadline: Instant,
     first_seen_unix_ms: i64,
@@ -193,8 +196,9 @@ struct Entry {
     incarnations_seen: u64,
     /// When the last accepted heartbeat arrived.
     last_heard: Instant,
-    /// The incarnation this one displaced, while it may still be heartbeating.
-    rival: Option<Rival>,
+    /// The incarnation this one displaced, while it may still be
+    /// heartbeating; boxed, as it is rare and would double every entry.
+    rival: Option<Box<Rival>>,
     /// Two incarnations heartbeat at this address at once.
     conflict: bool,
     /// The last few expiries, oldest first (at most [`FLAP_EXPIRIES`]).
@@ -255,16 +259,16 @@ impl RateLimit {
 struct Rival {
     incarnation: String,
     seq: u64,
-    host: String,
+    host: Arc<str>,
     pid: u32,
     last_heard: Instant,
     /// The same moment on the wall clock, for the record's `last_updated`.
     last_heard_unix_ms: i64,
     /// What its last heartbeat said, for when the record falls back to it.
-    agent_class: String,
-    agent_version: String,
+    agent_class: Arc<str>,
+    agent_version: Arc<str>,
     interval_ms: u32,
-    op_codes: Vec<proto::OperationCode>,
+    op_codes: Operations,
 }
 
 /// The entry a heartbeat replaces: where it was scheduled, and what the
@@ -280,7 +284,7 @@ struct Carried {
     first_seen_unix_ms: i64,
     incarnations_seen: u64,
     beats: u32,
-    rival: Option<Rival>,
+    rival: Option<Box<Rival>>,
     conflict: bool,
 }
 
@@ -307,6 +311,8 @@ pub struct AgentTable {
     /// self-preservation hold compares the silent with. Kept as the table
     /// changes; counting at each expiry cost 6 ms at 20,000 agents.
     steady_alive: usize,
+    /// Classes, hosts, versions and operations, one copy each.
+    strings: SharedStrings,
     /// `(deadline, address)` of expired or departed agents.
     forgets: BTreeSet<(Instant, String)>,
     /// While holding expiries (self-preservation).
@@ -379,6 +385,7 @@ fn seq_follows(last: u64, seq: u64, elapsed: Duration) -> bool {
 /// conflict, a seq out of range), which [`AgentTable::observe`] handles by
 /// building a new entry.
 fn refresh_in_place(
+    strings: &mut SharedStrings,
     entry: &mut Entry,
     heartbeat: &proto::Heartbeat,
     now: Instant,
@@ -397,8 +404,8 @@ fn refresh_in_place(
             heartbeat.seq,
             now.saturating_duration_since(entry.last_heard),
         )
-        && entry.agent_class == heartbeat.agent_class
-        && entry.op_codes == heartbeat.op_codes;
+        && *entry.agent_class == *heartbeat.agent_class
+        && same_operations(&entry.op_codes, &heartbeat.op_codes);
     if !unchanged {
         return None;
     }
@@ -409,25 +416,14 @@ fn refresh_in_place(
     entry.deadline = now + timeout;
     entry.beats = entry.beats.saturating_add(1);
     entry.heard = true;
-    if entry.host != heartbeat.host {
-        entry.host.clone_from(&heartbeat.host);
+    if *entry.host != *heartbeat.host {
+        entry.host = strings.get(&heartbeat.host);
     }
-    if entry.agent_version != heartbeat.agent_version {
-        entry.agent_version.clone_from(&heartbeat.agent_version);
+    if *entry.agent_version != *heartbeat.agent_version {
+        entry.agent_version = strings.get(&heartbeat.agent_version);
     }
     entry.pid = heartbeat.pid;
     Some(earlier)
-}
-
-fn all_expired(op_codes: &[proto::OperationCode]) -> Vec<proto::OperationCode> {
-    op_codes
-        .iter()
-        .map(|op| proto::OperationCode {
-            op_name: op.op_name.clone(),
-            op_code: OpCode::Expired.value(),
-            op_type: op.op_type.clone(),
-        })
-        .collect()
 }
 
 impl AgentTable {
@@ -438,6 +434,7 @@ impl AgentTable {
             agents: HashMap::new(),
             expiries: BTreeSet::new(),
             steady_alive: 0,
+            strings: SharedStrings::default(),
             forgets: BTreeSet::new(),
             hold: None,
             no_hold_until: None,
@@ -560,7 +557,14 @@ impl AgentTable {
                 return Observation::RateLimited;
             }
             let was_steady = entry.beats >= STEADY_BEATS;
-            if let Some(earlier) = refresh_in_place(entry, heartbeat, now, now_unix_ms, timeout) {
+            if let Some(earlier) = refresh_in_place(
+                &mut self.strings,
+                entry,
+                heartbeat,
+                now,
+                now_unix_ms,
+                timeout,
+            ) {
                 if !was_steady && entry.beats >= STEADY_BEATS {
                     self.steady_alive += 1;
                 }
@@ -606,8 +610,8 @@ impl AgentTable {
                 rival.seq = heartbeat.seq;
                 rival.last_heard = now;
                 rival.last_heard_unix_ms = now_unix_ms;
-                if rival.op_codes != heartbeat.op_codes {
-                    rival.op_codes = heartbeat.op_codes.clone();
+                if !same_operations(&rival.op_codes, &heartbeat.op_codes) {
+                    rival.op_codes = operations(&mut self.strings, &heartbeat.op_codes);
                 }
                 let new = !std::mem::replace(&mut entry.conflict, true);
                 return Observation::Conflict { new };
@@ -646,7 +650,7 @@ impl AgentTable {
                 } else if entry.state == AgentState::Alive {
                     // A restart, or a second process: the next heartbeat of
                     // the displaced incarnation, if any, tells.
-                    Some(Rival {
+                    Some(Box::new(Rival {
                         incarnation: entry.incarnation.clone(),
                         seq: entry.seq,
                         host: entry.host.clone(),
@@ -657,7 +661,7 @@ impl AgentTable {
                         agent_version: entry.agent_version.clone(),
                         interval_ms: entry.interval_ms,
                         op_codes: entry.op_codes.clone(),
-                    })
+                    }))
                 } else {
                     None
                 };
@@ -669,14 +673,14 @@ impl AgentTable {
                     // The copy shown leaves while the one it displaced still
                     // beats: the record falls back to the survivor at once,
                     // rather than show a live instance as left.
-                    return self.fall_back_to(address, survivor);
+                    return self.fall_back_to(address, *survivor);
                 }
                 let changed = !same_incarnation
                     || entry.state != AgentState::Alive
                     || heartbeat.leaving
                     || entry.unverified
-                    || entry.op_codes != heartbeat.op_codes
-                    || entry.agent_class != heartbeat.agent_class
+                    || !same_operations(&entry.op_codes, &heartbeat.op_codes)
+                    || *entry.agent_class != *heartbeat.agent_class
                     || entry.conflict != conflict;
                 let observation = if resynced {
                     Observation::Resynced
@@ -716,14 +720,14 @@ impl AgentTable {
             (
                 AgentState::Left,
                 now + self.config.forget_after,
-                all_expired(&heartbeat.op_codes),
+                all_expired(&operations(&mut self.strings, &heartbeat.op_codes)),
                 Some(now_unix_ms),
             )
         } else {
             (
                 AgentState::Alive,
                 now + timeout,
-                heartbeat.op_codes.clone(),
+                operations(&mut self.strings, &heartbeat.op_codes),
                 None,
             )
         };
@@ -736,12 +740,12 @@ impl AgentTable {
         self.agents.insert(
             address.to_owned(),
             Entry {
-                agent_class: heartbeat.agent_class.clone(),
+                agent_class: self.strings.get(&heartbeat.agent_class),
                 incarnation: heartbeat.incarnation.clone(),
                 seq: heartbeat.seq,
-                host: heartbeat.host.clone(),
+                host: self.strings.get(&heartbeat.host),
                 pid: heartbeat.pid,
-                agent_version: heartbeat.agent_version.clone(),
+                agent_version: self.strings.get(&heartbeat.agent_version),
                 interval_ms: heartbeat.interval_ms,
                 op_codes,
                 state,
@@ -802,6 +806,7 @@ impl AgentTable {
     /// The counts the registry's metrics show, in one pass over the table,
     /// settling flapping agents on the way (see [`Self::settle_flapping`]).
     pub fn census(&mut self, now: Instant) -> Census {
+        self.strings.sweep();
         let mut census = Census::default();
         for (address, entry) in &mut self.agents {
             match entry.state {
@@ -1057,15 +1062,15 @@ impl AgentTable {
         self.agents.insert(
             address.clone(),
             Entry {
-                agent_class: record.agent_class,
+                agent_class: self.strings.get(&record.agent_class),
                 incarnation: record.incarnation,
                 // The next heartbeat of this incarnation is newer than anything stored.
                 seq: 0,
-                host: record.host,
+                host: self.strings.get(&record.host),
                 pid: record.pid,
-                agent_version: record.agent_version,
+                agent_version: self.strings.get(&record.agent_version),
                 interval_ms: record.interval_ms,
-                op_codes: record.op_codes,
+                op_codes: operations(&mut self.strings, &record.op_codes),
                 state,
                 deadline,
                 first_seen_unix_ms: record.first_seen_unix_ms,
@@ -1146,17 +1151,17 @@ impl AgentTable {
 fn to_record(address: &str, entry: &Entry) -> proto::AgentRecord {
     proto::AgentRecord {
         agent_address: address.to_owned(),
-        agent_class: entry.agent_class.clone(),
+        agent_class: entry.agent_class.to_string(),
         expired: entry.state != AgentState::Alive,
         state: entry.state.to_proto().into(),
         time_expired_unix_ms: entry.time_expired_unix_ms.unwrap_or(0),
         last_updated_unix_ms: entry.last_updated_unix_ms,
         first_seen_unix_ms: entry.first_seen_unix_ms,
-        op_codes: entry.op_codes.clone(),
+        op_codes: op_codes(&entry.op_codes),
         incarnation: entry.incarnation.clone(),
-        host: entry.host.clone(),
+        host: entry.host.to_string(),
         pid: entry.pid,
-        agent_version: entry.agent_version.clone(),
+        agent_version: entry.agent_version.to_string(),
         interval_ms: entry.interval_ms,
         incarnations_seen: entry.incarnations_seen,
         flapping: entry.flapping,
@@ -1165,12 +1170,13 @@ fn to_record(address: &str, entry: &Entry) -> proto::AgentRecord {
             let rival = entry.rival.as_ref();
             proto::Conflict {
                 incarnation: rival.map(|r| r.incarnation.clone()).unwrap_or_default(),
-                host: rival.map(|r| r.host.clone()).unwrap_or_default(),
+                host: rival.map(|r| r.host.to_string()).unwrap_or_default(),
                 pid: rival.map_or(0, |r| r.pid),
             }
         }),
     }
 }
 
+mod interned;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 //! restarts, conflicts, flapping, rate limits, seq checks and self-preservation.
 
 use super::*;
+use ocs_protocol::OpCode;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 const FORGET: Duration = Duration::from_secs(60);
