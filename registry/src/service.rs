@@ -396,7 +396,7 @@ async fn keep_records(
 fn queue_writes<'a>(
     pending: &PendingWrites,
     table: &AgentTable,
-    addresses: impl Iterator<Item = &'a String>,
+    addresses: impl Iterator<Item = &'a str>,
 ) {
     let now = Instant::now();
     let now_unix = now_unix_ms();
@@ -725,7 +725,7 @@ impl MainProcess {
         queue_writes(
             &self.pending_writes,
             &self.table.lock(),
-            self.changed.iter(),
+            self.changed.iter().map(String::as_str),
         );
         for address in &self.forgotten {
             self.pending_writes.delete(address);
