@@ -96,6 +96,15 @@ impl Serialize for AgentRecords<'_> {
     }
 }
 
+/// The other incarnation of a conflict; fields in sorted order, as a JSON
+/// object holds its keys.
+#[derive(serde::Serialize)]
+struct ConflictView<'a> {
+    host: &'a str,
+    incarnation: &'a str,
+    pid: u32,
+}
+
 /// One record in the shape [`agent_record`] documents. Keys in sorted order,
 /// as a JSON object holds them, so both forms encode to the same bytes; keys
 /// at their default are left out: at a few thousand agents every byte of a
@@ -129,11 +138,12 @@ impl Serialize for RecordView<'_> {
         map.serialize_entry("agent_address", &record.agent_address)?;
         map.serialize_entry("agent_class", &record.agent_class)?;
         if let Some(other) = &record.conflict {
-            let mut rival = BTreeMap::new();
-            rival.insert("host", json!(other.host));
-            rival.insert("incarnation", json!(other.incarnation));
-            rival.insert("pid", json!(other.pid));
-            map.serialize_entry("conflict", &rival)?;
+            let other = ConflictView {
+                host: &other.host,
+                incarnation: &other.incarnation,
+                pid: other.pid,
+            };
+            map.serialize_entry("conflict", &other)?;
         }
         map.serialize_entry("expired", &record.expired)?;
         if record.flapping {
