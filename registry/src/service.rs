@@ -46,7 +46,9 @@ pub(crate) struct Settings {
     pub(crate) bus_events: Arc<ocs_service::connect::BusEvents>,
 }
 
-/// The task publishing a snapshot's parts, and whether it is done.
+/// The task publishing a snapshot's parts, and whether it is done: set by
+/// the task before it wakes the loop, where `JoinHandle::is_finished` could
+/// still say no and leave the waiting changes for the next wake-up.
 struct SnapshotInFlight {
     task: tokio::task::JoinHandle<()>,
     done: Arc<std::sync::atomic::AtomicBool>,
