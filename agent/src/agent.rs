@@ -237,7 +237,9 @@ impl AgentBuilder {
                     .push(format!("startup operation {op_name:?} is not registered"));
             }
         }
-        let longest = Duration::from_millis(u64::from(codec::MAX_HEARTBEAT_INTERVAL_MS));
+        let longest = Duration::from_millis(u64::from(
+            ocs_protocol::heartbeat::MAX_HEARTBEAT_INTERVAL_MS,
+        ));
         if self.interval.is_zero() || self.interval > longest {
             self.errors.push(format!(
                 "heartbeat interval must be positive and at most {longest:?} (the registry drops longer ones)"

@@ -7,7 +7,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use ocs_agent::{Agent, NoParams, OcsClient, OpContext, OpResult, Params};
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
-use ocs_protocol::{Action, AddressRoot, AgentAddress, InstanceId, OpCode, OpName, json, proto};
+use ocs_protocol::{
+    Action, AddressRoot, AgentAddress, InstanceId, OpCode, OpName, heartbeat, json, proto,
+};
 use ocs_testkit::{NatsServer, eventually};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -342,7 +344,7 @@ async fn heartbeats(
     tokio::spawn(async move {
         let _client = client;
         while let Some(message) = subscription.next().await {
-            let heartbeat = codec::decode_heartbeat(&message.payload, MAX_MESSAGE_BYTES).unwrap();
+            let heartbeat = heartbeat::decode(&message.payload, MAX_MESSAGE_BYTES).unwrap();
             sink.lock().unwrap().push((Instant::now(), heartbeat));
         }
     });

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use ocs_agent::OcsClient;
 use ocs_cli::{output, render};
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
-use ocs_protocol::{Action, InstanceId, OpName, ResponseCode, json, proto, subject};
+use ocs_protocol::{Action, InstanceId, OpName, ResponseCode, heartbeat, json, proto, subject};
 use ocs_service::CommonArgs;
 use ocs_service::connect::connect_client;
 use serde_json::{Map, Value};
@@ -423,7 +423,7 @@ async fn listen_for_heartbeats(
         tokio::select! {
             _ = &mut deadline => break,
             Some(message) = heartbeats.next() => {
-                if let Ok(heartbeat) = codec::decode_heartbeat(&message.payload, MAX_MESSAGE_BYTES) {
+                if let Ok(heartbeat) = heartbeat::decode(&message.payload, MAX_MESSAGE_BYTES) {
                     let mut record = json::heartbeat(&heartbeat);
                     record["state"] = Value::from(if heartbeat.leaving { "left" } else { "alive" });
                     record["last_updated"] = Value::from(ocs_agent::now_unix());
@@ -474,7 +474,7 @@ async fn print_messages(
 
 fn decode_feed(subject_name: &str, payload: &[u8]) -> Result<Value, ocs_protocol::CodecError> {
     if subject_name.ends_with(&format!(".feeds.{}", subject::HEARTBEAT_FEED)) {
-        Ok(json::heartbeat(&codec::decode_heartbeat(
+        Ok(json::heartbeat(&heartbeat::decode(
             payload,
             MAX_MESSAGE_BYTES,
         )?))

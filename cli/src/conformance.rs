@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use ocs_protocol::heartbeat::{self, HeartbeatRef};
 use ocs_protocol::{AgentAddress, OpCode, SessionStatus, codec, proto};
 use serde_json::json;
 
@@ -54,7 +55,7 @@ pub fn heartbeats(address: &AgentAddress, beats: &[Beat]) -> Vec<Check> {
     }
     let invalid: Vec<String> = beats
         .iter()
-        .filter_map(|beat| codec::validate_heartbeat(&beat.heartbeat).err())
+        .filter_map(|beat| heartbeat::validate(&HeartbeatRef::of(&beat.heartbeat)).err())
         .map(|err| err.to_string())
         .collect();
     checks.push(Check::new(

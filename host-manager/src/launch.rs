@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use ocs_protocol::{AgentAddress, codec, subject};
+use ocs_protocol::{AgentAddress, codec, heartbeat, subject};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -392,7 +392,7 @@ async fn someone_else_runs(
             _ = &mut deadline => return None,
             message = heartbeats.next() => {
                 let message = message?;
-                let Ok(heartbeat) = codec::decode_heartbeat(&message.payload, codec::MAX_MESSAGE_BYTES) else {
+                let Ok(heartbeat) = heartbeat::decode(&message.payload, codec::MAX_MESSAGE_BYTES) else {
                     continue;
                 };
                 if !heartbeat.leaving {

@@ -158,12 +158,23 @@ impl AgentAddress {
 
     /// Parses `{root}.{instance_id}`, validating both tokens.
     pub fn parse(address: &str) -> Result<Self, NameError> {
+        let root_len = Self::check(address)?;
+        Ok(Self {
+            full: address.to_owned(),
+            root_len,
+        })
+    }
+
+    /// Checks that `address` is `{root}.{instance_id}` with both tokens
+    /// valid, without copying it (every heartbeat the registry receives is
+    /// checked); returns the root's length.
+    pub fn check(address: &str) -> Result<usize, NameError> {
         let (root, instance_id) = address
             .split_once('.')
             .ok_or_else(|| NameError::BadAddress(address.to_owned()))?;
-        let root = AddressRoot::new(root)?;
-        let instance_id = InstanceId::new(instance_id)?;
-        Ok(Self::new(&root, &instance_id))
+        validate_token("address root", root)?;
+        validate_token("instance id", instance_id)?;
+        Ok(root.len())
     }
 
     /// The full address.

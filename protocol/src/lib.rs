@@ -6,6 +6,7 @@
 //! - [`opcode`]: OCS's `OpCode` 1–8, `ResponseCode` 0/-1/1, session status and actions;
 //! - [`proto`]: the protobuf envelopes generated from `proto/ocs/v1/ocs.proto`;
 //! - [`codec`]: versioned, size-checked decoding and MessagePack helpers;
+//! - [`heartbeat`]: the checks on a heartbeat, and a reader that borrows its fields from the payload;
 //! - [`json`]: OCS-shaped JSON views (sessions, replies, registry records).
 //!
 //! `PROTOCOL.md` beside this crate describes the wire format for implementers in other languages.
@@ -16,6 +17,7 @@
 
 pub mod address;
 pub mod codec;
+pub mod heartbeat;
 pub mod json;
 pub mod opcode;
 pub mod subject;

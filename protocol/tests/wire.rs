@@ -9,7 +9,7 @@
 //! `UPDATE_VECTORS=1 cargo test -p ocs-protocol --test wire`, and review the diff.
 
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, from_msgpack, to_msgpack};
-use ocs_protocol::proto;
+use ocs_protocol::{heartbeat, proto};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Value, json};
@@ -59,14 +59,14 @@ fn a_heartbeat_with_only_the_required_fields_decodes() {
         interval_ms: 1000,
         ..Default::default()
     };
-    let decoded = codec::decode_heartbeat(&minimal.encode_to_vec(), MAX_MESSAGE_BYTES).unwrap();
+    let decoded = heartbeat::decode(&minimal.encode_to_vec(), MAX_MESSAGE_BYTES).unwrap();
     assert!(decoded.op_codes.is_empty());
     assert!(!decoded.leaving);
     let without_interval = proto::Heartbeat {
         interval_ms: 0,
         ..minimal
     };
-    let err = codec::decode_heartbeat(&without_interval.encode_to_vec(), MAX_MESSAGE_BYTES)
+    let err = heartbeat::decode(&without_interval.encode_to_vec(), MAX_MESSAGE_BYTES)
         .unwrap_err()
         .to_string();
     assert!(err.contains("interval_ms"), "{err}");
@@ -79,7 +79,7 @@ fn unknown_fields_from_newer_peers_are_ignored() {
     // Field 99, varint 1: a field a future version might add.
     bytes.extend_from_slice(&[0x98, 0x06, 0x01]);
     assert_eq!(
-        codec::decode_heartbeat(&bytes, MAX_MESSAGE_BYTES).unwrap(),
+        heartbeat::decode(&bytes, MAX_MESSAGE_BYTES).unwrap(),
         heartbeat()
     );
 }
@@ -343,7 +343,7 @@ fn this_build_writes_and_reads_the_golden_vectors() {
     // What the codec reads, it reads back to the same message.
     let heartbeat_bytes = &vectors()[0].3;
     assert_eq!(
-        codec::decode_heartbeat(heartbeat_bytes, MAX_MESSAGE_BYTES).unwrap(),
+        heartbeat::decode(heartbeat_bytes, MAX_MESSAGE_BYTES).unwrap(),
         heartbeat()
     );
     for vector in stored["vectors"].as_array().unwrap() {

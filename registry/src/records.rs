@@ -367,6 +367,7 @@ mod tests {
 
     use super::*;
     use crate::table::TableConfig;
+    use ocs_protocol::heartbeat::HeartbeatRef;
 
     fn table(agents: usize) -> (AgentTable, Instant) {
         let mut table = AgentTable::new(TableConfig {
@@ -384,7 +385,7 @@ mod tests {
             if index % 10 == 0 {
                 beat.agent_class = "Lakeshore372Agent".into();
             }
-            table.observe(&beat, now, 1_795_000_000_000);
+            table.observe(&HeartbeatRef::of(&beat), now, 1_795_000_000_000);
         }
         (table, now)
     }
@@ -428,7 +429,11 @@ mod tests {
         assert_eq!(expired.len(), 30);
         let mut late = heartbeat("observatory.late");
         late.agent_class = "NewAgent".into();
-        table.observe(&late, now + Duration::from_secs(6), 1_795_000_006_000);
+        table.observe(
+            &HeartbeatRef::of(&late),
+            now + Duration::from_secs(6),
+            1_795_000_006_000,
+        );
         for address in expired
             .iter()
             .map(String::as_str)
@@ -500,10 +505,10 @@ mod tests {
         table.expire_due(now + Duration::from_secs(6), 1_795_000_006_000);
         for index in [1, 2, 3] {
             table.observe(
-                &proto::Heartbeat {
+                &HeartbeatRef::of(&proto::Heartbeat {
                     seq: 2,
                     ..heartbeat(&format!("observatory.agent{index:05}"))
-                },
+                }),
                 now + Duration::from_secs(7),
                 1_795_000_007_000,
             );
@@ -566,7 +571,11 @@ mod tests {
         beat.agent_version = "1.2.3-with-a-long-suffix".into();
         beat.interval_ms = 1500;
         beat.seq = 2;
-        table.observe(&beat, now + Duration::from_secs(1), 1_795_000_001_000);
+        table.observe(
+            &HeartbeatRef::of(&beat),
+            now + Duration::from_secs(1),
+            1_795_000_001_000,
+        );
         let mut record = table.record("observatory.agent00000").unwrap();
         record.flapping = true;
         record.unverified = true;

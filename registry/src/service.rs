@@ -9,7 +9,7 @@ use async_nats::connection::State;
 use futures::{FutureExt, StreamExt};
 use ocs_agent::{OpContext, OpResult};
 use ocs_protocol::codec::{self, CodecError};
-use ocs_protocol::{AddressRoot, AgentAddress, proto, subject};
+use ocs_protocol::{AddressRoot, AgentAddress, heartbeat, proto, subject};
 use parking_lot::Mutex;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
@@ -520,19 +520,18 @@ impl MainProcess {
                 &"subject is not a heartbeat subject under the address root",
             );
         };
-        let heartbeat =
-            match codec::decode_heartbeat(&message.payload, self.settings.max_heartbeat_bytes) {
-                Ok(heartbeat) => heartbeat,
-                Err(err) => {
-                    let reason = match err {
-                        CodecError::TooLarge { .. } => DropReason::oversized,
-                        CodecError::Protobuf(_) => DropReason::undecodable,
-                        CodecError::UnsupportedVersion { .. } => DropReason::unsupported_version,
-                        _ => DropReason::invalid,
-                    };
-                    return self.drop_heartbeat(reason, subject, &err);
-                }
-            };
+        let heartbeat = match heartbeat::read(&message.payload, self.settings.max_heartbeat_bytes) {
+            Ok(heartbeat) => heartbeat,
+            Err(err) => {
+                let reason = match err {
+                    CodecError::TooLarge { .. } => DropReason::oversized,
+                    CodecError::Protobuf(_) | CodecError::Malformed(_) => DropReason::undecodable,
+                    CodecError::UnsupportedVersion { .. } => DropReason::unsupported_version,
+                    _ => DropReason::invalid,
+                };
+                return self.drop_heartbeat(reason, subject, &err);
+            }
+        };
         let address_matches = heartbeat
             .agent_address
             .split_once('.')
@@ -554,7 +553,7 @@ impl MainProcess {
                 if observation == Observation::New {
                     info!(agent = %heartbeat.agent_address, class = %heartbeat.agent_class, "new agent");
                 }
-                self.changed.insert(heartbeat.agent_address);
+                self.changed.insert(heartbeat.agent_address.to_owned());
             }
             Observation::Refreshed => {}
             Observation::Resynced => {
@@ -564,7 +563,7 @@ impl MainProcess {
                     seq = heartbeat.seq,
                     "accepted a heartbeat with an out-of-range seq after its incarnation fell silent (an earlier beat carried a forged or corrupt seq)"
                 );
-                self.changed.insert(heartbeat.agent_address);
+                self.changed.insert(heartbeat.agent_address.to_owned());
             }
             Observation::Stale => self.drop_heartbeat(
                 DropReason::stale,
@@ -597,7 +596,7 @@ impl MainProcess {
                         pid = heartbeat.pid,
                         "two incarnations heartbeat at this address: the instance runs twice"
                     );
-                    self.changed.insert(heartbeat.agent_address);
+                    self.changed.insert(heartbeat.agent_address.to_owned());
                 }
             }
         }

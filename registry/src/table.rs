@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ocs_protocol::heartbeat::{HeartbeatRef, OperationRef};
 use ocs_protocol::proto;
 use tokio::time::Instant;
 
@@ -189,6 +190,9 @@ struct Entry {
     interval_ms: u32,
     op_codes: Operations,
     state: AgentState,
+    /// Where the entry is scheduled in `expiries` (alive) or `forgets`. An
+    /// alive agent is due at [`AgentTable::due`], which unchanged heartbeats
+    /// move past this without rescheduling it; see [`AgentTable::settle`].
     deadline: Instant,
     first_seen_unix_ms: i64,
     last_updated_unix_ms: i64,
@@ -306,7 +310,8 @@ pub struct AgentTable {
     config: TableConfig,
     /// By address; the address is shared with its place in `expiries` or `forgets`.
     agents: HashMap<Arc<str>, Entry>,
-    /// `(deadline, address)` of alive agents.
+    /// `(deadline, address)` of alive agents. A key may lie before the
+    /// agent's real deadline (its heartbeats moved it on); it is never after.
     expiries: BTreeSet<(Instant, Arc<str>)>,
     /// How many of `expiries` beat steadily ([`STEADY_BEATS`]): what a
     /// self-preservation hold compares the silent with. Kept as the table
@@ -381,18 +386,17 @@ fn seq_follows(last: u64, seq: u64, elapsed: Duration) -> bool {
 }
 
 /// The common case: an alive agent beating on, unchanged, is updated in
-/// place, with no copy of its strings or operations; returns the deadline it
-/// had. `None` for anything else (a new incarnation, a change, a leaving, a
+/// place, with no copy of its strings or operations and nothing rescheduled.
+/// `false` for anything else (a new incarnation, a change, a leaving, a
 /// conflict, a seq out of range), which [`AgentTable::observe`] handles by
 /// building a new entry.
 fn refresh_in_place(
     strings: &mut SharedStrings,
     entry: &mut Entry,
-    heartbeat: &proto::Heartbeat,
+    heartbeat: &HeartbeatRef<'_>,
     now: Instant,
     now_unix_ms: i64,
-    timeout: Duration,
-) -> Option<Instant> {
+) -> bool {
     let unchanged = entry.incarnation == heartbeat.incarnation
         && entry.state == AgentState::Alive
         && !heartbeat.leaving
@@ -408,23 +412,23 @@ fn refresh_in_place(
         && *entry.agent_class == *heartbeat.agent_class
         && same_operations(&entry.op_codes, &heartbeat.op_codes);
     if !unchanged {
-        return None;
+        return false;
     }
-    let earlier = entry.deadline;
+    // The deadline moves to `now + timeout` by `last_heard` alone: the
+    // scheduled key stays where it is until `settle` reaches it.
     entry.seq = heartbeat.seq;
     entry.last_heard = now;
     entry.last_updated_unix_ms = now_unix_ms;
-    entry.deadline = now + timeout;
     entry.beats = entry.beats.saturating_add(1);
     entry.heard = true;
     if *entry.host != *heartbeat.host {
-        entry.host = strings.get(&heartbeat.host);
+        entry.host = strings.get(heartbeat.host);
     }
     if *entry.agent_version != *heartbeat.agent_version {
-        entry.agent_version = strings.get(&heartbeat.agent_version);
+        entry.agent_version = strings.get(heartbeat.agent_version);
     }
     entry.pid = heartbeat.pid;
-    Some(earlier)
+    true
 }
 
 impl AgentTable {
@@ -455,7 +459,7 @@ impl AgentTable {
 
     /// Whether so many steadily beating alive agents are due together that
     /// the silence is more likely this registry's partition than their deaths.
-    fn mass_expiry(&self, now: Instant) -> bool {
+    fn mass_expiry(&mut self, now: Instant) -> bool {
         let min = self.config.hold_min_agents;
         if min == 0 || self.expiries.len() < min {
             return false;
@@ -464,6 +468,7 @@ impl AgentTable {
         // HOLD_WINDOW of now; half the timeout still separates the silent
         // (due soon) from those beating (due a timeout less an interval away).
         let horizon = now + HOLD_WINDOW.min(self.config.agent_timeout / 2);
+        self.settle(horizon);
         let due = self
             .expiries
             .iter()
@@ -505,6 +510,40 @@ impl AgentTable {
             .map_or_else(|| Arc::from(address), |(shared, _)| shared.clone())
     }
 
+    /// When an alive entry is really due: a timeout after its last
+    /// heartbeat, or where it is scheduled if that is later (a fresh timeout
+    /// granted after a hold, or on restore).
+    fn due(&self, entry: &Entry) -> Instant {
+        entry
+            .deadline
+            .max(entry.last_heard + self.config.timeout_for(entry.interval_ms))
+    }
+
+    /// Makes the schedule of alive agents exact up to `until`: each one
+    /// scheduled by then whose heartbeats have since moved its deadline on
+    /// is rescheduled at its real deadline. Unchanged heartbeats only move
+    /// `last_heard` (no reordering of `expiries` for each of a hundred
+    /// thousand beats a second); the schedule catches up here, about once
+    /// per timeout for each agent.
+    fn settle(&mut self, until: Instant) {
+        let moved: Vec<(Instant, Instant, Arc<str>)> = self
+            .expiries
+            .iter()
+            .take_while(|(scheduled, _)| *scheduled <= until)
+            .filter_map(|(scheduled, address)| {
+                let due = self.due(self.agents.get(address)?);
+                (due > *scheduled).then(|| (*scheduled, due, address.clone()))
+            })
+            .collect();
+        for (scheduled, due, address) in moved {
+            self.expiries.remove(&(scheduled, address.clone()));
+            if let Some(entry) = self.agents.get_mut(&address) {
+                entry.deadline = due;
+            }
+            self.expiries.insert((due, address));
+        }
+    }
+
     /// Unschedules whatever deadline `address` has.
     fn unschedule(&mut self, address: &str, entry_deadline: Instant, state: AgentState) {
         let key = (entry_deadline, self.shared_address(address));
@@ -518,20 +557,6 @@ impl AgentTable {
                 self.forgets.remove(&key);
             }
         };
-    }
-
-    /// Moves an alive `address`'s expiry from `earlier` to `later`, reusing
-    /// the scheduled key's string.
-    fn postpone_expiry(&mut self, address: &str, earlier: Instant, later: Instant) {
-        let key = match self.expiries.take(&(earlier, self.shared_address(address))) {
-            Some((_, key)) => key,
-            None => {
-                // Not scheduled before: it joins the alive.
-                self.steady_alive += usize::from(self.steady(address));
-                self.shared_address(address)
-            }
-        };
-        self.expiries.insert((later, key));
     }
 
     /// Schedules `address`'s expiry (alive) or forgetting (expired, left)
@@ -553,11 +578,11 @@ impl AgentTable {
     /// Records a validated heartbeat received at `now`.
     pub fn observe(
         &mut self,
-        heartbeat: &proto::Heartbeat,
+        heartbeat: &HeartbeatRef<'_>,
         now: Instant,
         now_unix_ms: i64,
     ) -> Observation {
-        let address = heartbeat.agent_address.as_str();
+        let address = heartbeat.agent_address;
         let timeout = self.config.timeout_for(heartbeat.interval_ms);
         let max_rate = self.config.max_heartbeat_rate;
         let mut rate = RateLimit::full(max_rate, now);
@@ -566,18 +591,10 @@ impl AgentTable {
                 return Observation::RateLimited;
             }
             let was_steady = entry.beats >= STEADY_BEATS;
-            if let Some(earlier) = refresh_in_place(
-                &mut self.strings,
-                entry,
-                heartbeat,
-                now,
-                now_unix_ms,
-                timeout,
-            ) {
+            if refresh_in_place(&mut self.strings, entry, heartbeat, now, now_unix_ms) {
                 if !was_steady && entry.beats >= STEADY_BEATS {
                     self.steady_alive += 1;
                 }
-                self.postpone_expiry(address, earlier, now + timeout);
                 return Observation::Refreshed;
             }
             rate = entry.rate;
@@ -620,7 +637,8 @@ impl AgentTable {
                 rival.last_heard = now;
                 rival.last_heard_unix_ms = now_unix_ms;
                 if !same_operations(&rival.op_codes, &heartbeat.op_codes) {
-                    rival.op_codes = operations(&mut self.strings, &heartbeat.op_codes);
+                    rival.op_codes =
+                        operations(&mut self.strings, heartbeat.op_codes.iter().copied());
                 }
                 let new = !std::mem::replace(&mut entry.conflict, true);
                 return Observation::Conflict { new };
@@ -729,14 +747,17 @@ impl AgentTable {
             (
                 AgentState::Left,
                 now + self.config.forget_after,
-                all_expired(&operations(&mut self.strings, &heartbeat.op_codes)),
+                all_expired(&operations(
+                    &mut self.strings,
+                    heartbeat.op_codes.iter().copied(),
+                )),
                 Some(now_unix_ms),
             )
         } else {
             (
                 AgentState::Alive,
                 now + timeout,
-                operations(&mut self.strings, &heartbeat.op_codes),
+                operations(&mut self.strings, heartbeat.op_codes.iter().copied()),
                 None,
             )
         };
@@ -749,12 +770,12 @@ impl AgentTable {
         self.agents.insert(
             self.shared_address(address),
             Entry {
-                agent_class: self.strings.get(&heartbeat.agent_class),
-                incarnation: heartbeat.incarnation.clone(),
+                agent_class: self.strings.get(heartbeat.agent_class),
+                incarnation: heartbeat.incarnation.to_owned(),
                 seq: heartbeat.seq,
-                host: self.strings.get(&heartbeat.host),
+                host: self.strings.get(heartbeat.host),
                 pid: heartbeat.pid,
-                agent_version: self.strings.get(&heartbeat.agent_version),
+                agent_version: self.strings.get(heartbeat.agent_version),
                 interval_ms: heartbeat.interval_ms,
                 op_codes,
                 state,
@@ -856,7 +877,9 @@ impl AgentTable {
         self.agents.values().filter(|entry| entry.conflict).count()
     }
 
-    /// The earliest pending deadline (an expiry or a forgetting).
+    /// The earliest pending deadline (an expiry or a forgetting). An expiry
+    /// may turn out to have moved later when [`AgentTable::expire_due`]
+    /// looks: heartbeats move deadlines without rescheduling them.
     pub fn next_deadline(&self) -> Option<Instant> {
         let expiry = self
             .hold
@@ -881,6 +904,7 @@ impl AgentTable {
     /// silent agents expire after all.
     pub fn expire_due(&mut self, now: Instant, now_unix_ms: i64) -> Expiries {
         let mut outcome = Expiries::default();
+        self.settle(now);
         let due_now = self
             .expiries
             .first()
@@ -1079,7 +1103,10 @@ impl AgentTable {
                 pid: record.pid,
                 agent_version: self.strings.get(&record.agent_version),
                 interval_ms: record.interval_ms,
-                op_codes: operations(&mut self.strings, &record.op_codes),
+                op_codes: operations(
+                    &mut self.strings,
+                    record.op_codes.iter().map(OperationRef::from),
+                ),
                 state,
                 deadline,
                 first_seen_unix_ms: record.first_seen_unix_ms,

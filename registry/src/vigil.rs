@@ -139,6 +139,7 @@ impl Vigil {
 mod tests {
     use super::*;
     use crate::table::TableConfig;
+    use ocs_protocol::heartbeat::HeartbeatRef;
     use ocs_protocol::proto;
 
     const TIMEOUT: Duration = Duration::from_secs(5);
@@ -162,7 +163,7 @@ mod tests {
             seq,
             ..ocs_testkit::heartbeat(address)
         };
-        table.observe(&heartbeat, Instant::now(), 0);
+        table.observe(&HeartbeatRef::of(&heartbeat), Instant::now(), 0);
     }
 
     /// One turn of the main loop with nothing but the clock: look, and

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use ocs_protocol::heartbeat::OperationRef;
 use ocs_protocol::{OpCode, proto};
 
 /// The strings in use, one copy each.
@@ -49,22 +50,22 @@ pub(super) struct Operation {
 pub(super) type Operations = Box<[Operation]>;
 
 /// The operations `op_codes` lists, their strings shared.
-pub(super) fn operations(
+pub(super) fn operations<'a>(
     strings: &mut SharedStrings,
-    op_codes: &[proto::OperationCode],
+    op_codes: impl IntoIterator<Item = OperationRef<'a>>,
 ) -> Operations {
     op_codes
-        .iter()
+        .into_iter()
         .map(|op| Operation {
-            name: strings.get(&op.op_name),
-            op_type: strings.get(&op.op_type),
+            name: strings.get(op.op_name),
+            op_type: strings.get(op.op_type),
             code: op.op_code,
         })
         .collect()
 }
 
 /// Whether a heartbeat's `op_codes` say what `operations` hold.
-pub(super) fn same_operations(operations: &[Operation], op_codes: &[proto::OperationCode]) -> bool {
+pub(super) fn same_operations(operations: &[Operation], op_codes: &[OperationRef<'_>]) -> bool {
     operations.len() == op_codes.len()
         && operations.iter().zip(op_codes).all(|(ours, theirs)| {
             ours.code == theirs.op_code
@@ -108,23 +109,27 @@ mod tests {
         }
     }
 
+    fn refs(ops: &[proto::OperationCode]) -> Vec<OperationRef<'_>> {
+        ops.iter().map(OperationRef::from).collect()
+    }
+
     #[test]
     fn operations_share_their_strings_compare_by_content_and_are_let_go() {
         let mut strings = SharedStrings::default();
         let said = [op("acq", 3, "process"), op("count", 1, "task")];
-        let first = operations(&mut strings, &said);
-        let second = operations(&mut strings, &said);
+        let first = operations(&mut strings, refs(&said));
+        let second = operations(&mut strings, refs(&said));
         assert!(Arc::ptr_eq(&first[0].name, &second[0].name));
         assert_eq!(strings.len(), 4);
-        assert!(same_operations(&first, &said));
-        assert!(!same_operations(&first, &said[..1]));
+        assert!(same_operations(&first, &refs(&said)));
+        assert!(!same_operations(&first, &refs(&said[..1])));
         assert!(!same_operations(
             &first,
-            &[op("acq", 5, "process"), op("count", 1, "task")]
+            &refs(&[op("acq", 5, "process"), op("count", 1, "task")])
         ));
         assert!(!same_operations(
             &first,
-            &[op("acq", 3, "task"), op("count", 1, "task")]
+            &refs(&[op("acq", 3, "task"), op("count", 1, "task")])
         ));
         assert_eq!(op_codes(&first), said);
         assert!(

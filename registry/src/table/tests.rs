@@ -62,6 +62,18 @@ impl AgentTable {
     fn expired_at(&mut self, now: Instant, now_unix_ms: i64) -> Vec<String> {
         self.expire_due(now, now_unix_ms).expired
     }
+
+    /// The earliest real deadline: `next_deadline` with the deadlines that
+    /// heartbeats moved on caught up, as the service's looks catch them up.
+    fn settled_next_deadline(&mut self) -> Option<Instant> {
+        loop {
+            let next = self.next_deadline()?;
+            self.settle(next);
+            if self.next_deadline() == Some(next) {
+                return Some(next);
+            }
+        }
+    }
 }
 
 #[test]
@@ -69,10 +81,14 @@ fn a_late_look_expires_with_the_deadline_each_agent_had() {
     let mut table = table();
     let t0 = Instant::now();
     let acq = [("acq", OpCode::Running)];
-    table.observe(&beat(FAKER, INCARNATION_A, 1, &acq), t0, 1000);
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 1, &acq)),
+        t0,
+        1000,
+    );
     let later = t0 + Duration::from_millis(300);
     table.observe(
-        &beat("observatory.other", INCARNATION_B, 1, &acq),
+        &HeartbeatRef::of(&beat("observatory.other", INCARNATION_B, 1, &acq)),
         later,
         1300,
     );
@@ -91,17 +107,26 @@ fn expires_exactly_at_the_deadline_and_records_that_moment() {
     let t0 = Instant::now();
     let acq = [("acq", OpCode::Running)];
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 1, &acq), t0, 1000),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 1, &acq)),
+            t0,
+            1000
+        ),
         Observation::New
     );
     assert_eq!(
         table.observe(
-            &beat(FAKER, INCARNATION_A, 2, &acq),
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 2, &acq)),
             t0 + Duration::from_secs(1),
             2000
         ),
         Observation::Refreshed
     );
+    // The service is woken where the first beat put the deadline, finds
+    // nobody due, and sleeps until where the second beat moved it.
+    let first = table.next_deadline().unwrap();
+    assert_eq!(first, t0 + Duration::from_secs(5));
+    assert!(table.expired_at(first, 6000).is_empty());
     assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(6)));
     assert!(
         table
@@ -128,9 +153,13 @@ fn a_restored_table_keeps_expiries_and_gives_the_living_a_fresh_timeout() {
     let t0 = Instant::now();
     let at = |ms: u64| t0 + Duration::from_millis(ms);
     let acq = [("acq", OpCode::Running)];
-    before.observe(&beat(FAKER, INCARNATION_A, 1, &acq), at(0), 1_000);
     before.observe(
-        &beat("observatory.other", INCARNATION_B, 1, &acq),
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 1, &acq)),
+        at(0),
+        1_000,
+    );
+    before.observe(
+        &HeartbeatRef::of(&beat("observatory.other", INCARNATION_B, 1, &acq)),
         at(4_000),
         5_000,
     );
@@ -183,7 +212,7 @@ fn a_restored_table_keeps_expiries_and_gives_the_living_a_fresh_timeout() {
     // Its next heartbeat (any seq) is accepted; a record heard live is not overwritten.
     assert_eq!(
         after.observe(
-            &beat(FAKER, INCARNATION_A, 1, &acq),
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 1, &acq)),
             t1 + Duration::from_secs(31),
             67_000
         ),
@@ -196,7 +225,11 @@ fn a_restored_table_keeps_expiries_and_gives_the_living_a_fresh_timeout() {
 fn a_restored_agent_is_unverified_until_heard() {
     let mut before = table();
     let t0 = Instant::now();
-    before.observe(&beat(FAKER, INCARNATION_A, 7, &[]), t0, 1_000);
+    before.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 7, &[])),
+        t0,
+        1_000,
+    );
     let stored = before.stored(FAKER, t0, 1_000).unwrap();
     let mut after = table();
     after.restore(stored, t0, 2_000);
@@ -204,7 +237,7 @@ fn a_restored_agent_is_unverified_until_heard() {
     assert_eq!(after.unverified(), 1);
     assert_eq!(
         after.observe(
-            &beat(FAKER, INCARNATION_A, 8, &[]),
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 8, &[])),
             t0 + Duration::from_secs(1),
             3_000
         ),
@@ -222,7 +255,11 @@ fn an_agent_flaps_after_three_expiries_in_the_window_and_settles_after_a_quiet_o
     let mut seq = 0;
     let mut beat_at = |table: &mut AgentTable, seconds: u64| {
         seq += 1;
-        table.observe(&beat(FAKER, INCARNATION_A, seq, &[]), at(seconds), 0);
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, seq, &[])),
+            at(seconds),
+            0,
+        );
     };
     // Expires twice: late, not flapping.
     for start in [0, 100] {
@@ -256,11 +293,23 @@ fn when_the_newer_copy_of_a_duplicate_leaves_the_record_falls_back_to_the_older_
     let t0 = Instant::now();
     let acq = [("acq", OpCode::Running)];
     let at = |millis: u64| t0 + Duration::from_millis(millis);
-    table.observe(&beat(FAKER, INCARNATION_A, 1, &acq), at(0), 0);
-    table.observe(&beat(FAKER, INCARNATION_B, 1, &[]), at(100), 100);
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 1, &acq)),
+        at(0),
+        0,
+    );
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_B, 1, &[])),
+        at(100),
+        100,
+    );
     // A still beats: a conflict, the record follows B.
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 2, &acq), at(1000), 1000),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 2, &acq)),
+            at(1000),
+            1000
+        ),
         Observation::Conflict { new: true }
     );
     // B stops gracefully: the record follows A at once, alive with A's op
@@ -268,7 +317,7 @@ fn when_the_newer_copy_of_a_duplicate_leaves_the_record_falls_back_to_the_older_
     let mut leaving = beat(FAKER, INCARNATION_B, 2, &[]);
     leaving.leaving = true;
     assert_eq!(
-        table.observe(&leaving, at(1200), 1200),
+        table.observe(&HeartbeatRef::of(&leaving), at(1200), 1200),
         Observation::Changed
     );
     let record = table.record(FAKER).unwrap();
@@ -280,22 +329,30 @@ fn when_the_newer_copy_of_a_duplicate_leaves_the_record_falls_back_to_the_older_
     // A's next beat is an ordinary one, and A expires a timeout after it
     // was last heard if it stops beating.
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 3, &acq), at(2000), 2000),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 3, &acq)),
+            at(2000),
+            2000
+        ),
         Observation::Refreshed
     );
     assert!(table.expired_at(at(6999), 6999).is_empty());
     assert_eq!(table.expired_at(at(7000), 7000), [FAKER]);
     // Without a confirmed conflict (a restart whose old copy died without a
     // word), the newer copy leaving is a departure: the dead one is not revived.
-    table.observe(&beat("observatory.other", INCARNATION_A, 1, &[]), at(0), 0);
     table.observe(
-        &beat("observatory.other", INCARNATION_B, 1, &[]),
+        &HeartbeatRef::of(&beat("observatory.other", INCARNATION_A, 1, &[])),
+        at(0),
+        0,
+    );
+    table.observe(
+        &HeartbeatRef::of(&beat("observatory.other", INCARNATION_B, 1, &[])),
         at(100),
         100,
     );
     let mut leaving = beat("observatory.other", INCARNATION_B, 2, &[]);
     leaving.leaving = true;
-    table.observe(&leaving, at(200), 200);
+    table.observe(&HeartbeatRef::of(&leaving), at(200), 200);
     let record = table.record("observatory.other").unwrap();
     assert_eq!(record.incarnation, INCARNATION_B);
     assert!(record.expired);
@@ -307,25 +364,45 @@ fn two_live_incarnations_at_one_address_are_a_conflict_until_one_stops() {
     let t0 = Instant::now();
     let acq = [("acq", OpCode::Running)];
     let at = |seconds: u64| t0 + Duration::from_secs(seconds);
-    table.observe(&beat(FAKER, INCARNATION_A, 1, &acq), at(0), 0);
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 1, &acq)),
+        at(0),
+        0,
+    );
     // B replaces A: as far as anyone can tell, a restart.
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_B, 1, &[]), at(1), 1000),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_B, 1, &[])),
+            at(1),
+            1000
+        ),
         Observation::Changed
     );
     assert!(table.record(FAKER).unwrap().conflict.is_none());
     // A is still alive: two processes run one instance. Its heartbeat is
     // dropped; the record follows B and names A.
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 2, &acq), at(1), 1000),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 2, &acq)),
+            at(1),
+            1000
+        ),
         Observation::Conflict { new: true }
     );
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 3, &acq), at(2), 2000),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 3, &acq)),
+            at(2),
+            2000
+        ),
         Observation::Conflict { new: false }
     );
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 3, &acq), at(2), 2000),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 3, &acq)),
+            at(2),
+            2000
+        ),
         Observation::Stale
     );
     let record = table.record(FAKER).unwrap();
@@ -335,25 +412,40 @@ fn two_live_incarnations_at_one_address_are_a_conflict_until_one_stops() {
     assert_eq!(table.conflicts(), 1);
     // B keeps beating; once A has been silent for a timeout the conflict ends.
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_B, 2, &[]), at(4), 4000),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_B, 2, &[])),
+            at(4),
+            4000
+        ),
         Observation::Refreshed
     );
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_B, 3, &[]), at(7), 7000),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_B, 3, &[])),
+            at(7),
+            7000
+        ),
         Observation::Changed
     );
     assert!(table.record(FAKER).unwrap().conflict.is_none());
     assert_eq!(table.conflicts(), 0);
     // A restart whose old incarnation says goodbye is never a conflict.
-    table.observe(&beat("observatory.other", INCARNATION_A, 1, &[]), at(0), 0);
     table.observe(
-        &beat("observatory.other", INCARNATION_B, 1, &[]),
+        &HeartbeatRef::of(&beat("observatory.other", INCARNATION_A, 1, &[])),
+        at(0),
+        0,
+    );
+    table.observe(
+        &HeartbeatRef::of(&beat("observatory.other", INCARNATION_B, 1, &[])),
         at(1),
         1000,
     );
     let mut leaving = beat("observatory.other", INCARNATION_A, 2, &[]);
     leaving.leaving = true;
-    assert_eq!(table.observe(&leaving, at(1), 1000), Observation::Refreshed);
+    assert_eq!(
+        table.observe(&HeartbeatRef::of(&leaving), at(1), 1000),
+        Observation::Refreshed
+    );
     assert_eq!(table.conflicts(), 0);
     assert!(!table.record("observatory.other").unwrap().expired);
 }
@@ -363,18 +455,34 @@ fn stale_heartbeats_are_dropped_and_new_incarnations_replace_op_codes() {
     let mut table = table();
     let t0 = Instant::now();
     let two_ops = [("acq", OpCode::Running), ("old_op", OpCode::None)];
-    table.observe(&beat(FAKER, INCARNATION_A, 5, &two_ops), t0, 0);
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 5, &two_ops)),
+        t0,
+        0,
+    );
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 5, &two_ops), t0, 0),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 5, &two_ops)),
+            t0,
+            0
+        ),
         Observation::Stale
     );
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 3, &two_ops), t0, 0),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 3, &two_ops)),
+            t0,
+            0
+        ),
         Observation::Stale
     );
     let one_op = [("acq", OpCode::None)];
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_B, 1, &one_op), t0, 0),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_B, 1, &one_op)),
+            t0,
+            0
+        ),
         Observation::Changed
     );
     let record = table.record(FAKER).unwrap();
@@ -391,10 +499,18 @@ fn stale_heartbeats_are_dropped_and_new_incarnations_replace_op_codes() {
 fn an_expired_agent_returns_on_its_next_heartbeat() {
     let mut table = table();
     let t0 = Instant::now();
-    table.observe(&beat(FAKER, INCARNATION_A, 1, &[]), t0, 0);
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 1, &[])),
+        t0,
+        0,
+    );
     table.expired_at(t0 + TIMEOUT, 5000);
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 9, &[]), t0 + TIMEOUT * 2, 10000),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 9, &[])),
+            t0 + TIMEOUT * 2,
+            10000
+        ),
         Observation::Changed
     );
     let record = table.record(FAKER).unwrap();
@@ -408,14 +524,18 @@ fn leaving_marks_at_once_and_forgetting_follows() {
     let mut table = table();
     let t0 = Instant::now();
     table.observe(
-        &beat(FAKER, INCARNATION_A, 1, &[("acq", OpCode::Running)]),
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 1, &[("acq", OpCode::Running)])),
         t0,
         0,
     );
     let mut leaving = beat(FAKER, INCARNATION_A, 2, &[("acq", OpCode::Succeeded)]);
     leaving.leaving = true;
     assert_eq!(
-        table.observe(&leaving, t0 + Duration::from_millis(10), 10),
+        table.observe(
+            &HeartbeatRef::of(&leaving),
+            t0 + Duration::from_millis(10),
+            10
+        ),
         Observation::Changed
     );
     assert_eq!(table.state(FAKER), Some(AgentState::Left));
@@ -439,7 +559,7 @@ fn the_table_is_bounded() {
     for i in 0..3 {
         assert_eq!(
             table.observe(
-                &beat(&format!("observatory.a{i}"), INCARNATION_A, 1, &[]),
+                &HeartbeatRef::of(&beat(&format!("observatory.a{i}"), INCARNATION_A, 1, &[])),
                 t0,
                 0
             ),
@@ -447,11 +567,19 @@ fn the_table_is_bounded() {
         );
     }
     assert_eq!(
-        table.observe(&beat("observatory.a3", INCARNATION_A, 1, &[]), t0, 0),
+        table.observe(
+            &HeartbeatRef::of(&beat("observatory.a3", INCARNATION_A, 1, &[])),
+            t0,
+            0
+        ),
         Observation::TableFull
     );
     assert_eq!(
-        table.observe(&beat("observatory.a0", INCARNATION_A, 2, &[]), t0, 0),
+        table.observe(
+            &HeartbeatRef::of(&beat("observatory.a0", INCARNATION_A, 2, &[])),
+            t0,
+            0
+        ),
         Observation::Refreshed
     );
     assert_eq!(table.len(), 3);
@@ -463,7 +591,7 @@ fn slow_agents_get_three_intervals() {
     let t0 = Instant::now();
     let mut slow = beat(FAKER, INCARNATION_A, 1, &[]);
     slow.interval_ms = 10_000;
-    table.observe(&slow, t0, 0);
+    table.observe(&HeartbeatRef::of(&slow), t0, 0);
     assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(30)));
 }
 
@@ -471,7 +599,11 @@ fn slow_agents_get_three_intervals() {
 fn fresh_timeouts_after_an_outage() {
     let mut table = table();
     let t0 = Instant::now();
-    table.observe(&beat(FAKER, INCARNATION_A, 1, &[]), t0, 0);
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 1, &[])),
+        t0,
+        0,
+    );
     let reconnected = t0 + Duration::from_secs(4);
     table.grant_fresh_timeouts(reconnected);
     assert!(table.expired_at(t0 + TIMEOUT, 0).is_empty());
@@ -488,7 +620,11 @@ fn a_sender_faster_than_the_rate_limit_is_cut_to_it() {
     // 20, then 10 per second.
     for seq in 1..=200u64 {
         let now = t0 + Duration::from_millis(seq * 10);
-        match table.observe(&beat(FAKER, INCARNATION_A, seq, &[]), now, 0) {
+        match table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, seq, &[])),
+            now,
+            0,
+        ) {
             Observation::RateLimited => limited += 1,
             _ => accepted += 1,
         }
@@ -500,7 +636,11 @@ fn a_sender_faster_than_the_rate_limit_is_cut_to_it() {
     for seq in 1..=30u64 {
         let now = t0 + Duration::from_millis(seq * 1000);
         assert_ne!(
-            table.observe(&beat(other, INCARNATION_A, seq, &[]), now, 0),
+            table.observe(
+                &HeartbeatRef::of(&beat(other, INCARNATION_A, seq, &[])),
+                now,
+                0
+            ),
             Observation::RateLimited
         );
     }
@@ -511,14 +651,21 @@ fn an_unchanged_beat_moves_the_deadline_and_takes_the_new_host_version_and_pid()
     let mut table = table();
     let t0 = Instant::now();
     let acq = [("acq", OpCode::Running)];
-    table.observe(&beat(FAKER, INCARNATION_A, 1, &acq), t0, 1_000);
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 1, &acq)),
+        t0,
+        1_000,
+    );
     let mut second = beat(FAKER, INCARNATION_A, 2, &acq);
     second.host = "daq2".into();
     second.agent_version = "1.1".into();
     second.pid = 77;
     let t1 = t0 + Duration::from_secs(1);
-    assert_eq!(table.observe(&second, t1, 2_000), Observation::Refreshed);
-    assert_eq!(table.next_deadline(), Some(t1 + TIMEOUT));
+    assert_eq!(
+        table.observe(&HeartbeatRef::of(&second), t1, 2_000),
+        Observation::Refreshed
+    );
+    assert_eq!(table.settled_next_deadline(), Some(t1 + TIMEOUT));
     assert!(
         table.expired_at(t0 + TIMEOUT, 6_000).is_empty(),
         "the first deadline no longer holds"
@@ -549,7 +696,7 @@ fn with_a_short_timeout_a_few_silent_agents_expire_without_a_hold() {
         for i in 0..beating {
             let mut heartbeat = beat(&address(i), INCARNATION_A, round + 1, &[]);
             heartbeat.interval_ms = 500;
-            table.observe(&heartbeat, now, 0);
+            table.observe(&HeartbeatRef::of(&heartbeat), now, 0);
         }
         let expired = table.expire_due(now + Duration::from_millis(499), 0);
         assert!(
@@ -577,7 +724,7 @@ fn most_agents_silent_at_once_holds_expiries_until_heartbeats_return() {
             // Spread over the second, as real heartbeats are.
             let now = at(ms + i as u64 * 50);
             table.observe(
-                &beat(&address(i), INCARNATION_A, seq, &[]),
+                &HeartbeatRef::of(&beat(&address(i), INCARNATION_A, seq, &[])),
                 now,
                 now_ms(now, t0),
             );
@@ -591,7 +738,7 @@ fn most_agents_silent_at_once_holds_expiries_until_heartbeats_return() {
     }
     // A partition: nobody is heard any more. At the first deadline the
     // registry holds instead of expiring twelve agents...
-    let first_deadline = table.next_deadline().unwrap();
+    let first_deadline = table.settled_next_deadline().unwrap();
     assert_eq!(first_deadline, at(7_000));
     let held = table.expire_due(first_deadline, 7_000);
     assert!(held.expired.is_empty());
@@ -643,27 +790,55 @@ fn a_duplicate_that_dies_leaves_the_record_to_the_survivor() {
     let acq = [("acq", OpCode::Running)];
     // A runs; B, the same instance started by mistake, displaces it.
     for seq in 1..=3 {
-        table.observe(&beat(FAKER, INCARNATION_A, seq, &acq), at(seq * 1000), 0);
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, seq, &acq)),
+            at(seq * 1000),
+            0,
+        );
     }
-    table.observe(&beat(FAKER, INCARNATION_B, 1, &acq), at(3_100), 0);
-    table.observe(&beat(FAKER, INCARNATION_B, 2, &acq), at(4_100), 0);
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_B, 1, &acq)),
+        at(3_100),
+        0,
+    );
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_B, 2, &acq)),
+        at(4_100),
+        0,
+    );
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 4, &acq), at(4_000), 0),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 4, &acq)),
+            at(4_000),
+            0
+        ),
         Observation::Conflict { new: true }
     );
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 5, &acq), at(5_000), 0),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 5, &acq)),
+            at(5_000),
+            0
+        ),
         Observation::Conflict { new: false }
     );
     // B is killed after its beat at 4.1 s; A keeps beating. Two of B's
     // intervals later A's next beat takes the record back, before B's
     // deadline could expire it.
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 6, &acq), at(6_000), 0),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 6, &acq)),
+            at(6_000),
+            0
+        ),
         Observation::Conflict { new: false }
     );
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 7, &acq), at(7_000), 0),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 7, &acq)),
+            at(7_000),
+            0
+        ),
         Observation::Changed
     );
     let record = table.record(FAKER).unwrap();
@@ -672,7 +847,11 @@ fn a_duplicate_that_dies_leaves_the_record_to_the_survivor() {
     assert_eq!(record.incarnations_seen, 2, "A is no new incarnation");
     assert!(record.conflict.is_none(), "B is gone: no conflict");
     for seq in 8..=20 {
-        table.observe(&beat(FAKER, INCARNATION_A, seq, &acq), at(seq * 1000), 0);
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, seq, &acq)),
+            at(seq * 1000),
+            0,
+        );
         assert!(table.expired_at(at(seq * 1000), 0).is_empty());
     }
     assert_eq!(table.state(FAKER), Some(AgentState::Alive));
@@ -684,11 +863,19 @@ fn one_forged_beat_of_another_incarnation_does_not_expire_the_agent() {
     let mut table = table();
     let t0 = Instant::now();
     let at = |ms: u64| t0 + Duration::from_millis(ms);
-    table.observe(&beat(FAKER, INCARNATION_A, 1, &[]), at(0), 0);
-    table.observe(&beat(FAKER, INCARNATION_B, 1, &[]), at(500), 0);
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 1, &[])),
+        at(0),
+        0,
+    );
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_B, 1, &[])),
+        at(500),
+        0,
+    );
     for seq in 2..=12 {
         table.observe(
-            &beat(FAKER, INCARNATION_A, seq, &[]),
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, seq, &[])),
             at(seq * 1000 - 1000),
             0,
         );
@@ -704,34 +891,68 @@ fn a_forged_seq_is_refused_or_overruled_within_two_intervals() {
     let mut table = table();
     let t0 = Instant::now();
     let at = |ms: u64| t0 + Duration::from_millis(ms);
-    table.observe(&beat(FAKER, INCARNATION_A, 1, &[]), at(0), 0);
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 1, &[])),
+        at(0),
+        0,
+    );
     // Far beyond anything an agent counts: refused outright, as is a
     // goodbye that jumps.
     let mut poison = beat(FAKER, INCARNATION_A, u64::MAX, &[]);
-    assert_eq!(table.observe(&poison, at(100), 0), Observation::SeqJump);
-    poison.leaving = true;
-    assert_eq!(table.observe(&poison, at(200), 0), Observation::SeqJump);
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 2, &[]), at(1_000), 0),
+        table.observe(&HeartbeatRef::of(&poison), at(100), 0),
+        Observation::SeqJump
+    );
+    poison.leaving = true;
+    assert_eq!(
+        table.observe(&HeartbeatRef::of(&poison), at(200), 0),
+        Observation::SeqJump
+    );
+    assert_eq!(
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 2, &[])),
+            at(1_000),
+            0
+        ),
         Observation::Refreshed
     );
     // A plausible forged seq is accepted; the real beats that follow are
     // stale only until two intervals pass, then they win again.
-    table.observe(&beat(FAKER, INCARNATION_A, 60, &[]), at(1_100), 0);
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 60, &[])),
+        at(1_100),
+        0,
+    );
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 3, &[]), at(2_000), 0),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 3, &[])),
+            at(2_000),
+            0
+        ),
         Observation::Stale
     );
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 4, &[]), at(3_000), 0),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 4, &[])),
+            at(3_000),
+            0
+        ),
         Observation::Stale
     );
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 5, &[]), at(4_000), 0),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 5, &[])),
+            at(4_000),
+            0
+        ),
         Observation::Resynced
     );
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 6, &[]), at(5_000), 0),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 6, &[])),
+            at(5_000),
+            0
+        ),
         Observation::Refreshed
     );
     assert!(table.expired_at(at(5_000), 0).is_empty());
@@ -739,10 +960,14 @@ fn a_forged_seq_is_refused_or_overruled_within_two_intervals() {
     // brings it back at once.
     let mut goodbye = beat(FAKER, INCARNATION_A, 9, &[]);
     goodbye.leaving = true;
-    table.observe(&goodbye, at(5_100), 0);
+    table.observe(&HeartbeatRef::of(&goodbye), at(5_100), 0);
     assert_eq!(table.state(FAKER), Some(AgentState::Left));
     assert_eq!(
-        table.observe(&beat(FAKER, INCARNATION_A, 7, &[]), at(6_000), 0),
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 7, &[])),
+            at(6_000),
+            0
+        ),
         Observation::Resynced
     );
     assert_eq!(table.state(FAKER), Some(AgentState::Alive));
@@ -765,7 +990,11 @@ fn one_off_beats_never_hold_and_a_hold_ends_after_its_maximum() {
     // Twenty single beats from new addresses, then silence: nothing to hold.
     let mut table = AgentTable::new(config.clone());
     for i in 0..20 {
-        table.observe(&beat(&address(i), INCARNATION_A, 1, &[]), at(0), 0);
+        table.observe(
+            &HeartbeatRef::of(&beat(&address(i), INCARNATION_A, 1, &[])),
+            at(0),
+            0,
+        );
     }
     assert_eq!(table.expired_at(at(5_000), 5_000).len(), 20);
     assert!(!table.holding());
@@ -776,7 +1005,7 @@ fn one_off_beats_never_hold_and_a_hold_ends_after_its_maximum() {
     for seq in 1..=3u64 {
         for i in 0..12 {
             table.observe(
-                &beat(&address(i), INCARNATION_A, seq, &[]),
+                &HeartbeatRef::of(&beat(&address(i), INCARNATION_A, seq, &[])),
                 at(seq * 1000),
                 0,
             );
@@ -862,7 +1091,7 @@ mod properties {
                         );
                         heartbeat.leaving = leaving;
                         let now = t0 + Duration::from_millis(elapsed_ms);
-                        table.observe(&heartbeat, now, elapsed_ms as i64);
+                        table.observe(&HeartbeatRef::of(&heartbeat), now, elapsed_ms as i64);
                     }
                     Step::Advance(ms) => {
                         elapsed_ms += ms;
