@@ -8,6 +8,7 @@
 //! next one: expiry is detected at the deadline, not at the next poll.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,12 @@ impl TableConfig {
 /// agents heartbeat about once a second, so a partition makes all their
 /// deadlines pass within about a second.
 const HOLD_WINDOW: Duration = Duration::from_secs(2);
+
+/// How often the schedule of alive agents catches up with their heartbeats
+/// (see [`AgentTable::catch_up_schedule`]) while any are alive: each look
+/// reschedules those that came within the hold horizon since the last, so a
+/// look at 100,000 agents moves a few thousand keys, not half the fleet.
+const CATCH_UP_EVERY: Duration = Duration::from_millis(100);
 /// How often a holding table looks again whether heartbeats returned.
 const HOLD_RECHECK: Duration = Duration::from_millis(250);
 /// Accepted heartbeats before an address counts for self-preservation: a
@@ -192,7 +199,8 @@ struct Entry {
     state: AgentState,
     /// Where the entry is scheduled in `expiries` (alive) or `forgets`. An
     /// alive agent is due at [`AgentTable::due`], which unchanged heartbeats
-    /// move past this without rescheduling it; see [`AgentTable::settle`].
+    /// move past this without rescheduling it; see
+    /// [`AgentTable::catch_up_schedule`].
     deadline: Instant,
     first_seen_unix_ms: i64,
     last_updated_unix_ms: i64,
@@ -325,6 +333,11 @@ pub struct AgentTable {
     hold: Option<Hold>,
     /// After a hold ran out, none starts again before this.
     no_hold_until: Option<Instant>,
+    /// When the schedule last caught up: every alive agent's key up to the
+    /// hold horizon from then is its real deadline.
+    caught_up_at: Option<Instant>,
+    /// The empty address, which sorts first: a bound for ranges of keys.
+    no_address: Arc<str>,
 }
 
 /// Self-preservation in progress.
@@ -443,6 +456,8 @@ impl AgentTable {
             forgets: BTreeSet::new(),
             hold: None,
             no_hold_until: None,
+            caught_up_at: None,
+            no_address: Arc::from(""),
         }
     }
 
@@ -464,11 +479,8 @@ impl AgentTable {
         if min == 0 || self.expiries.len() < min {
             return false;
         }
-        // With a short timeout every beating agent's deadline lies within
-        // HOLD_WINDOW of now; half the timeout still separates the silent
-        // (due soon) from those beating (due a timeout less an interval away).
-        let horizon = now + HOLD_WINDOW.min(self.config.agent_timeout / 2);
-        self.settle(horizon);
+        let horizon = now + self.hold_horizon();
+        self.catch_up_schedule(now);
         let due = self
             .expiries
             .iter()
@@ -519,16 +531,35 @@ impl AgentTable {
             .max(entry.last_heard + self.config.timeout_for(entry.interval_ms))
     }
 
-    /// Makes the schedule of alive agents exact up to `until`: each one
-    /// scheduled by then whose heartbeats have since moved its deadline on
-    /// is rescheduled at its real deadline. Unchanged heartbeats only move
-    /// `last_heard` (no reordering of `expiries` for each of a hundred
-    /// thousand beats a second); the schedule catches up here, about once
-    /// per timeout for each agent.
-    fn settle(&mut self, until: Instant) {
+    /// How far ahead self-preservation looks for agents due together. With
+    /// a short timeout every beating agent's deadline lies within HOLD_WINDOW
+    /// of now; half the timeout still separates the silent (due soon) from
+    /// those beating (due a timeout less an interval away).
+    fn hold_horizon(&self) -> Duration {
+        HOLD_WINDOW.min(self.config.agent_timeout / 2)
+    }
+
+    /// Makes the schedule of alive agents exact up to the hold horizon from
+    /// `now`: each agent scheduled by then whose heartbeats have since moved
+    /// its deadline on is rescheduled at its real deadline.
+    ///
+    /// Unchanged heartbeats only move `last_heard`, so a hundred thousand
+    /// beats a second do not each reorder `expiries` (or allocate a node of
+    /// it now and then); the schedule catches up here, once per timeout less
+    /// the horizon for each agent. Exact up to the horizon, the keys tell
+    /// expiry and self-preservation who is really due without a look at
+    /// each entry, as they did when every beat rescheduled.
+    fn catch_up_schedule(&mut self, now: Instant) {
+        let until = now + self.hold_horizon();
+        let from = self.caught_up_to().filter(|from| *from < until);
+        // Keys up to `from` are exact already: start after them.
+        let start = match from {
+            Some(from) => Bound::Included((from, self.no_address.clone())),
+            None => Bound::Unbounded,
+        };
         let moved: Vec<(Instant, Instant, Arc<str>)> = self
             .expiries
-            .iter()
+            .range((start, Bound::Unbounded))
             .take_while(|(scheduled, _)| *scheduled <= until)
             .filter_map(|(scheduled, address)| {
                 let due = self.due(self.agents.get(address)?);
@@ -536,12 +567,23 @@ impl AgentTable {
             })
             .collect();
         for (scheduled, due, address) in moved {
-            self.expiries.remove(&(scheduled, address.clone()));
-            if let Some(entry) = self.agents.get_mut(&address) {
-                entry.deadline = due;
-            }
-            self.expiries.insert((due, address));
+            self.reschedule_alive(scheduled, due, address);
         }
+        self.caught_up_at = Some(self.caught_up_at.map_or(now, |at| at.max(now)));
+    }
+
+    /// Up to where the schedule of alive agents is exact.
+    fn caught_up_to(&self) -> Option<Instant> {
+        self.caught_up_at.map(|at| at + self.hold_horizon())
+    }
+
+    /// Moves an alive agent's key from `scheduled` to `due`.
+    fn reschedule_alive(&mut self, scheduled: Instant, due: Instant, address: Arc<str>) {
+        self.expiries.remove(&(scheduled, address.clone()));
+        if let Some(entry) = self.agents.get_mut(&address) {
+            entry.deadline = due;
+        }
+        self.expiries.insert((due, address));
     }
 
     /// Unschedules whatever deadline `address` has.
@@ -594,6 +636,12 @@ impl AgentTable {
             if refresh_in_place(&mut self.strings, entry, heartbeat, now, now_unix_ms) {
                 if !was_steady && entry.beats >= STEADY_BEATS {
                     self.steady_alive += 1;
+                }
+                let scheduled = entry.deadline;
+                if self.caught_up_to().is_some_and(|exact| scheduled <= exact) {
+                    // A late beat of an agent due within the horizon: its key
+                    // must stay exact there.
+                    self.reschedule_alive(scheduled, now + timeout, self.shared_address(address));
                 }
                 return Observation::Refreshed;
             }
@@ -881,10 +929,11 @@ impl AgentTable {
     /// may turn out to have moved later when [`AgentTable::expire_due`]
     /// looks: heartbeats move deadlines without rescheduling them.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let expiry = self
-            .hold
-            .map(|hold| hold.recheck)
-            .or_else(|| self.expiries.first().map(|(at, _)| *at));
+        let expiry = self.hold.map(|hold| hold.recheck).or_else(|| {
+            let first = self.expiries.first().map(|(at, _)| *at)?;
+            let catch_up = self.caught_up_at.map(|at| at + CATCH_UP_EVERY);
+            Some(catch_up.map_or(first, |catch_up| first.min(catch_up)))
+        });
         let forget = self.forgets.first().map(|(at, _)| *at);
         match (expiry, forget) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -904,7 +953,7 @@ impl AgentTable {
     /// silent agents expire after all.
     pub fn expire_due(&mut self, now: Instant, now_unix_ms: i64) -> Expiries {
         let mut outcome = Expiries::default();
-        self.settle(now);
+        self.catch_up_schedule(now);
         let due_now = self
             .expiries
             .first()

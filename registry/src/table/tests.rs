@@ -63,16 +63,14 @@ impl AgentTable {
         self.expire_due(now, now_unix_ms).expired
     }
 
-    /// The earliest real deadline: `next_deadline` with the deadlines that
-    /// heartbeats moved on caught up, as the service's looks catch them up.
-    fn settled_next_deadline(&mut self) -> Option<Instant> {
-        loop {
-            let next = self.next_deadline()?;
-            self.settle(next);
-            if self.next_deadline() == Some(next) {
-                return Some(next);
-            }
-        }
+    /// The earliest deadline of an alive agent, which `next_deadline` may
+    /// precede (heartbeats move deadlines without rescheduling them).
+    fn earliest_due(&self) -> Option<Instant> {
+        self.agents
+            .values()
+            .filter(|entry| entry.state == AgentState::Alive)
+            .map(|entry| self.due(entry))
+            .min()
     }
 }
 
@@ -122,12 +120,13 @@ fn expires_exactly_at_the_deadline_and_records_that_moment() {
         ),
         Observation::Refreshed
     );
-    // The service is woken where the first beat put the deadline, finds
-    // nobody due, and sleeps until where the second beat moved it.
-    let first = table.next_deadline().unwrap();
-    assert_eq!(first, t0 + Duration::from_secs(5));
-    assert!(table.expired_at(first, 6000).is_empty());
-    assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(6)));
+    assert_eq!(table.earliest_due(), Some(t0 + Duration::from_secs(6)));
+    // Woken early (where the first beat put the deadline), nobody expires.
+    assert!(
+        table
+            .expired_at(t0 + Duration::from_secs(5), 6000)
+            .is_empty()
+    );
     assert!(
         table
             .expired_at(t0 + Duration::from_millis(5999), 6999)
@@ -516,7 +515,36 @@ fn an_expired_agent_returns_on_its_next_heartbeat() {
     let record = table.record(FAKER).unwrap();
     assert!(!record.expired);
     assert_eq!(record.time_expired_unix_ms, 0);
-    assert_eq!(table.next_deadline(), Some(t0 + TIMEOUT * 3));
+    assert_eq!(table.earliest_due(), Some(t0 + TIMEOUT * 3));
+}
+
+#[test]
+fn a_late_beat_close_to_the_deadline_still_moves_it() {
+    let mut table = table();
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    table.observe(
+        &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 1, &[])),
+        at(0),
+        0,
+    );
+    // A look 4 s on finds the agent due within the hold horizon...
+    assert!(table.expired_at(at(4_000), 4_000).is_empty());
+    // ...then it beats, late but in time, and is due 5 s after that.
+    assert_eq!(
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 2, &[])),
+            at(4_500),
+            4_500
+        ),
+        Observation::Refreshed
+    );
+    assert!(
+        table.expired_at(at(5_000), 5_000).is_empty(),
+        "alive at its old deadline"
+    );
+    assert!(table.expired_at(at(9_499), 9_499).is_empty());
+    assert_eq!(table.expired_at(at(9_500), 9_500), [FAKER]);
 }
 
 #[test]
@@ -665,7 +693,7 @@ fn an_unchanged_beat_moves_the_deadline_and_takes_the_new_host_version_and_pid()
         table.observe(&HeartbeatRef::of(&second), t1, 2_000),
         Observation::Refreshed
     );
-    assert_eq!(table.settled_next_deadline(), Some(t1 + TIMEOUT));
+    assert_eq!(table.earliest_due(), Some(t1 + TIMEOUT));
     assert!(
         table.expired_at(t0 + TIMEOUT, 6_000).is_empty(),
         "the first deadline no longer holds"
@@ -738,7 +766,7 @@ fn most_agents_silent_at_once_holds_expiries_until_heartbeats_return() {
     }
     // A partition: nobody is heard any more. At the first deadline the
     // registry holds instead of expiring twelve agents...
-    let first_deadline = table.settled_next_deadline().unwrap();
+    let first_deadline = table.earliest_due().unwrap();
     assert_eq!(first_deadline, at(7_000));
     let held = table.expire_due(first_deadline, 7_000);
     assert!(held.expired.is_empty());
