@@ -1,0 +1,56 @@
+"""Connecting to NATS as the Rust binaries do: URL(s), user and password or
+a credentials file, and TLS, from the same options and environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import ssl
+
+import nats
+
+log = logging.getLogger("ocs_nats.connection")
+
+
+def connect_options(args: argparse.Namespace, name: str) -> dict:
+    """``nats.connect`` keyword arguments for ``args`` (see ``site_config``)."""
+    options: dict = {
+        "servers": [url.strip() for url in args.nats_url.split(",") if url.strip()],
+        "name": name,
+        # Agents run for months: never give up on the server.
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "allow_reconnect": True,
+    }
+    user, password = getattr(args, "nats_user", None), getattr(args, "nats_password", None)
+    if user and password:
+        options["user"], options["password"] = user, password
+    if getattr(args, "nats_creds", None):
+        options["user_credentials"] = args.nats_creds
+    if getattr(args, "nats_tls_ca", None):
+        context = ssl.create_default_context(cafile=args.nats_tls_ca)
+        if getattr(args, "nats_tls_cert", None):
+            context.load_cert_chain(args.nats_tls_cert, args.nats_tls_key)
+        options["tls"] = context
+    return options
+
+
+async def connect(
+    args: argparse.Namespace, name: str, retry_initial: bool = False, **callbacks
+) -> nats.NATS:
+    """Connects; with ``retry_initial`` (agents) it keeps trying until the
+    server answers, as a server that starts after its agents is normal."""
+    delay = 0.1
+    warned = False
+    while True:
+        try:
+            return await nats.connect(**connect_options(args, name), **callbacks)
+        except Exception as err:
+            if not retry_initial:
+                raise
+            if not warned:
+                log.warning("cannot reach NATS at %s (%s); retrying", args.nats_url, err)
+                warned = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -1,0 +1,240 @@
+"""OCS's ``ocs.ocs_client`` on ocs-nats: scripts port by changing the import.
+
+``OCSClient('faker1')`` reads the agent's ``api`` and makes each operation an
+attribute: ``client.acq.start()``, ``.wait(timeout=)``, ``.status()``,
+``.stop()`` (processes), ``.abort()`` (tasks), and ``client.count(n=3)`` runs a
+task to its end. Replies are OCS's ``OCSReply(status, msg, session)``. It
+talks to Rust and Python agents alike, and to the registry
+(``OCSClient('registry').main.status()``).
+
+The client is synchronous, as OCS's: a private event loop in a daemon thread
+carries its NATS connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import threading
+import time
+
+from . import ResponseCode, wire
+from . import ocs_pb2 as pb
+from .connection import connect
+
+#: Bounds every request but ``wait``, which waits as long as asked.
+REQUEST_TIMEOUT = 10.0
+#: A ``wait`` without a timeout waits this long per request, then asks again.
+WAIT_SLICE = 3600.0
+
+
+class OCSReply(collections.namedtuple("_OCSReply", ["status", "msg", "session"])):
+    """``(status, msg, session)``, shown as OCS shows it."""
+
+    def __repr__(self) -> str:
+        try:
+            ok = ResponseCode(self.status).name
+        except ValueError:
+            ok = "???"
+        text = f"OCSReply: {ok} : {self.msg}\n"
+        session = self.session
+        if not session:
+            return text + "  (no session -- op has never run)"
+        try:
+            run = f"status={session['status']}"
+            if session["status"] in ("starting", "running"):
+                run += f" for {_humanized(time.time() - session['start_time'])}"
+            elif session["status"] == "done":
+                run += " without error" if session["success"] else " with ERROR"
+                run += (
+                    f" {_humanized(time.time() - session['end_time'])} ago, "
+                    f"took {_humanized(session['end_time'] - session['start_time'])}"
+                )
+            text += f"  {session['op_name']}[session={session['session_id']}]; {run}\n"
+            messages = session.get("messages", [])
+            if messages:
+                shown = messages[-5:]
+                text += f"  messages ({len(shown)} of {len(messages)}):\n"
+                for timestamp, message in shown:
+                    text += f"    {timestamp:.3f} {message}\n"
+            shown_keys = {
+                "op_name",
+                "session_id",
+                "status",
+                "start_time",
+                "end_time",
+                "messages",
+                "success",
+            }
+            other = [key for key in session if key not in shown_keys]
+            if other:
+                text += "  other keys in .session: " + ", ".join(other)
+        except Exception as err:
+            text += (
+                f"\n  [session decode failed with exception: {err.args}\n"
+                f"  Here is everything in .session:\n {session}\n]"
+            )
+        return text
+
+
+def _humanized(seconds: float) -> str:
+    if abs(seconds) < 1:
+        return f"{seconds:.6f} s"
+    if abs(seconds) < 120:
+        return f"{seconds:.1f} s"
+    if abs(seconds) < 120 * 60:
+        return f"{seconds / 60:.1f} mins"
+    if abs(seconds) < 48 * 3600:
+        return f"{seconds / 3600:.1f} hrs"
+    return f"{seconds / 86400:.1f} days"
+
+
+class _Connection:
+    """A NATS connection on a private event loop, for synchronous callers."""
+
+    def __init__(self, args: argparse.Namespace, name: str):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+        try:
+            self._nc = self.call(connect(args, name=name), timeout=REQUEST_TIMEOUT)
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            raise
+
+    def call(self, coroutine, timeout: float):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def request(self, subject: str, body: bytes, timeout: float) -> bytes:
+        async def ask():
+            return (await self._nc.request(subject, body, timeout=timeout)).data
+
+        return self.call(ask(), timeout + 1.0)
+
+    def close(self) -> None:
+        try:
+            self.call(self._nc.close(), timeout=2.0)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _default_args() -> argparse.Namespace:
+    env = os.environ.get
+    return argparse.Namespace(
+        nats_url=env("NATS_URL", "nats://127.0.0.1:4222"),
+        address_root=env("OCS_ADDRESS_ROOT", "observatory"),
+        nats_user=env("NATS_USER"),
+        nats_password=env("NATS_PASSWORD"),
+        nats_creds=env("NATS_CREDS"),
+        nats_tls_ca=env("NATS_TLS_CA"),
+        nats_tls_cert=env("NATS_TLS_CERT"),
+        nats_tls_key=env("NATS_TLS_KEY"),
+    )
+
+
+class ControlClient:
+    """Requests to one agent: ``request(action, op_name, ...)`` returns
+    OCS's ``(status, message, session)``."""
+
+    def __init__(self, instance_id: str, args: argparse.Namespace | None = None):
+        args = args if args is not None else _default_args()
+        self.address = f"{args.address_root}.{instance_id}"
+        self._connection = _Connection(args, f"ocs-client {self.address}")
+
+    def request(self, action, op_name, params=None, timeout=None):
+        body = wire.encode_request(params, timeout)
+        subject = wire.ops_subject(self.address, action, op_name)
+        if action == "wait":
+            waited = REQUEST_TIMEOUT if timeout is None else max(timeout, 0) + REQUEST_TIMEOUT
+            if timeout is None:
+                # Without a limit: ask in long slices, as OCS waits forever.
+                while True:
+                    body = wire.encode_request(None, WAIT_SLICE)
+                    reply = self._decode(
+                        self._connection.request(subject, body, WAIT_SLICE + REQUEST_TIMEOUT)
+                    )
+                    if reply[0] != ResponseCode.TIMEOUT:
+                        return reply
+        else:
+            waited = REQUEST_TIMEOUT
+        return self._decode(self._connection.request(subject, body, waited))
+
+    def get_api(self) -> pb.ApiReply:
+        data = self._connection.request(wire.api_subject(self.address), b"", REQUEST_TIMEOUT)
+        return pb.ApiReply.FromString(data)
+
+    @staticmethod
+    def _decode(data: bytes):
+        reply = pb.OperationReply.FromString(data)
+        session = wire.session_from_pb(reply.session) if reply.HasField("session") else {}
+        return ResponseCode(reply.status), reply.message, session
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class _Operation:
+    def __init__(self, client: ControlClient, name: str, docstring: str):
+        self._client, self._name = client, name
+        self.__doc__ = docstring
+
+    def start(self, **params) -> OCSReply:
+        return OCSReply(*self._client.request("start", self._name, params=params))
+
+    def wait(self, timeout: float | None = None) -> OCSReply:
+        return OCSReply(*self._client.request("wait", self._name, timeout=timeout))
+
+    def status(self) -> OCSReply:
+        return OCSReply(*self._client.request("status", self._name))
+
+
+class _Task(_Operation):
+    def abort(self) -> OCSReply:
+        return OCSReply(*self._client.request("abort", self._name))
+
+    def __call__(self, **params) -> OCSReply:
+        """Starts the task and, if that succeeds, waits for its end."""
+        reply = self.start(**params)
+        if reply.status != ResponseCode.OK:
+            return reply
+        return self.wait()
+
+
+class _Process(_Operation):
+    def stop(self) -> OCSReply:
+        return OCSReply(*self._client.request("stop", self._name))
+
+    def __call__(self) -> OCSReply:
+        """The process's status."""
+        return self.status()
+
+
+class OCSClient:
+    """OCS's simple client: the agent's operations as attributes."""
+
+    def __init__(self, instance_id: str, args: argparse.Namespace | None = None, **_):
+        self.instance_id = instance_id
+        self._client = ControlClient(instance_id, args)
+        try:
+            self._api = self._client.get_api()
+        except BaseException:
+            # No agent answers (yet): a script may retry, and must not leak
+            # a connection per attempt.
+            self._client.close()
+            raise
+        self.agent_class = self._api.agent_class
+        for info in self._api.operations:
+            kind = _Task if info.op_type == "task" else _Process
+            setattr(
+                self,
+                info.op_name.replace("-", "_"),
+                kind(self._client, info.op_name, info.docstring),
+            )
+
+    def __repr__(self) -> str:
+        return f"OCSClient('{self.instance_id}')"
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,220 @@
+"""The Python agent and client against a real nats-server, the registry and
+the ``ocs`` CLI's conformance kit."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+
+import nats
+from conftest import binary, wait_for
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+
+from ocs_nats import ERROR, OK, TIMEOUT, OpCode
+from ocs_nats import ocs_pb2 as pb
+from ocs_nats.ocs_client import OCSClient
+from ocs_nats.wire import SESSIONS_BUCKET
+
+
+def stored_session(nats_url, key):
+    """The session journal's last entry under ``key``, read as any client would."""
+
+    async def read():
+        nc = await nats.connect(nats_url)
+        try:
+            kv = await nc.jetstream().key_value(SESSIONS_BUCKET)
+            return pb.StoredSession.FromString((await kv.get(key)).value)
+        except (KeyNotFoundError, BucketNotFoundError, NotFoundError):
+            return None
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def registry_record(client_args, address):
+    registry = OCSClient("registry", args=client_args)
+    try:
+        return registry.main.status().session["data"].get(address)
+    finally:
+        registry.close()
+
+
+def test_a_task_runs_through_the_client_as_in_ocs(registry, start_agent, client_args):
+    start_agent("pyfaker1")
+    client = OCSClient("pyfaker1", args=client_args)
+    try:
+        reply = client.count(target=3, interval=0.01)
+        assert reply.status == OK, reply
+        assert reply.msg == 'Operation "count" is currently not running (SUCCEEDED).'
+        assert reply.session["success"] is True
+        assert reply.session["data"] == {"count": 3}
+        assert reply.session["op_code"] == OpCode.SUCCEEDED
+        assert [m[1] for m in reply.session["messages"]][-1] == 'Status is now "done".'
+        assert "Counted to 3." in [m[1] for m in reply.session["messages"]]
+        assert repr(reply).startswith(
+            'OCSReply: OK : Operation "count" is currently not running (SUCCEEDED).\n'
+            "  count[session=0]; status=done without error"
+        )
+        assert repr(client) == "OCSClient('pyfaker1')"
+        assert "Count from 1 to" in client.count.__doc__
+    finally:
+        client.close()
+
+
+def test_params_are_checked_before_anything_runs(registry, start_agent, client_args):
+    start_agent("pyfaker2")
+    client = OCSClient("pyfaker2", args=client_args)
+    try:
+        bad_type = client.count.start(target="three")
+        assert bad_type.status == ERROR
+        assert bad_type.msg.startswith("Param error for \"count\": param 'target' must be int")
+        assert bad_type.session == {}
+        out_of_range = client.count.start(target=1000)
+        assert out_of_range.msg == (
+            "Param error for \"count\": param 'target'=1000 fails its check"
+        )
+        unknown = client.count.start(target=1, colour="red")
+        assert unknown.msg == 'Param error for "count": unexpected param(s): colour'
+        assert client.count.status().msg == "No session active."
+        never = client.count.status()
+        assert repr(never).endswith("(no session -- op has never run)")
+    finally:
+        client.close()
+
+
+def test_a_process_runs_until_stopped_and_the_registry_shows_it(registry, start_agent, client_args):
+    start_agent("pyfaker3")
+    client = OCSClient("pyfaker3", args=client_args)
+    try:
+        started = client.acq.start()
+        assert (started.status, started.msg) == (OK, 'Started process "acq".')
+        wait_for(lambda: client.acq.status().session["status"] == "running", 5, "acq to run")
+        wait_for(
+            lambda: (
+                (registry_record(client_args, "observatory.pyfaker3") or {})
+                .get("op_codes", {})
+                .get("acq")
+                == OpCode.RUNNING
+            ),
+            10,
+            "the registry to show acq running",
+        )
+        running = client.acq.status()
+        assert set(running.session["data"]["fields"]) == {"channel_00", "channel_01"}
+        again = client.acq.start()
+        assert (again.status, again.msg) == (ERROR, 'Operation "acq" already in progress.')
+        assert client.acq.abort if hasattr(client.acq, "abort") else True
+        stop = client.acq.stop()
+        assert (stop.status, stop.msg) == (OK, 'Requested stop on process "acq".')
+        done = client.acq.wait(timeout=10)
+        assert done.status == OK and done.session["success"] is True, done
+        assert client.acq.stop().msg == "The operation is already done"
+        record = registry_record(client_args, "observatory.pyfaker3")
+        assert record["agent_class"] == "PyFakeDataAgent"
+        assert record["state"] == "alive"
+    finally:
+        client.close()
+
+
+def test_a_coroutine_task_waits_times_out_and_aborts(registry, start_agent, client_args):
+    start_agent("pyfaker4")
+    client = OCSClient("pyfaker4", args=client_args)
+    try:
+        assert client.delay_task.start(delay=30).status == OK
+        timed_out = client.delay_task.wait(timeout=0.3)
+        assert timed_out.status == TIMEOUT
+        assert timed_out.msg == 'Operation "delay_task" still running; wait timed out.'
+        assert client.delay_task.abort().msg == 'Requested abort on task "delay_task".'
+        ended = client.delay_task.wait(timeout=5)
+        assert ended.msg == 'Operation "delay_task" is currently not running (FAILED).'
+        assert ended.session["success"] is False
+        failing = client.delay_task(delay=0, succeed=False)
+        assert failing.session["success"] is False
+        assert "Failed as requested." in [m[1] for m in failing.session["messages"]]
+    finally:
+        client.close()
+
+
+def test_the_agent_passes_the_conformance_kit(registry, start_agent, env):
+    agent = start_agent("pyfaker5")
+    result = subprocess.run(
+        [
+            binary("ocs"),
+            "conformance",
+            "pyfaker5",
+            "--exercise",
+            "count",
+            "--param",
+            "target=2",
+            "--pid",
+            str(agent.pid),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr + agent.output()
+    assert agent.wait(10) == 0
+
+
+def test_a_run_its_process_died_in_is_failed_by_the_next_incarnation(
+    registry, start_agent, client_args
+):
+    first = start_agent("pyfaker6")
+    client = OCSClient("pyfaker6", args=client_args)
+    try:
+        assert client.delay_task.start(delay=60).status == OK
+        # The journal holds the running session before the process dies.
+        wait_for(
+            lambda: (
+                (stored := stored_session(client_args.nats_url, "observatory.pyfaker6.delay_task"))
+                and stored.session.status == "running"
+            ),
+            10,
+            "the journal to hold the running session",
+        )
+        first.signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        client.close()
+    second = start_agent("pyfaker6")
+    client = OCSClient("pyfaker6", args=client_args)
+    try:
+        status = wait_for(
+            lambda: (reply := client.delay_task.status()).session and reply,
+            10,
+            "the last session to be restored",
+        )
+        session = status.session
+        assert (session["status"], session["success"]) == ("done", False), status
+        assert session["op_code"] == OpCode.FAILED
+        assert any(
+            "The agent died while this operation was running" in m[1] for m in session["messages"]
+        )
+        # A new run gets the next session id.
+        assert client.count.start(target=1, interval=0).session["session_id"] >= 1
+    finally:
+        client.close()
+        second.stop()
+
+
+def test_sigterm_says_goodbye_and_the_registry_shows_it_left(registry, start_agent, client_args):
+    agent = start_agent("pyfaker7")
+    wait_for(
+        lambda: registry_record(client_args, "observatory.pyfaker7"), 10, "the registry to know it"
+    )
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(10) == 0
+    record = wait_for(
+        lambda: (
+            (r := registry_record(client_args, "observatory.pyfaker7"))
+            and r["state"] == "left"
+            and r
+        ),
+        10,
+        "the registry to show it left",
+    )
+    assert record["expired"] is True
