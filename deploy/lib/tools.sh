@@ -47,6 +47,22 @@ ensure_python_protocol_deps() {
   "$venv/bin/python" -c "import nats, msgpack, google.protobuf, grpc_tools" || die "the Python protocol packages do not import"
 }
 
+# The Python package (python/, import ocs_nats) installed editable into the
+# same .tools/venv, with its pinned runtime and test dependencies: the
+# protocol's, PyYAML for the site file, pytest and ruff.
+PYTHON_PACKAGE_PACKAGES=(
+  "PyYAML==6.0.4"
+  "pytest==9.2.0"
+  "ruff==0.17.6"
+)
+ensure_python_package() {
+  ensure_python_protocol_deps
+  local venv=$TOOLS_DIR/venv
+  "$venv/bin/pip" install --quiet "${PYTHON_PACKAGE_PACKAGES[@]}" || die "cannot install ${PYTHON_PACKAGE_PACKAGES[*]}"
+  "$venv/bin/pip" install --quiet --no-deps -e "$OCS_ROOT/python" || die "cannot install the Python package in python/"
+  "$venv/bin/python" -c "import ocs_nats.ocs_agent, ocs_nats.ocs_client, yaml, pytest" || die "the Python package does not import"
+}
+
 # Installs Debian package $2 unless command $1 is already on PATH.
 ensure_debian_tool() {
   local tool=$1 package=$2
