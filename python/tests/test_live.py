@@ -4,11 +4,15 @@ the ``ocs`` CLI's conformance kit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import nats
-from conftest import binary, wait_for
+from conftest import binary, free_port, wait_for
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from ocs_nats import ERROR, OK, TIMEOUT, OpCode
@@ -218,3 +222,90 @@ def test_sigterm_says_goodbye_and_the_registry_shows_it_left(registry, start_age
         "the registry to show it left",
     )
     assert record["expired"] is True
+
+
+def test_the_host_manager_runs_stops_and_takes_down_a_python_agent(
+    registry, processes, env, client_args, tmp_path
+):
+    program = Path(sys.executable).with_name("ocs-nats-fake-data-agent")
+    assert program.exists(), f"{program}: install the package (deploy/test/python does)"
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        f"agent-classes:\n  PyFakeDataAgent: {program}\n"
+        "hosts:\n  pyhost:\n    agent-instances:\n"
+        "      - agent-class: PyFakeDataAgent\n"
+        "        instance-id: pyhm1\n"
+        "        arguments: [[--mode, acq]]\n"
+        "        restart: {delay: 0.2, stop-grace: 3}\n"
+    )
+    manager = processes(
+        "host-manager",
+        [
+            binary("ocs-host-manager"),
+            "--site-file",
+            site,
+            "--site-host",
+            "pyhost",
+            "--instance-id",
+            "hm-py",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        env,
+    )
+    ocs = binary("ocs")
+
+    def answers():
+        return (
+            subprocess.run(
+                [ocs, "ping", "pyhm1"], env=env, capture_output=True, timeout=10
+            ).returncode
+            == 0
+        )
+
+    wait_for(answers, 30, "the host manager to start the Python agent")
+    client = OCSClient("pyhm1", args=client_args)
+    try:
+        # --mode acq from the site file starts acq at startup.
+        wait_for(lambda: client.acq.status().session.get("status") == "running", 10, "acq")
+        pid = client._api.pid
+    finally:
+        client.close()
+    down = subprocess.run(
+        [ocs, "host", "down", "pyhm1", "--manager", "hm-py"], env=env, capture_output=True
+    )
+    assert down.returncode == 0, down.stdout + down.stderr
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 15, "the agent to stop")
+    record = wait_for(
+        lambda: (
+            (r := registry_record(client_args, "observatory.pyhm1")) and r["state"] == "left" and r
+        ),
+        10,
+        "the registry to show it left",
+    )
+    assert record["expired"] is True
+    up = subprocess.run(
+        [ocs, "host", "up", "pyhm1", "--manager", "hm-py"], env=env, capture_output=True
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    wait_for(answers, 30, "the agent to come back")
+    client = OCSClient("pyhm1", args=client_args)
+    try:
+        pid = client._api.pid
+    finally:
+        client.close()
+    # The manager dies without a word: its agents die with it.
+    manager.signal(signal.SIGKILL)
+    manager.wait(10)
+    try:
+        wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 10, "the agent to die")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True

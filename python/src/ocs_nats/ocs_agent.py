@@ -28,6 +28,7 @@ from . import OpCode, ResponseCode, __version__, wire
 from . import ocs_pb2 as pb
 from .connection import connect
 from .journal import Journal, recover
+from .lifecycle import stop_with_parent
 from .params import ParamError, check_params, param, specs_of
 from .session import OpSession
 
@@ -58,6 +59,7 @@ class AgentRunner:
                 level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             )
+        stop_with_parent()
         asyncio.run(agent._run(auto_reconnect))
 
 
