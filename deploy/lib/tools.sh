@@ -49,11 +49,14 @@ ensure_python_protocol_deps() {
 
 # The Python package (python/, import ocs_nats) installed editable into the
 # same .tools/venv, with its pinned runtime and test dependencies: the
-# protocol's, PyYAML for the site file, pytest and ruff.
+# protocol's, PyYAML for the site file, pytest and ruff, and Twisted with
+# autobahn for the OCS-style agent the tests run.
 PYTHON_PACKAGE_PACKAGES=(
   "PyYAML==6.0.4"
   "pytest==9.2.0"
   "ruff==0.17.6"
+  "twisted==26.10.0"
+  "autobahn==26.10.2"
 )
 ensure_python_package() {
   ensure_python_protocol_deps

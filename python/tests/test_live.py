@@ -309,3 +309,36 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_an_ocs_style_twisted_agent_runs_on_the_agents_loop(registry, processes, env, client_args):
+    agent = processes(
+        "twisted-agent",
+        [
+            sys.executable,
+            Path(__file__).with_name("agents") / "ocs_style_agent.py",
+            "--instance-id",
+            "tw1",
+        ],
+        env,
+    )
+    ocs = binary("ocs")
+    wait_for(
+        lambda: subprocess.run([ocs, "ping", "tw1"], env=env, capture_output=True).returncode == 0,
+        20,
+        "the Twisted agent to answer",
+    )
+    client = OCSClient("tw1", args=client_args)
+    try:
+        done = client.wait_a_bit(duration=0.3)
+        assert done.status == OK and done.session["success"] is True, (done, agent.output())
+        assert done.session["data"] == {"answer": 42}
+        assert client.wait_a_bit.start(duration=30).status == OK
+        assert client.wait_a_bit.abort().status == OK
+        aborted = client.wait_a_bit.wait(timeout=5)
+        assert aborted.session["success"] is False
+        assert "Aborted" in [m[1] for m in aborted.session["messages"]]
+    finally:
+        client.close()
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(10) == 0, agent.output()

@@ -1,8 +1,10 @@
 """OCS's ``ocs.ocs_agent`` on ocs-nats: an agent ports by changing its imports.
 
 One asyncio event loop carries NATS: the heartbeat, every request and the
-session journal. Blocking operations (OCS's default) run in worker threads;
-non-blocking ones are ``async def`` coroutines run on the loop. A session's
+session journal, and Twisted's reactor when Twisted is installed (see
+``event_loop``). Blocking operations (OCS's default) run in worker threads;
+non-blocking ones run on the loop: ``async def`` coroutines, or OCS-style
+Twisted ``inlineCallbacks`` functions returning Deferreds. A session's
 changes reach the loop through ``call_soon_threadsafe``, so an op-code change
 is heartbeated at once whichever thread made it.
 """
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import OpCode, ResponseCode, __version__, wire
+from . import OpCode, ResponseCode, __version__, event_loop, wire
 from . import ocs_pb2 as pb
 from .connection import connect
 from .journal import Journal, recover
@@ -35,6 +37,10 @@ from .session import OpSession
 __all__ = ["OCSAgent", "OpSession", "ParamError", "init_site_agent", "param"]
 
 log = logging.getLogger("ocs_nats.agent")
+
+# Twisted's reactor must be on the agent's loop before an agent module
+# imports `twisted.internet.reactor`: OCS agents import ocs_agent first.
+event_loop.agent_loop()
 
 #: The heartbeat's period.
 HEARTBEAT_INTERVAL = 1.0
@@ -60,7 +66,13 @@ class AgentRunner:
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             )
         stop_with_parent()
-        asyncio.run(agent._run(auto_reconnect))
+        loop = event_loop.agent_loop()
+        try:
+            loop.run_until_complete(agent._run(auto_reconnect))
+        finally:
+            event_loop.stop_twisted()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
 
 @dataclass
@@ -129,8 +141,8 @@ class OCSAgent:
         for what, callable_ in (("function", func), ("stopper", stopper)):
             if callable_ is not None and inspect.isgeneratorfunction(callable_):
                 raise TypeError(
-                    f"{name}: the {what} is a generator (Twisted inlineCallbacks); "
-                    "ocs-nats runs non-blocking operations as `async def` coroutines"
+                    f"{name}: the {what} is a bare generator: decorate it with Twisted's "
+                    "inlineCallbacks (as OCS agents do), or make it `async def`"
                 )
         self.ops[name] = _Operation(
             name,
@@ -284,10 +296,7 @@ class OCSAgent:
 
     async def _run_async(self, func, session, params, finishes):
         try:
-            result = func(session, params)
-            if inspect.isawaitable(result):
-                result = await result
-            outcome = _outcome(result)
+            outcome = _outcome(await event_loop.settle(func(session, params)))
         except Exception as err:
             self.log.error("%s crashed:\n%s", session.op_name, traceback.format_exc())
             outcome = False, f"Crash in operation: {err!r}"
@@ -335,6 +344,7 @@ class OCSAgent:
         self._beat_now = asyncio.Event()
         self._stop = asyncio.Event()
         self._journal_wake = asyncio.Event()
+        event_loop.start_twisted()
         for op in self.ops.values():
             if op.session is not None and op.done is None:
                 op.done = asyncio.Event()
