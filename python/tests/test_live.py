@@ -9,16 +9,16 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import nats
 from conftest import binary, free_port, wait_for
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
-from ocs_nats import ERROR, OK, TIMEOUT, OpCode
+from ocs_nats import ERROR, OK, TIMEOUT, OpCode, wire
 from ocs_nats import ocs_pb2 as pb
-from ocs_nats.ocs_client import OCSClient
-from ocs_nats.wire import SESSIONS_BUCKET
+from ocs_nats.ocs_client import ControlClient, OCSClient
 
 
 def stored_session(nats_url, key):
@@ -27,7 +27,7 @@ def stored_session(nats_url, key):
     async def read():
         nc = await nats.connect(nats_url)
         try:
-            kv = await nc.jetstream().key_value(SESSIONS_BUCKET)
+            kv = await nc.jetstream().key_value(wire.SESSIONS_BUCKET)
             return pb.StoredSession.FromString((await kv.get(key)).value)
         except (KeyNotFoundError, BucketNotFoundError, NotFoundError):
             return None
@@ -342,3 +342,53 @@ def test_an_ocs_style_twisted_agent_runs_on_the_agents_loop(registry, processes,
         client.close()
     agent.signal(signal.SIGTERM)
     assert agent.wait(10) == 0, agent.output()
+
+
+def test_registry_status_reassembles_a_fleet_too_large_for_one_message(registry, client_args):
+    fleet = 2500
+
+    async def beat_once():
+        nc = await nats.connect(client_args.nats_url)
+        for i in range(fleet):
+            beat = pb.Heartbeat(
+                protocol_version=1,
+                agent_address=f"observatory.load{i}",
+                agent_class="LoadAgent",
+                incarnation=str(uuid.uuid4()),
+                seq=1,
+                op_codes=[pb.OperationCode(op_name="acq", op_code=3, op_type="process")],
+                host="loadhost",
+                pid=i + 1,
+                interval_ms=1000,
+            )
+            await nc.publish(f"observatory.load{i}.feeds.heartbeat", beat.SerializeToString())
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(beat_once())
+    control = ControlClient("registry", args=client_args)
+    try:
+        wait_for(
+            lambda: (
+                control.records(classes=["LoadAgent"], summary_only=True)[1].get("agents") == fleet
+            ),
+            20,
+            "the registry to know the whole fleet",
+        )
+        _, _, raw = control.request("status", "main")
+        assert wire.RECORDS_IN_PAGES in raw["data"], "the fleet should not fit one message"
+    finally:
+        control.close()
+    registry_client = OCSClient("registry", args=client_args)
+    try:
+        status = registry_client.main.status()
+    finally:
+        registry_client.close()
+    data = status.session["data"]
+    loaded = {address: record for address, record in data.items() if "load" in address}
+    assert len(loaded) == fleet
+    record = loaded["observatory.load7"]
+    assert record["agent_class"] == "LoadAgent"
+    assert record["op_codes"] == {"acq": 3} or record["op_codes"] == {"acq": 7}
+    assert record["pid"] == 8
+    assert set(record) >= {"expired", "time_expired", "last_updated", "op_codes", "state"}

@@ -161,6 +161,43 @@ class ControlClient:
             waited = REQUEST_TIMEOUT
         return self._decode(self._connection.request(subject, body, waited))
 
+    def records(
+        self,
+        states=(),
+        classes=(),
+        agent_pattern: str = "",
+        summary_only: bool = False,
+    ) -> tuple[dict, dict]:
+        """For a registry: every record the filters select, read page after
+        page from ``{registry}.records`` (each under the server's limit), as
+        ``{address: record}``, and the summary of the first page."""
+        query = pb.RecordsQuery(
+            protocol_version=wire.PROTOCOL_VERSION,
+            summary_only=summary_only,
+            states=list(states),
+            classes=list(classes),
+            agent_pattern=agent_pattern,
+        )
+        subject = wire.registry_records_subject(self.address)
+        records, summary = {}, {}
+        while True:
+            page = pb.RecordsPage.FromString(
+                self._connection.request(subject, query.SerializeToString(), REQUEST_TIMEOUT)
+            )
+            if page.error:
+                raise RuntimeError(f"{self.address} refused the records query: {page.error}")
+            if page.HasField("summary") and not query.after:
+                summary = {
+                    "agents": page.summary.agents,
+                    "by_state": dict(page.summary.by_state),
+                    "by_class": dict(page.summary.by_class),
+                }
+            for record in page.records:
+                records[record.agent_address] = wire.agent_record(record)
+            if not page.next_after:
+                return records, summary
+            query.after = page.next_after
+
     def get_api(self) -> pb.ApiReply:
         data = self._connection.request(wire.api_subject(self.address), b"", REQUEST_TIMEOUT)
         return pb.ApiReply.FromString(data)
@@ -187,7 +224,13 @@ class _Operation:
         return OCSReply(*self._client.request("wait", self._name, timeout=timeout))
 
     def status(self) -> OCSReply:
-        return OCSReply(*self._client.request("status", self._name))
+        status, message, session = self._client.request("status", self._name)
+        data = session.get("data") if session else None
+        if isinstance(data, dict) and wire.RECORDS_IN_PAGES in data:
+            # The registry's fleet is too large for one message: its records
+            # come in pages, and the reply shows them as a small fleet's would.
+            session["data"], _ = self._client.records()
+        return OCSReply(status, message, session)
 
 
 class _Task(_Operation):

@@ -57,6 +57,58 @@ def session_key(address: str, op_name: str) -> str:
     return f"{address}.{op_name}"
 
 
+def registry_records_subject(registry_address: str) -> str:
+    return f"{registry_address}.records"
+
+
+#: The key of the registry's ``main`` session data that says the records
+#: come in pages on ``{registry}.records`` (the fleet is too large for one
+#: message).
+RECORDS_IN_PAGES = "records_in_pages"
+#: The heartbeat interval a record leaves unsaid.
+_DEFAULT_INTERVAL_MS = 1000
+
+
+def agent_record(record: pb.AgentRecord) -> dict:
+    """A registry record as ``registry main status`` shows it in ``data``
+    (PROTOCOL.md's table: OCS's keys, and the optional ones when set)."""
+    state = {
+        pb.AGENT_STATE_ALIVE: "alive",
+        pb.AGENT_STATE_EXPIRED: "expired",
+        pb.AGENT_STATE_LEFT: "left",
+    }.get(record.state, "unknown")
+
+    def seconds(unix_ms: int):
+        return unix_ms / 1000.0 if unix_ms else None
+
+    shown = {
+        "agent_address": record.agent_address,
+        "agent_class": record.agent_class,
+        "expired": record.expired,
+        "host": record.host,
+        "incarnation": record.incarnation,
+        "last_updated": seconds(record.last_updated_unix_ms),
+        "op_codes": {op.op_name: op.op_code for op in record.op_codes},
+        "pid": record.pid,
+        "state": state,
+        "time_expired": seconds(record.time_expired_unix_ms),
+    }
+    if record.HasField("conflict"):
+        other = record.conflict
+        shown["conflict"] = {"host": other.host, "incarnation": other.incarnation, "pid": other.pid}
+    if record.flapping:
+        shown["flapping"] = True
+    if record.interval_ms != _DEFAULT_INTERVAL_MS:
+        shown["heartbeat_interval"] = record.interval_ms / 1000.0
+    if record.incarnations_seen > 1:
+        shown["incarnations_seen"] = record.incarnations_seen
+    if record.unverified:
+        shown["unverified"] = True
+    if record.agent_version:
+        shown["version"] = record.agent_version
+    return shown
+
+
 def op_code(status: str, degraded: bool, success: bool | None) -> OpCode:
     """OCS's rule: the op code follows from the session's status."""
     if status == "starting":
