@@ -25,6 +25,7 @@ import tempfile
 import time
 
 from ocs_nats import ocs_agent, site_config, wire
+from ocs_nats.connection import args_from_env
 from ocs_nats.ocs_client import OCSClient
 
 
@@ -114,16 +115,7 @@ def main():
             )
         )
         address = "observatory.burner"
-        args = argparse.Namespace(
-            nats_url=url,
-            address_root="observatory",
-            nats_user=None,
-            nats_password=None,
-            nats_creds=None,
-            nats_tls_ca=None,
-            nats_tls_cert=None,
-            nats_tls_key=None,
-        )
+        args = args_from_env(nats_url=url, address_root="observatory")
         deadline = time.monotonic() + 20
         while True:
             try:

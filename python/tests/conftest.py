@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from ocs_nats.connection import args_from_env
+
 REPO = Path(__file__).resolve().parents[2]
 BINARIES = REPO / "target" / "debug"
 
@@ -189,15 +191,4 @@ def start_agent(processes, env):
 
 @pytest.fixture
 def client_args(nats_url):
-    import argparse
-
-    return argparse.Namespace(
-        nats_url=nats_url,
-        address_root="observatory",
-        nats_user=None,
-        nats_password=None,
-        nats_creds=None,
-        nats_tls_ca=None,
-        nats_tls_cert=None,
-        nats_tls_key=None,
-    )
+    return args_from_env(nats_url=nats_url, address_root="observatory", nats_creds=None)

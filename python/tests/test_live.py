@@ -38,17 +38,13 @@ def stored_session(nats_url, key):
 
 
 def registry_record(client_args, address):
-    registry = OCSClient("registry", args=client_args)
-    try:
+    with OCSClient("registry", args=client_args) as registry:
         return registry.main.status().session["data"].get(address)
-    finally:
-        registry.close()
 
 
 def test_a_task_runs_through_the_client_as_in_ocs(registry, start_agent, client_args):
     start_agent("pyfaker1")
-    client = OCSClient("pyfaker1", args=client_args)
-    try:
+    with OCSClient("pyfaker1", args=client_args) as client:
         reply = client.count(target=3, interval=0.01)
         assert reply.status == OK, reply
         assert reply.msg == 'Operation "count" is currently not running (SUCCEEDED).'
@@ -63,14 +59,11 @@ def test_a_task_runs_through_the_client_as_in_ocs(registry, start_agent, client_
         )
         assert repr(client) == "OCSClient('pyfaker1')"
         assert "Count from 1 to" in client.count.__doc__
-    finally:
-        client.close()
 
 
 def test_params_are_checked_before_anything_runs(registry, start_agent, client_args):
     start_agent("pyfaker2")
-    client = OCSClient("pyfaker2", args=client_args)
-    try:
+    with OCSClient("pyfaker2", args=client_args) as client:
         bad_type = client.count.start(target="three")
         assert bad_type.status == ERROR
         assert bad_type.msg.startswith("Param error for \"count\": param 'target' must be int")
@@ -84,14 +77,11 @@ def test_params_are_checked_before_anything_runs(registry, start_agent, client_a
         assert client.count.status().msg == "No session active."
         never = client.count.status()
         assert repr(never).endswith("(no session -- op has never run)")
-    finally:
-        client.close()
 
 
 def test_a_process_runs_until_stopped_and_the_registry_shows_it(registry, start_agent, client_args):
     start_agent("pyfaker3")
-    client = OCSClient("pyfaker3", args=client_args)
-    try:
+    with OCSClient("pyfaker3", args=client_args) as client:
         started = client.acq.start()
         assert (started.status, started.msg) == (OK, 'Started process "acq".')
         wait_for(lambda: client.acq.status().session["status"] == "running", 5, "acq to run")
@@ -118,14 +108,11 @@ def test_a_process_runs_until_stopped_and_the_registry_shows_it(registry, start_
         record = registry_record(client_args, "observatory.pyfaker3")
         assert record["agent_class"] == "PyFakeDataAgent"
         assert record["state"] == "alive"
-    finally:
-        client.close()
 
 
 def test_a_coroutine_task_waits_times_out_and_aborts(registry, start_agent, client_args):
     start_agent("pyfaker4")
-    client = OCSClient("pyfaker4", args=client_args)
-    try:
+    with OCSClient("pyfaker4", args=client_args) as client:
         assert client.delay_task.start(delay=30).status == OK
         timed_out = client.delay_task.wait(timeout=0.3)
         assert timed_out.status == TIMEOUT
@@ -137,8 +124,6 @@ def test_a_coroutine_task_waits_times_out_and_aborts(registry, start_agent, clie
         failing = client.delay_task(delay=0, succeed=False)
         assert failing.session["success"] is False
         assert "Failed as requested." in [m[1] for m in failing.session["messages"]]
-    finally:
-        client.close()
 
 
 def test_the_agent_passes_the_conformance_kit(registry, start_agent, env):
@@ -168,8 +153,7 @@ def test_a_run_its_process_died_in_is_failed_by_the_next_incarnation(
     registry, start_agent, client_args
 ):
     first = start_agent("pyfaker6")
-    client = OCSClient("pyfaker6", args=client_args)
-    try:
+    with OCSClient("pyfaker6", args=client_args) as client:
         assert client.delay_task.start(delay=60).status == OK
         # The journal holds the running session before the process dies.
         wait_for(
@@ -182,11 +166,8 @@ def test_a_run_its_process_died_in_is_failed_by_the_next_incarnation(
         )
         first.signal(signal.SIGKILL)
         first.wait(10)
-    finally:
-        client.close()
     second = start_agent("pyfaker6")
-    client = OCSClient("pyfaker6", args=client_args)
-    try:
+    with OCSClient("pyfaker6", args=client_args) as client:
         status = wait_for(
             lambda: (reply := client.delay_task.status()).session and reply,
             10,
@@ -200,8 +181,6 @@ def test_a_run_its_process_died_in_is_failed_by_the_next_incarnation(
         )
         # A new run gets the next session id.
         assert client.count.start(target=1, interval=0).session["session_id"] >= 1
-    finally:
-        client.close()
         second.stop()
 
 
@@ -264,13 +243,10 @@ def test_the_host_manager_runs_stops_and_takes_down_a_python_agent(
         )
 
     wait_for(answers, 30, "the host manager to start the Python agent")
-    client = OCSClient("pyhm1", args=client_args)
-    try:
+    with OCSClient("pyhm1", args=client_args) as client:
         # --mode acq from the site file starts acq at startup.
         wait_for(lambda: client.acq.status().session.get("status") == "running", 10, "acq")
         pid = client._api.pid
-    finally:
-        client.close()
     down = subprocess.run(
         [ocs, "host", "down", "pyhm1", "--manager", "hm-py"], env=env, capture_output=True
     )
@@ -289,11 +265,8 @@ def test_the_host_manager_runs_stops_and_takes_down_a_python_agent(
     )
     assert up.returncode == 0, up.stdout + up.stderr
     wait_for(answers, 30, "the agent to come back")
-    client = OCSClient("pyhm1", args=client_args)
-    try:
+    with OCSClient("pyhm1", args=client_args) as client:
         pid = client._api.pid
-    finally:
-        client.close()
     # The manager dies without a word: its agents die with it.
     manager.signal(signal.SIGKILL)
     manager.wait(10)
@@ -328,8 +301,7 @@ def test_an_ocs_style_twisted_agent_runs_on_the_agents_loop(registry, processes,
         20,
         "the Twisted agent to answer",
     )
-    client = OCSClient("tw1", args=client_args)
-    try:
+    with OCSClient("tw1", args=client_args) as client:
         done = client.wait_a_bit(duration=0.3)
         assert done.status == OK and done.session["success"] is True, (done, agent.output())
         assert done.session["data"] == {"answer": 42}
@@ -338,8 +310,6 @@ def test_an_ocs_style_twisted_agent_runs_on_the_agents_loop(registry, processes,
         aborted = client.wait_a_bit.wait(timeout=5)
         assert aborted.session["success"] is False
         assert "Aborted" in [m[1] for m in aborted.session["messages"]]
-    finally:
-        client.close()
     agent.signal(signal.SIGTERM)
     assert agent.wait(10) == 0, agent.output()
 
@@ -366,8 +336,7 @@ def test_registry_status_reassembles_a_fleet_too_large_for_one_message(registry,
         await nc.close()
 
     asyncio.run(beat_once())
-    control = ControlClient("registry", args=client_args)
-    try:
+    with ControlClient("registry", args=client_args) as control:
         wait_for(
             lambda: (
                 control.records(classes=["LoadAgent"], summary_only=True)[1].get("agents") == fleet
@@ -377,13 +346,8 @@ def test_registry_status_reassembles_a_fleet_too_large_for_one_message(registry,
         )
         _, _, raw = control.request("status", "main")
         assert wire.RECORDS_IN_PAGES in raw["data"], "the fleet should not fit one message"
-    finally:
-        control.close()
-    registry_client = OCSClient("registry", args=client_args)
-    try:
+    with OCSClient("registry", args=client_args) as registry_client:
         status = registry_client.main.status()
-    finally:
-        registry_client.close()
     data = status.session["data"]
     loaded = {address: record for address, record in data.items() if "load" in address}
     assert len(loaded) == fleet

@@ -6,11 +6,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import ssl
 
 import nats
 
 log = logging.getLogger("ocs_nats.connection")
+
+
+def args_from_env(**overrides) -> argparse.Namespace:
+    """The connection settings a client takes from the environment (the
+    variables the Rust binaries read), with ``overrides`` on top."""
+    env = os.environ.get
+    args = argparse.Namespace(
+        nats_url=env("NATS_URL", "nats://127.0.0.1:4222"),
+        address_root=env("OCS_ADDRESS_ROOT", "observatory"),
+        nats_user=env("NATS_USER"),
+        nats_password=env("NATS_PASSWORD"),
+        nats_creds=env("NATS_CREDS"),
+        nats_tls_ca=env("NATS_TLS_CA"),
+        nats_tls_cert=env("NATS_TLS_CERT"),
+        nats_tls_key=env("NATS_TLS_KEY"),
+    )
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
 
 
 def connect_options(args: argparse.Namespace, name: str) -> dict:

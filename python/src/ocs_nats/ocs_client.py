@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import threading
 import time
 
 from . import ResponseCode, wire
 from . import ocs_pb2 as pb
-from .connection import connect
+from .connection import args_from_env, connect
 
 #: Bounds every request but ``wait``, which waits as long as asked.
 REQUEST_TIMEOUT = 10.0
@@ -120,26 +119,12 @@ class _Connection:
             self._loop.call_soon_threadsafe(self._loop.stop)
 
 
-def _default_args() -> argparse.Namespace:
-    env = os.environ.get
-    return argparse.Namespace(
-        nats_url=env("NATS_URL", "nats://127.0.0.1:4222"),
-        address_root=env("OCS_ADDRESS_ROOT", "observatory"),
-        nats_user=env("NATS_USER"),
-        nats_password=env("NATS_PASSWORD"),
-        nats_creds=env("NATS_CREDS"),
-        nats_tls_ca=env("NATS_TLS_CA"),
-        nats_tls_cert=env("NATS_TLS_CERT"),
-        nats_tls_key=env("NATS_TLS_KEY"),
-    )
-
-
 class ControlClient:
     """Requests to one agent: ``request(action, op_name, ...)`` returns
     OCS's ``(status, message, session)``."""
 
     def __init__(self, instance_id: str, args: argparse.Namespace | None = None):
-        args = args if args is not None else _default_args()
+        args = args if args is not None else args_from_env()
         self.address = f"{args.address_root}.{instance_id}"
         self._connection = _Connection(args, f"ocs-client {self.address}")
 
@@ -211,6 +196,12 @@ class ControlClient:
     def close(self) -> None:
         self._connection.close()
 
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
 
 class _Operation:
     def __init__(self, client: ControlClient, name: str, docstring: str):
@@ -280,4 +271,11 @@ class OCSClient:
         return f"OCSClient('{self.instance_id}')"
 
     def close(self) -> None:
+        """Closes the connection (``with OCSClient(...) as client:`` does it)."""
         self._client.close()
+
+    def __enter__(self) -> OCSClient:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
