@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -356,3 +357,34 @@ def test_registry_status_reassembles_a_fleet_too_large_for_one_message(registry,
     assert record["op_codes"] == {"acq": 3} or record["op_codes"] == {"acq": 7}
     assert record["pid"] == 8
     assert set(record) >= {"expired", "time_expired", "last_updated", "op_codes", "state"}
+
+
+def test_the_operation_monitor_exports_a_python_agents_operations(
+    registry, processes, start_agent, env, client_args
+):
+    port = free_port()
+    processes(
+        "operation-monitor",
+        [binary("ocs-operation-monitor"), "--listen", f"127.0.0.1:{port}"],
+        env,
+    )
+    start_agent("pyfaker8")
+    with OCSClient("pyfaker8", args=client_args) as client:
+        assert client.acq.start().status == OK
+    series = (
+        'ocs_operation_code{agent="observatory.pyfaker8",agent_class="PyFakeDataAgent",'
+        'operation="acq",op_type="process"} 3'
+    )
+
+    def exposition():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+                return reply.read().decode()
+        except OSError:
+            return ""
+
+    wait_for(lambda: series in exposition(), 20, f"the monitor to export {series}")
+    assert (
+        'ocs_operation_code{agent="observatory.pyfaker8",agent_class="PyFakeDataAgent",'
+        'operation="count",op_type="task"} 1'
+    ) in exposition()

@@ -227,3 +227,20 @@ def test_replies_show_as_ocs_shows_them():
 
 def test_examples_and_docs_point_at_files_that_exist():
     assert Path(REPO / "python" / "src" / "ocs_nats" / "agents" / "fake_data.py").exists()
+
+
+def test_json_logs_are_one_object_per_line():
+    import json
+    import logging
+
+    from ocs_nats.ocs_agent import _JsonFormatter
+
+    record = logging.LogRecord(
+        "ocs_nats.agent.x", logging.WARNING, __file__, 1, "a %s", ("b",), None
+    )
+    line = json.loads(_JsonFormatter().format(record))
+    assert (line["level"], line["target"], line["message"]) == (
+        "WARNING",
+        "ocs_nats.agent.x",
+        "a b",
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import os
 import signal
@@ -61,9 +62,15 @@ class AgentRunner:
 
     def run(self, agent: OCSAgent, auto_reconnect: bool = True) -> None:
         if not logging.getLogger().handlers:
+            handler = logging.StreamHandler()
+            if getattr(agent.site_args, "log_format", "text") == "json":
+                handler.setFormatter(_JsonFormatter())
+            else:
+                handler.setFormatter(
+                    logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+                )
             logging.basicConfig(
-                level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                level=os.environ.get("LOG_LEVEL", "INFO").upper(), handlers=[handler]
             )
         stop_with_parent()
         loop = event_loop.agent_loop()
@@ -73,6 +80,21 @@ class AgentRunner:
             event_loop.stop_twisted()
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the fields the Rust services log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "timestamp": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "target": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
 
 
 @dataclass

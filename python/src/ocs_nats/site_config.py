@@ -159,6 +159,12 @@ def add_arguments(parser: argparse.ArgumentParser | None = None) -> argparse.Arg
     group.add_argument("--nats-url", default=env("NATS_URL", "nats://127.0.0.1:4222"))
     group.add_argument("--address-root", default=env("OCS_ADDRESS_ROOT", "observatory"))
     group.add_argument(
+        "--log-format",
+        default=env("LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="human-readable text or one JSON object per line (env LOG_FORMAT)",
+    )
+    group.add_argument(
         "--nats-creds", default=env("NATS_CREDS"), help="credentials file (JWT and nkey seed)"
     )
     group.add_argument("--nats-tls-ca", default=env("NATS_TLS_CA"))
