@@ -244,3 +244,32 @@ def test_json_logs_are_one_object_per_line():
         "ocs_nats.agent.x",
         "a b",
     )
+
+
+def test_a_reply_too_large_for_the_server_says_so_without_its_data():
+    import asyncio
+
+    from ocs_nats import ERROR
+    from ocs_nats.ocs_agent import OCSAgent, _reply
+
+    class Server:
+        max_payload = 2048
+
+    class Message:
+        reply = "_INBOX.x"
+        sent = None
+
+        async def respond(self, body):
+            Message.sent = body
+
+    agent = OCSAgent(argparse.Namespace(address_root="observatory", instance_id="big"))
+    agent._nc = Server()
+    session = OpSession(0, "acq").encoded()
+    session["data"] = {"blob": "x" * 10_000}
+    asyncio.run(agent._respond(Message(), _reply(OK, "Session active.", session)))
+    reply = pb.OperationReply.FromString(Message.sent)
+    assert reply.status == ERROR
+    assert "over the server's limit of 2048 bytes" in reply.message
+    assert reply.session.data == b""
+    asyncio.run(agent._respond(Message(), _reply(OK, "x" * 4096, None)))
+    assert not pb.OperationReply.FromString(Message.sent).HasField("session")

@@ -531,7 +531,8 @@ class OCSAgent:
                 f"The reply is {size} bytes, over the server's limit of {limit} bytes: "
                 "the session's data is left out."
             )
-            reply.session.data = b""
+            if reply.HasField("session"):
+                reply.session.data = b""
             body = reply.SerializeToString()
         if msg.reply:
             await msg.respond(body)

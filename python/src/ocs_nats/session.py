@@ -122,7 +122,9 @@ class OpSession:
                 "success": self.success,
                 "start_time": self.start_time,
                 "end_time": self.end_time,
-                "data": self._data,
+                # A copy: the operation's thread may change the map while the
+                # loop encodes it.
+                "data": dict(self._data),
                 "messages": [list(m) for m in self.messages],
             }
 
