@@ -106,7 +106,6 @@ class _Operation:
     blocking: bool
     stopper_blocking: bool
     session: OpSession | None = None
-    done: asyncio.Event | None = None
 
     @property
     def stop_action(self) -> str:
@@ -221,7 +220,6 @@ class OCSAgent:
             session = OpSession(self._next_session_id, op_name, self._session_changed)
             self._next_session_id += 1
             op.session = session
-            op.done = asyncio.Event()
         self._session_changed(session, True)
         self._launch(op.func, op.blocking, session, params, finishes=True)
         return ResponseCode.OK, f'Started {op.kind} "{op_name}".', session.encoded()
@@ -280,7 +278,7 @@ class OCSAgent:
             return ResponseCode.OK, "Idle.", None
         if not session.done and (timeout is None or timeout > 0):
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(op.done.wait(), timeout)
+                await asyncio.wait_for(session.finished.wait(), timeout)
         if session.done:
             code = OpCode(session.op_code).name
             return (
@@ -339,9 +337,8 @@ class OCSAgent:
                 self._journal_wake.set()
             if code_changed and self._beat_now is not None:
                 self._beat_now.set()
-            op = self.ops.get(session.op_name)
-            if session.done and op is not None and op.session is session and op.done:
-                op.done.set()
+            if session.done:
+                session.finished.set()
 
         self._in_loop(on_loop)
 
@@ -367,9 +364,6 @@ class OCSAgent:
         self._stop = asyncio.Event()
         self._journal_wake = asyncio.Event()
         event_loop.start_twisted()
-        for op in self.ops.values():
-            if op.session is not None and op.done is None:
-                op.done = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._loop.add_signal_handler(sig, self._stop.set)
 
@@ -423,7 +417,7 @@ class OCSAgent:
         for op in running:
             self._request_stop(op.name, op.stop_action, {})
         if running:
-            waits = [asyncio.ensure_future(op.done.wait()) for op in running]
+            waits = [asyncio.ensure_future(op.session.finished.wait()) for op in running]
             _, pending = await asyncio.wait(waits, timeout=STOP_GRACE)
             for waiting in pending:
                 waiting.cancel()
@@ -627,8 +621,7 @@ class OCSAgent:
                 if op.session is None:
                     encoded = wire.session_from_pb(stored.session)
                     op.session = OpSession.restored(encoded, self._session_changed)
-                    op.done = asyncio.Event()
-                    op.done.set()
+                    op.session.finished.set()
                     self._next_session_id = max(self._next_session_id, op.session.session_id + 1)
         self._beat_now.set()
 

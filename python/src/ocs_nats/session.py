@@ -3,6 +3,7 @@ code (often in a worker thread) and the agent's event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ class OpSession:
     ):
         self._lock = threading.RLock()
         self._on_change = on_change
+        #: Set on the agent's loop once the session is done: what `wait` awaits.
+        self.finished = asyncio.Event()
         self.session_id = session_id
         self.op_name = op_name
         self.status = "starting"
