@@ -174,6 +174,8 @@ impl Launcher {
                 let program = self.program(site, &child.config().agent_class);
                 // The arguments of the manager's last good config, not the
                 // file as it is now: a bad edit must not stop restarts.
+                let program_arguments =
+                    site.program_arguments(&child.config().agent_class).to_vec();
                 let arguments = site.arguments_for(&instance_id);
                 let address =
                     AgentAddress::new(&self.settings.address_root, &child.config().instance_id);
@@ -185,6 +187,7 @@ impl Launcher {
                         instance_id,
                         address,
                         program,
+                        program_arguments,
                         arguments,
                         manager_address: self.ctx.address().to_string(),
                     },
@@ -230,6 +233,8 @@ struct Spawn {
     instance_id: String,
     address: AgentAddress,
     program: PathBuf,
+    /// What the class's program takes first (`-m module` for an interpreter).
+    program_arguments: Vec<String>,
     arguments: Vec<String>,
     manager_address: String,
 }
@@ -244,6 +249,7 @@ async fn launch(
         instance_id,
         address,
         program,
+        program_arguments,
         arguments,
         manager_address,
     } = spawn;
@@ -258,6 +264,7 @@ async fn launch(
     }
     let mut command = tokio::process::Command::new(&program);
     command
+        .args(&program_arguments)
         .arg("--instance-id")
         .arg(&instance_id)
         .args(&arguments)

@@ -212,11 +212,14 @@ def test_the_host_manager_runs_stops_and_takes_down_a_python_agent(
     site = tmp_path / "site.yaml"
     site.write_text(
         f"agent-classes:\n  PyFakeDataAgent: {program}\n"
+        f"  PyModuleAgent: [{sys.executable}, -m, ocs_nats.agents.fake_data]\n"
         "hosts:\n  pyhost:\n    agent-instances:\n"
         "      - agent-class: PyFakeDataAgent\n"
         "        instance-id: pyhm1\n"
         "        arguments: [[--mode, acq]]\n"
         "        restart: {delay: 0.2, stop-grace: 3}\n"
+        "      - agent-class: PyModuleAgent\n"
+        "        instance-id: pyhm2\n"
     )
     manager = processes(
         "host-manager",
@@ -244,6 +247,14 @@ def test_the_host_manager_runs_stops_and_takes_down_a_python_agent(
         )
 
     wait_for(answers, 30, "the host manager to start the Python agent")
+    # A class may also be an interpreter with its first arguments (python -m).
+    wait_for(
+        lambda: (
+            subprocess.run([ocs, "ping", "pyhm2"], env=env, capture_output=True).returncode == 0
+        ),
+        30,
+        "the host manager to start the agent run as python -m",
+    )
     with OCSClient("pyhm1", args=client_args) as client:
         # --mode acq from the site file starts acq at startup.
         wait_for(lambda: client.acq.status().session.get("status") == "running", 10, "acq")

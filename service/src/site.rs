@@ -5,8 +5,9 @@
 //! hub:
 //!   nats-url: nats://10.10.10.3:4222
 //!   address-root: observatory
-//! agent-classes:               # site agent classes: class -> program
+//! agent-classes:               # site agent classes: class -> program, or program and its first arguments
 //!   Lakeshore240Agent: /opt/site/bin/lakeshore240-agent
+//!   PyFakeDataAgent: [python3, -m, ocs_nats.agents.fake_data]
 //! hosts:
 //!   host-1:                    # matched to --site-host or the host name; 'localhost' is the fallback
 //!     agent-instances:
@@ -66,8 +67,9 @@ pub struct SiteConfig {
     pub file: PathBuf,
     /// How to reach NATS.
     pub hub: Hub,
-    /// Agent class → program (built-in classes plus the site's own).
-    pub classes: BTreeMap<String, String>,
+    /// Agent class → the program that runs it, then the arguments that come
+    /// before the instance's own (built-in classes plus the site's own).
+    pub classes: BTreeMap<String, Vec<String>>,
     /// Host name → its instances.
     pub hosts: BTreeMap<String, Vec<InstanceConfig>>,
 }
@@ -166,9 +168,18 @@ struct RawSite {
     #[serde(default)]
     hub: RawHub,
     #[serde(default)]
-    agent_classes: BTreeMap<String, Spanned<String>>,
+    agent_classes: BTreeMap<String, Spanned<RawProgram>>,
     #[serde(default)]
     hosts: BTreeMap<String, RawHost>,
+}
+
+/// A class's program: a path, or the program and its first arguments
+/// (`[python3, -m, module]`, for interpreters).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawProgram {
+    Path(String),
+    Command(Vec<String>),
 }
 
 #[derive(Deserialize, Default)]
@@ -263,18 +274,25 @@ impl SiteConfig {
                     .map_err(|err| error(root.referenced.line(), err.to_string()))
             })
             .transpose()?;
-        let mut classes: BTreeMap<String, String> = BUILTIN_CLASSES
+        let mut classes: BTreeMap<String, Vec<String>> = BUILTIN_CLASSES
             .iter()
-            .map(|(class, program)| ((*class).to_owned(), (*program).to_owned()))
+            .map(|(class, program)| ((*class).to_owned(), vec![(*program).to_owned()]))
             .collect();
         for (class, program) in raw.agent_classes {
-            if program.value.trim().is_empty() {
+            let command = match program.value {
+                RawProgram::Path(path) => vec![path],
+                RawProgram::Command(words) => words,
+            };
+            if command
+                .first()
+                .is_none_or(|program| program.trim().is_empty())
+            {
                 return Err(error(
                     program.referenced.line(),
                     format!("agent class {class:?} has no program"),
                 ));
             }
-            classes.insert(class, program.value);
+            classes.insert(class, command);
         }
 
         let mut seen: HashMap<String, u64> = HashMap::new();
@@ -369,7 +387,18 @@ impl SiteConfig {
 
     /// The program that runs `agent_class`.
     pub fn program(&self, agent_class: &str) -> Option<&str> {
-        self.classes.get(agent_class).map(String::as_str)
+        self.classes
+            .get(agent_class)
+            .and_then(|command| command.first())
+            .map(String::as_str)
+    }
+
+    /// The arguments `agent_class`'s program takes before the instance's own
+    /// (`-m module` for `[python3, -m, module]`); empty for a plain path.
+    pub fn program_arguments(&self, agent_class: &str) -> &[String] {
+        self.classes
+            .get(agent_class)
+            .map_or(&[], |command| command.get(1..).unwrap_or(&[]))
     }
 
     /// Arguments for the instance `instance_id` from this file: the hub's
@@ -597,6 +626,7 @@ hosts:
             Some("/opt/site/thermometer")
         );
         assert_eq!(site.program("FakeDataAgent"), Some("ocs-fake-data-agent"));
+        assert!(site.program_arguments("ThermometerAgent").is_empty());
         // Unknown hosts fall back to localhost, as in OCS.
         let (name, instances) = site.host("elsewhere").unwrap();
         assert_eq!((name, instances[0].manage), ("localhost", Manage::Ignore));
@@ -614,6 +644,27 @@ hosts:
                 "--verbose"
             ]
         );
+    }
+
+    #[test]
+    fn a_class_may_name_a_program_with_its_first_arguments() {
+        let site = parse(&SITE.replace(
+            "ThermometerAgent: /opt/site/thermometer",
+            "ThermometerAgent: [python3, -m, site_agents.thermometer]",
+        ))
+        .unwrap();
+        assert_eq!(site.program("ThermometerAgent"), Some("python3"));
+        assert_eq!(
+            site.program_arguments("ThermometerAgent"),
+            ["-m", "site_agents.thermometer"]
+        );
+        for empty in ["[]", "''", "['', -m, x]"] {
+            let (line, reason) = error_at(&SITE.replace("/opt/site/thermometer", empty));
+            assert_eq!(
+                (line, reason.as_str()),
+                (5, "agent class \"ThermometerAgent\" has no program")
+            );
+        }
     }
 
     #[test]
