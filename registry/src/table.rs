@@ -428,7 +428,8 @@ fn refresh_in_place(
         return false;
     }
     // The deadline moves to `now + timeout` by `last_heard` alone: the
-    // scheduled key stays where it is until `settle` reaches it.
+    // scheduled key stays where it is until the schedule catches up with it
+    // (`AgentTable::catch_up_schedule`).
     entry.seq = heartbeat.seq;
     entry.last_heard = now;
     entry.last_updated_unix_ms = now_unix_ms;
@@ -474,13 +475,14 @@ impl AgentTable {
 
     /// Whether so many steadily beating alive agents are due together that
     /// the silence is more likely this registry's partition than their deaths.
-    fn mass_expiry(&mut self, now: Instant) -> bool {
+    /// The schedule must have caught up at `now` (as `expire_due` does first),
+    /// so that the keys within the horizon are the agents' real deadlines.
+    fn mass_expiry(&self, now: Instant) -> bool {
         let min = self.config.hold_min_agents;
         if min == 0 || self.expiries.len() < min {
             return false;
         }
         let horizon = now + self.hold_horizon();
-        self.catch_up_schedule(now);
         let due = self
             .expiries
             .iter()
@@ -551,10 +553,11 @@ impl AgentTable {
     /// each entry, as they did when every beat rescheduled.
     fn catch_up_schedule(&mut self, now: Instant) {
         let until = now + self.hold_horizon();
-        let from = self.caught_up_to().filter(|from| *from < until);
-        // Keys up to `from` are exact already: start after them.
-        let start = match from {
-            Some(from) => Bound::Included((from, self.no_address.clone())),
+        // Keys up to where the last look reached are exact already: start
+        // after them, or do nothing when this look reaches no further.
+        let start = match self.caught_up_to() {
+            Some(exact) if exact >= until => return,
+            Some(exact) => Bound::Included((exact, self.no_address.clone())),
             None => Bound::Unbounded,
         };
         let moved: Vec<(Instant, Instant, Arc<str>)> = self
