@@ -156,7 +156,7 @@ class OCSAgent:
         self._register(name, "process", start_func, stop_func, blocking, stopper_blocking, startup)
 
     def _register(self, name, kind, func, stopper, blocking, stopper_blocking, startup):
-        wire_name_check(name)
+        wire.check_name(name)
         if name in self.ops:
             raise ValueError(f"operation {name!r} is registered twice")
         for what, callable_ in (("function", func), ("stopper", stopper)):
@@ -178,7 +178,7 @@ class OCSAgent:
 
     def register_feed(self, feed_name, record=False, agg_params=None, buffer_time=None, **_):
         """Declares a feed; ``publish_to_feed`` sends on it."""
-        wire_name_check(feed_name)
+        wire.check_name(feed_name)
         self.feeds.setdefault(feed_name, 0)
 
     def publish_to_feed(self, feed_name, message, from_reactor=None):
@@ -653,11 +653,3 @@ def _reply(status: int, message: str, session: dict | None) -> pb.OperationReply
     if session is not None:
         reply.session.CopyFrom(wire.session_to_pb(session))
     return reply
-
-
-def wire_name_check(name: str) -> None:
-    """Operation and feed names are single NATS tokens of ``[A-Za-z0-9_-]``."""
-    if not 1 <= len(name) <= 128 or not all(
-        c.isascii() and (c.isalnum() or c in "-_") for c in name
-    ):
-        raise ValueError(f"{name!r} is not a valid name: 1 to 128 of A-Z, a-z, 0-9, - and _")

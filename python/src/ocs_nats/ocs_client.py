@@ -129,21 +129,18 @@ class ControlClient:
         self._connection = _Connection(args, f"ocs-client {self.address}")
 
     def request(self, action, op_name, params=None, timeout=None):
-        body = wire.encode_request(params, timeout)
         subject = wire.ops_subject(self.address, action, op_name)
-        if action == "wait":
-            waited = REQUEST_TIMEOUT if timeout is None else max(timeout, 0) + REQUEST_TIMEOUT
-            if timeout is None:
-                # Without a limit: ask in long slices, as OCS waits forever.
-                while True:
-                    body = wire.encode_request(None, WAIT_SLICE)
-                    reply = self._decode(
-                        self._connection.request(subject, body, WAIT_SLICE + REQUEST_TIMEOUT)
-                    )
-                    if reply[0] != ResponseCode.TIMEOUT:
-                        return reply
-        else:
-            waited = REQUEST_TIMEOUT
+        if action == "wait" and timeout is None:
+            # Without a limit: ask in long slices, as OCS waits forever.
+            body = wire.encode_request(None, WAIT_SLICE)
+            while True:
+                reply = self._decode(
+                    self._connection.request(subject, body, WAIT_SLICE + REQUEST_TIMEOUT)
+                )
+                if reply[0] != ResponseCode.TIMEOUT:
+                    return reply
+        waited = REQUEST_TIMEOUT + (max(timeout, 0) if action == "wait" else 0)
+        body = wire.encode_request(params, timeout)
         return self._decode(self._connection.request(subject, body, waited))
 
     def records(

@@ -33,6 +33,15 @@ class RequestError(Exception):
     """A request body the agent cannot act on; the text is the reply's message."""
 
 
+def check_name(name: str) -> None:
+    """Operation and feed names are single NATS tokens of ``[A-Za-z0-9_-]``,
+    1 to 128 characters."""
+    if not 1 <= len(name) <= 128 or not all(
+        c.isascii() and (c.isalnum() or c in "-_") for c in name
+    ):
+        raise ValueError(f"{name!r} is not a valid name: 1 to 128 of A-Z, a-z, 0-9, - and _")
+
+
 def heartbeat_subject(address: str) -> str:
     return f"{address}.feeds.{HEARTBEAT_FEED}"
 
