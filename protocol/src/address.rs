@@ -79,10 +79,13 @@ macro_rules! token_newtype {
         pub struct $name(String);
 
         impl $name {
+            /// What an error calls such a name.
+            pub const KIND: &'static str = $kind;
+
             /// Validates and wraps `name`.
             pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
                 let name = name.into();
-                validate_token($kind, &name)?;
+                validate_token(Self::KIND, &name)?;
                 Ok(Self(name))
             }
 
@@ -172,8 +175,8 @@ impl AgentAddress {
         let (root, instance_id) = address
             .split_once('.')
             .ok_or_else(|| NameError::BadAddress(address.to_owned()))?;
-        validate_token("address root", root)?;
-        validate_token("instance id", instance_id)?;
+        validate_token(AddressRoot::KIND, root)?;
+        validate_token(InstanceId::KIND, instance_id)?;
         Ok(root.len())
     }
 
