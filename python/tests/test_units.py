@@ -16,8 +16,10 @@ from conftest import REPO
 
 from ocs_nats import OK, OpCode, site_config, wire
 from ocs_nats import ocs_pb2 as pb
+from ocs_nats.agent_log import AgentLog
 from ocs_nats.journal import recover
 from ocs_nats.ocs_client import OCSReply
+from ocs_nats.ocs_feed import Block, Feed
 from ocs_nats.ocs_twisted import TimeoutLock
 from ocs_nats.params import ParamError, check_params, param
 from ocs_nats.session import OpSession
@@ -273,3 +275,56 @@ def test_a_reply_too_large_for_the_server_says_so_without_its_data():
     assert reply.session.data == b""
     asyncio.run(agent._respond(Message(), _reply(OK, "x" * 4096, None)))
     assert not pb.OperationReply.FromString(Message.sent).HasField("session")
+
+
+def test_agent_log_formats_as_txaio_and_keeps_preformatted_text(caplog):
+    import logging
+
+    log = AgentLog(logging.getLogger("ocs_nats.agent.test"))
+    with caplog.at_level(logging.DEBUG, logger="ocs_nats.agent.test"):
+        log.info("read {value} K on {channel}", value=4.2, channel="ch1")
+        log.warn("a dict as text: {'a': 1}")
+        log.debug("missing {name}", other=1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "read 4.2 K on ch1",
+        "a dict as text: {'a': 1}",
+        "missing {name} {'other': 1}",
+    ]
+    assert [r.levelname for r in caplog.records] == ["INFO", "WARNING", "DEBUG"]
+
+
+def test_a_block_encodes_as_ocs_and_refuses_other_fields():
+    block = Block("temps", ["ch0", "ch1"])
+    assert block.empty()
+    block.append({"timestamp": 1.0, "data": {"ch0": 0.1, "ch1": 0.2}})
+    block.extend({"timestamps": [2.0], "data": {"ch0": [0.3], "ch1": [0.4]}, "influxdb_tags": {}})
+    assert block.encoded() == {
+        "block_name": "temps",
+        "data": {"ch0": [0.1, 0.3], "ch1": [0.2, 0.4]},
+        "influxdb_tags": {},
+        "timestamps": [1.0, 2.0],
+    }
+    with pytest.raises(ValueError, match="has fields"):
+        block.append({"timestamp": 3.0, "data": {"ch0": 0.5}})
+    block.data["ch1"].append(9.9)
+    with pytest.raises(ValueError, match="one value per timestamp"):
+        block.encoded()
+    block.clear()
+    assert block.empty() and block.data == {"ch0": [], "ch1": []}
+
+
+def test_a_feed_numbers_its_messages_and_has_no_buffer():
+    feed = Feed("temps", record=True, agg_params={"frame_length": 60}, buffer_time=1.0)
+    assert [feed.next_seq() for _ in range(3)] == [1, 2, 3]
+    feed.flush_buffer()
+    assert feed.next_seq() == 4
+    with pytest.raises(ValueError):
+        Feed("bad name")
+
+
+def test_an_ocs_access_policy_is_refused_with_the_reason(capsys):
+    with pytest.raises(SystemExit):
+        site_config.parse_args(args=["--instance-id", "a1", "--access-policy", "site"])
+    assert "NATS user permissions" in capsys.readouterr().err
+    parsed = site_config.parse_args(args=["--instance-id", "a1", "--access-policy", "none"])
+    assert parsed.access_policy == "none"

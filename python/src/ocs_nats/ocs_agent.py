@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -29,9 +30,11 @@ from typing import Any
 
 from . import OpCode, ResponseCode, __version__, event_loop, wire
 from . import ocs_pb2 as pb
+from .agent_log import AgentLog
 from .connection import connect
 from .journal import Journal, recover
 from .lifecycle import stop_with_parent
+from .ocs_feed import Feed
 from .params import ParamError, check_params, param, specs_of
 from .session import OpSession
 
@@ -62,7 +65,9 @@ class AgentRunner:
 
     def run(self, agent: OCSAgent, auto_reconnect: bool = True) -> None:
         if not logging.getLogger().handlers:
-            handler = logging.StreamHandler()
+            # The real stderr: txaio.start_logging (OCS agents call it) points
+            # sys.stderr into Twisted's log, which would stamp every line twice.
+            handler = logging.StreamHandler(sys.__stderr__)
             if getattr(agent.site_args, "log_format", "text") == "json":
                 handler.setFormatter(_JsonFormatter())
             else:
@@ -124,9 +129,14 @@ class OCSAgent:
         self.agent_class = getattr(site_args, "agent_class", None) or "PythonAgent"
         self.agent_version = __version__
         self.incarnation = str(uuid.uuid4())
-        self.log = logging.getLogger(f"ocs_nats.agent.{self.agent_address}")
+        self._log = logging.getLogger(f"ocs_nats.agent.{self.agent_address}")
+        #: OCS's ``agent.log`` (txaio-style: ``log.info("{x}", x=...)``).
+        self.log = AgentLog(self._log)
         self.ops: dict[str, _Operation] = {}
-        self.feeds: dict[str, int] = {}
+        self.feeds: dict[str, Feed] = {}
+        #: OCS's switch: while False the agent sends no heartbeat, so the
+        #: registry expires it (OCS's fake-data agent tests liveness so).
+        self._heartbeat_on = True
         self.startup_ops: list[tuple[str, dict]] = []
         self._next_session_id = 0
         self._lock = threading.RLock()
@@ -143,14 +153,32 @@ class OCSAgent:
 
     # -- registration, as OCS -------------------------------------------------
 
+    # ``min_privs`` is accepted and not enforced here: a request carries no
+    # caller identity on NATS, so who may start what is the server's
+    # per-user permissions (deploy/nats/permissions.conf), down to one
+    # operation's start subject if a site needs it.
     def register_task(
-        self, name, func, aborter=None, blocking=True, aborter_blocking=None, startup=False
+        self,
+        name,
+        func,
+        aborter=None,
+        blocking=True,
+        aborter_blocking=None,
+        startup=False,
+        min_privs=0,
     ):
         """Registers a task: ``func(session, params)`` returns ``(ok, message)``."""
         self._register(name, "task", func, aborter, blocking, aborter_blocking, startup)
 
     def register_process(
-        self, name, start_func, stop_func, blocking=True, stopper_blocking=None, startup=False
+        self,
+        name,
+        start_func,
+        stop_func,
+        blocking=True,
+        stopper_blocking=None,
+        startup=False,
+        min_privs=0,
     ):
         """Registers a process: it runs until ``stop_func(session, params)`` asks it to end."""
         self._register(name, "process", start_func, stop_func, blocking, stopper_blocking, startup)
@@ -178,16 +206,16 @@ class OCSAgent:
 
     def register_feed(self, feed_name, record=False, agg_params=None, buffer_time=None, **_):
         """Declares a feed; ``publish_to_feed`` sends on it."""
-        wire.check_name(feed_name)
-        self.feeds.setdefault(feed_name, 0)
+        if feed_name not in self.feeds:
+            self.feeds[feed_name] = Feed(feed_name, record, agg_params, buffer_time)
+        return self.feeds[feed_name]
 
     def publish_to_feed(self, feed_name, message, from_reactor=None):
         """Publishes ``message`` (a map) on the feed, from any thread."""
-        if feed_name not in self.feeds:
+        feed = self.feeds.get(feed_name)
+        if feed is None:
             raise ValueError(f"feed {feed_name!r} is not registered")
-        with self._lock:
-            self.feeds[feed_name] += 1
-            seq = self.feeds[feed_name]
+        seq = feed.next_seq()
         body = pb.FeedMessage(
             protocol_version=wire.PROTOCOL_VERSION,
             agent_address=self.agent_address,
@@ -217,7 +245,7 @@ class OCSAgent:
                 params = check_params(op.func, params)
             except ParamError as err:
                 return ResponseCode.ERROR, f'Param error for "{op_name}": {err}', None
-            session = OpSession(self._next_session_id, op_name, self._session_changed)
+            session = OpSession(self._next_session_id, op_name, self._session_changed, app=self)
             self._next_session_id += 1
             op.session = session
         self._session_changed(session, True)
@@ -306,19 +334,26 @@ class OCSAgent:
         else:
             self._in_loop(lambda: self._spawn(self._run_async(func, session, params, finishes)))
 
+    # A start function's session is "running" once it is called, as in OCS
+    # 0.12 (agents that set it themselves change nothing: status never goes
+    # back); a stopper runs in a session that is already stopping.
     def _run_blocking(self, func, session, params, finishes):
         try:
+            if finishes:
+                session.set_status("running")
             outcome = _outcome(func(session, params))
         except Exception as err:
-            self.log.error("%s crashed:\n%s", session.op_name, traceback.format_exc())
+            self._log.error("%s crashed:\n%s", session.op_name, traceback.format_exc())
             outcome = False, f"Crash in thread: {err!r}"
         self._end(session, outcome, finishes)
 
     async def _run_async(self, func, session, params, finishes):
         try:
+            if finishes:
+                session.set_status("running")
             outcome = _outcome(await event_loop.settle(func(session, params)))
         except Exception as err:
-            self.log.error("%s crashed:\n%s", session.op_name, traceback.format_exc())
+            self._log.error("%s crashed:\n%s", session.op_name, traceback.format_exc())
             outcome = False, f"Crash in operation: {err!r}"
         self._end(session, outcome, finishes)
 
@@ -370,7 +405,7 @@ class OCSAgent:
         async def disconnected():
             if self._stop.is_set():
                 return  # our own drain at the end
-            self.log.warning("NATS disconnected; heartbeats are skipped until it returns")
+            self._log.warning("NATS disconnected; heartbeats are skipped until it returns")
             if not auto_reconnect:
                 self._stop.set()
 
@@ -378,13 +413,13 @@ class OCSAgent:
 
         async def reconnected():
             last_error[0] = ""
-            self.log.info("NATS reconnected")
+            self._log.info("NATS reconnected")
 
         async def error(err):
             # Once per kind of trouble, not once per reconnect attempt.
             if str(err) != last_error[0]:
                 last_error[0] = str(err)
-                self.log.warning("NATS: %s", err)
+                self._log.warning("NATS: %s", err)
 
         self._nc = await connect(
             self.site_args,
@@ -394,7 +429,7 @@ class OCSAgent:
             reconnected_cb=reconnected,
             error_cb=error,
         )
-        self.log.info(
+        self._log.info(
             "agent %s (%s) running, incarnation %s",
             self.agent_address,
             self.agent_class,
@@ -407,12 +442,12 @@ class OCSAgent:
         journal = asyncio.ensure_future(self._keep_journal())
         for name, params in self.startup_ops:
             _, message, _ = self.start(name, params)
-            self.log.info("startup operation %s: %s", name, message)
+            self._log.info("startup operation %s: %s", name, message)
         await self._stop.wait()
         await self._shutdown(heartbeat, journal)
 
     async def _shutdown(self, heartbeat, journal) -> None:
-        self.log.info("stopping: asking running operations to end")
+        self._log.info("stopping: asking running operations to end")
         running = [op for op in self.ops.values() if op.session is not None and not op.session.done]
         for op in running:
             self._request_stop(op.name, op.stop_action, {})
@@ -429,7 +464,7 @@ class OCSAgent:
             await asyncio.wait_for(self._nc.drain(), 1.0)
         except Exception:
             await self._nc.close()
-        self.log.info("stopped")
+        self._log.info("stopped")
 
     async def _heartbeat(self) -> None:
         next_beat = time.monotonic()
@@ -458,6 +493,8 @@ class OCSAgent:
     async def _beat(self, leaving: bool = False) -> None:
         if self._nc is None or not self._nc.is_connected:
             return  # skip, never queue, while disconnected
+        if not (self._heartbeat_on or leaving):
+            return
         self._seq += 1
         beat = pb.Heartbeat(
             protocol_version=wire.PROTOCOL_VERSION,
@@ -478,7 +515,7 @@ class OCSAgent:
                 wire.heartbeat_subject(self.agent_address), beat.SerializeToString()
             )
         except Exception as err:
-            self.log.debug("heartbeat not sent: %s", err)
+            self._log.debug("heartbeat not sent: %s", err)
 
     # -- requests -------------------------------------------------------------
 
@@ -582,7 +619,7 @@ class OCSAgent:
             try:
                 self._journal = await Journal.open(self._nc, self.agent_address, self.incarnation)
             except Exception as err:
-                self.log.warning(
+                self._log.warning(
                     "no session journal (JetStream: %s); retrying every %.0f s",
                     err or type(err).__name__,
                     JOURNAL_RETRY,
@@ -601,13 +638,13 @@ class OCSAgent:
             try:
                 stored = await self._journal.last(op.name)
             except Exception as err:
-                self.log.warning("cannot read the last session of %s: %s", op.name, err)
+                self._log.warning("cannot read the last session of %s: %s", op.name, err)
                 continue
             if stored is None:
                 continue
             stored, changed = recover(stored, self.incarnation)
             if changed:
-                self.log.warning(
+                self._log.warning(
                     "the last run of %s was cut short by the agent's death: marked FAILED "
                     "(incarnation %s)",
                     op.name,
@@ -616,7 +653,7 @@ class OCSAgent:
                 try:
                     await self._journal.put(stored)
                 except Exception as err:
-                    self.log.warning("cannot store the failed session of %s: %s", op.name, err)
+                    self._log.warning("cannot store the failed session of %s: %s", op.name, err)
             with self._lock:
                 if op.session is None:
                     encoded = wire.session_from_pb(stored.session)
@@ -636,7 +673,7 @@ class OCSAgent:
             try:
                 await self._journal.record(wire.session_to_pb(op.session.encoded()))
             except Exception as err:
-                self.log.warning("cannot journal the session of %s: %s", op_name, err)
+                self._log.warning("cannot journal the session of %s: %s", op_name, err)
 
 
 def _outcome(result: Any) -> tuple[bool, str]:

@@ -27,8 +27,14 @@ class OpSession:
         op_name: str,
         on_change: Callable[[OpSession, bool], None] = lambda _session, _code: None,
         start_time: float | None = None,
+        app=None,
     ):
         self._lock = threading.RLock()
+        #: OCS's ``session.app``: the agent (``session.app.publish_to_feed``).
+        self.app = app
+        #: OCS's credential level of the caller; 1 as under OCS's "none" policy,
+        #: as NATS permissions, not the agent, decide who may call.
+        self.cred_level = 1
         self._on_change = on_change
         #: Set on the agent's loop once the session is done: what `wait` awaits.
         self.finished = asyncio.Event()

@@ -167,6 +167,12 @@ def add_arguments(parser: argparse.ArgumentParser | None = None) -> argparse.Arg
     group.add_argument(
         "--nats-creds", default=env("NATS_CREDS"), help="credentials file (JWT and nkey seed)"
     )
+    group.add_argument(
+        "--access-policy",
+        default=None,
+        help="OCS's access policy: only 'none' here; NATS user permissions decide "
+        "who may call which operation (deploy/nats/README.md)",
+    )
     group.add_argument("--nats-tls-ca", default=env("NATS_TLS_CA"))
     group.add_argument("--nats-tls-cert", default=env("NATS_TLS_CERT"))
     group.add_argument("--nats-tls-key", default=env("NATS_TLS_KEY"))
@@ -203,6 +209,11 @@ def parse_args(
     parsed = parser.parse_args(site_args + args)
     if not parsed.instance_id:
         parser.error("--instance-id (or INSTANCE_ID) is required")
+    if parsed.access_policy not in (None, "", "none"):
+        parser.error(
+            f"--access-policy {parsed.access_policy!r}: ocs-nats controls access with NATS "
+            "user permissions (deploy/nats/README.md), not OCS access policies"
+        )
     parsed.agent_class = agent_class
     parsed.nats_user = os.environ.get("NATS_USER")
     parsed.nats_password = os.environ.get("NATS_PASSWORD")
