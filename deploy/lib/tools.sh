@@ -49,14 +49,16 @@ ensure_python_protocol_deps() {
 
 # The Python package (python/, import ocs_nats) installed editable into the
 # same .tools/venv, with its pinned runtime and test dependencies: the
-# protocol's, PyYAML for the site file, pytest and ruff, and Twisted with
-# autobahn for the OCS-style agent the tests run.
+# protocol's, PyYAML for the site file, pytest and ruff, Twisted with
+# autobahn for OCS-style agents, and numpy for OCS's own fake-data agent,
+# which the acceptance tests fetch from PyPI (ocs==0.12.1) and run.
 PYTHON_PACKAGE_PACKAGES=(
   "PyYAML==6.0.4"
   "pytest==9.2.0"
   "ruff==0.17.6"
   "twisted==26.10.0"
   "autobahn==26.10.2"
+  "numpy==2.4.6"
 )
 ensure_python_package() {
   ensure_python_protocol_deps
