@@ -399,3 +399,33 @@ def test_the_operation_monitor_exports_a_python_agents_operations(
         'ocs_operation_code{agent="observatory.pyfaker8",agent_class="PyFakeDataAgent",'
         'operation="count",op_type="task"} 1'
     ) in exposition()
+
+
+def test_the_python_client_drives_the_rust_fake_data_agent(registry, processes, env, client_args):
+    processes("rustfaker1", [binary("ocs-fake-data-agent"), "--instance-id", "rustfaker1"], env)
+    ocs = binary("ocs")
+    wait_for(
+        lambda: (
+            subprocess.run([ocs, "ping", "rustfaker1"], env=env, capture_output=True).returncode
+            == 0
+        ),
+        20,
+        "the Rust agent to answer ping",
+    )
+    with OCSClient("rustfaker1", args=client_args) as client:
+        started = client.delay_task.start(delay=0.3, succeed=True)
+        assert started.status == OK, started
+        assert started.session["op_name"] == "delay_task"
+        done = client.delay_task.wait(timeout=10)
+        assert done.status == OK and done.session["success"] is True, done
+        assert done.msg == 'Operation "delay_task" is currently not running (SUCCEEDED).'
+        status = client.delay_task.status()
+        assert status.session["status"] == "done"
+        assert status.session["session_id"] == done.session["session_id"]
+    record = wait_for(
+        lambda: registry_record(client_args, "observatory.rustfaker1"),
+        10,
+        "the registry to list the Rust agent",
+    )
+    assert record["agent_class"] == "FakeDataAgent" and record["state"] == "alive"
+    assert record["op_codes"]["delay_task"] == OpCode.SUCCEEDED
