@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ocs_agent::OcsClient;
-use ocs_operation_monitor::fleet::{Fleet, FleetLimits};
+use ocs_fleet::{Fleet, FleetLimits};
 use ocs_operation_monitor::metrics::{MonitorMetrics, SeriesDetail};
 use ocs_protocol::codec::to_msgpack;
 use ocs_protocol::{Action, AddressRoot, AgentAddress, InstanceId, OpName, proto};

@@ -9,7 +9,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::metrics::{MonitorMetrics, SharedFleet};
+use ocs_fleet::SharedFleet;
+
+use crate::metrics::MonitorMetrics;
 
 #[derive(Clone)]
 struct HttpState {
@@ -76,7 +78,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn healthz_follows_feed_freshness() {
-        let (registry, fleet) = crate::fleet::small_fleet();
+        let (registry, fleet) = ocs_fleet::fleet::small_fleet();
         let fleet: SharedFleet = Arc::new(Mutex::new(fleet));
         let metrics = Arc::new(MonitorMetrics::new(
             fleet.clone(),

@@ -2,15 +2,13 @@
 //! every heartbeat, so it scales with the registry, not with the bus) and
 //! serves it as Prometheus metrics for dashboards and alerts.
 //!
-//! - [`fleet`]: the sans-I/O [`fleet::Fleet`], bounded by the fleet's size;
+//! The fleet and the loop that follows the feed are `ocs-fleet`'s (the web
+//! board shares them);
 //! - [`metrics`]: metrics encoded from the fleet at scrape time, plus the monitor's own;
-//! - `feed`: the loop that moves feed messages into the fleet and probes the registry;
 //! - [`http`]: `/metrics` and `/healthz`;
 //! - [`config`]: the command line.
 
 pub mod config;
-mod feed;
-pub mod fleet;
 pub mod http;
 pub mod metrics;
 
@@ -23,7 +21,8 @@ use parking_lot::Mutex;
 
 pub use config::Config;
 
-use crate::fleet::{Fleet, FleetLimits};
+use ocs_fleet::{Fleet, FleetLimits, FollowSettings};
+
 use crate::metrics::MonitorMetrics;
 
 /// Why the monitor stopped with an error.
@@ -56,11 +55,14 @@ pub async fn run(config: Config, started: Started) -> Result<(), MonitorError> {
         let router = http::router(metrics.clone(), fleet.clone(), config.stale_after);
         tokio::spawn(endpoints::serve(listener, router, shutdown.clone()))
     });
-    let settings = feed::FeedSettings {
+    let settings = FollowSettings {
         registry,
         probe_interval: config.probe_interval,
     };
-    let result = feed::follow(settings, client, fleet, metrics, shutdown.clone()).await;
+    // Nobody here waits for changes: /metrics reads the fleet when scraped.
+    let (changes, _) = tokio::sync::watch::channel(0);
+    let feed = metrics.feed();
+    let result = ocs_fleet::follow(settings, client, fleet, feed, changes, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(http) = http {
         let _ = http.await;

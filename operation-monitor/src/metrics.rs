@@ -6,42 +6,13 @@ use std::sync::Arc;
 
 use ocs_protocol::OpCode;
 use ocs_service::exposition::encode_gauges as gauge;
-use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
-};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry as MetricFamilies;
 
-use crate::fleet::Fleet;
-
-/// Why a feed message or record was not taken.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum RejectReason {
-    /// Not a protobuf `AgentOperations`, or an unknown version.
-    undecodable,
-    /// A record with an invalid address, operation name or op code.
-    invalid_record,
-    /// A new agent while the fleet is at `--max-agents`.
-    fleet_full,
-    /// More operations than `--max-operations`.
-    too_many_operations,
-    /// From another registry than the one followed.
-    wrong_registry,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ReasonLabel {
-    pub(crate) reason: RejectReason,
-}
-
-/// Shared handle on the fleet, read at scrape time.
-pub type SharedFleet = Arc<Mutex<Fleet>>;
+use ocs_fleet::{FeedMetrics, SharedFleet};
 
 /// Which series of the fleet `/metrics` exports: each costs Prometheus
 /// about one series per line (a few KiB of memory each in its head block).
@@ -64,14 +35,6 @@ pub enum SeriesDetail {
 struct FleetCollector {
     fleet: SharedFleet,
     detail: SeriesDetail,
-}
-
-impl std::fmt::Debug for Fleet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fleet")
-            .field("agents", &self.len())
-            .finish()
-    }
 }
 
 impl Collector for FleetCollector {
@@ -218,13 +181,8 @@ impl Collector for FleetCollector {
 
 /// The monitor's metric families (the fleet's and its own counters).
 pub struct MonitorMetrics {
-    pub(crate) families: MetricFamilies,
-    pub(crate) feed_messages: Counter,
-    pub(crate) rejected: Family<ReasonLabel, Counter>,
-    pub(crate) last_feed_message: Gauge<f64, std::sync::atomic::AtomicU64>,
-    pub(crate) last_snapshot: Gauge<f64, std::sync::atomic::AtomicU64>,
-    pub(crate) registry_reachable: Gauge,
-    pub(crate) nats_connected: Gauge,
+    families: MetricFamilies,
+    feed: Arc<FeedMetrics>,
 }
 
 impl MonitorMetrics {
@@ -232,63 +190,13 @@ impl MonitorMetrics {
     pub fn new(fleet: SharedFleet, detail: SeriesDetail) -> Self {
         let mut families = MetricFamilies::default();
         families.register_collector(Box::new(FleetCollector { fleet, detail }));
-        let metrics = MonitorMetrics {
-            feed_messages: Counter::default(),
-            rejected: Family::default(),
-            last_feed_message: Gauge::default(),
-            last_snapshot: Gauge::default(),
-            registry_reachable: Gauge::default(),
-            nats_connected: Gauge::default(),
-            families: MetricFamilies::default(),
-        };
-        families.register(
-            "ocs_monitor_feed_messages_received",
-            "agent_operations feed messages received",
-            metrics.feed_messages.clone(),
-        );
-        families.register(
-            "ocs_monitor_feed_rejected",
-            "Feed messages (undecodable, wrong_registry) and records (the rest) not taken, by reason",
-            metrics.rejected.clone(),
-        );
-        families.register(
-            "ocs_monitor_last_feed_message_timestamp_seconds",
-            "Unix time of the last feed message taken; 0 before the first",
-            metrics.last_feed_message.clone(),
-        );
-        families.register(
-            "ocs_monitor_last_snapshot_timestamp_seconds",
-            "Unix time of the last complete snapshot taken; 0 before the first",
-            metrics.last_snapshot.clone(),
-        );
-        families.register(
-            "ocs_monitor_registry_reachable",
-            "1 if the registry answered the last probe, else 0",
-            metrics.registry_reachable.clone(),
-        );
-        families.register(
-            "ocs_monitor_nats_connected",
-            "1 while connected to NATS",
-            metrics.nats_connected.clone(),
-        );
-        for reason in [
-            RejectReason::undecodable,
-            RejectReason::invalid_record,
-            RejectReason::fleet_full,
-            RejectReason::too_many_operations,
-            RejectReason::wrong_registry,
-        ] {
-            let _ = metrics.rejected.get_or_create(&ReasonLabel { reason });
-        }
-        MonitorMetrics {
-            families,
-            ..metrics
-        }
+        let feed = Arc::new(FeedMetrics::register("ocs_monitor", &mut families));
+        MonitorMetrics { families, feed }
     }
 
-    /// Counts a rejection.
-    pub(crate) fn reject(&self, reason: RejectReason) {
-        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    /// What the feed loop reports.
+    pub fn feed(&self) -> Arc<FeedMetrics> {
+        self.feed.clone()
     }
 
     /// Every family, for rendering.
@@ -302,12 +210,13 @@ mod tests {
     use tokio::time::Instant;
 
     use ocs_protocol::proto;
+    use parking_lot::Mutex;
 
     use super::*;
 
     /// `/metrics` of a fleet of one agent with two operations, at `detail`.
     fn exposition(detail: SeriesDetail) -> String {
-        let (registry, fleet) = crate::fleet::small_fleet();
+        let (registry, fleet) = ocs_fleet::fleet::small_fleet();
         let fleet: SharedFleet = Arc::new(Mutex::new(fleet));
         let operation = |name: &str, code: i32| proto::OperationCode {
             op_name: name.into(),

@@ -1,11 +1,17 @@
-//! [`Fleet`]: the monitor's view of every agent, built from the registry's
-//! feed. No I/O; callers pass the monotonic `now`.
+//! [`Fleet`]: every agent as the registry's feed shows it. No I/O; callers
+//! pass the monotonic `now`.
 //!
-//! Labels come from this state, so its bounds are the cardinality bounds: at
-//! most `max_agents` agents and `max_operations` operations each, every name
-//! checked to be a token and every free-text label value truncated.
+//! Consumers build metric labels and web pages from this state, so its
+//! bounds are their bounds: at most `max_agents` agents and `max_operations`
+//! operations each, every name checked to be a token and every free-text
+//! value truncated.
+//!
+//! Every change of an agent's view takes the next fleet revision, and
+//! removals are logged with theirs, so a consumer that remembers the
+//! revision it last showed asks only for what changed since
+//! ([`Fleet::changes_since`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use ocs_protocol::address::{AgentAddress, validate_token};
 use ocs_protocol::{OpCode, proto};
@@ -13,6 +19,10 @@ use tokio::time::Instant;
 
 /// Longest free-text label value (class, host, version) kept.
 pub const MAX_LABEL_CHARS: usize = 128;
+
+/// Removals remembered for [`Fleet::changes_since`]; a consumer further
+/// behind starts over from the whole fleet.
+pub const REMOVALS_KEPT: usize = 10_000;
 
 /// Bounds of the fleet.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +84,8 @@ pub struct AgentView {
     pub unverified: bool,
     /// Operations in the agent's order.
     pub operations: Vec<Operation>,
+    /// The fleet revision at which this view last changed.
+    pub revision: u64,
 }
 
 impl AgentView {
@@ -103,6 +115,31 @@ pub struct Fleet {
     pending: Option<PendingSnapshot>,
     last_message: Option<Instant>,
     last_snapshot: Option<Instant>,
+    revision: u64,
+    /// `(revision, address)` of recent removals, oldest first.
+    removals: VecDeque<(u64, String)>,
+    /// Changes since a revision below this one may include forgotten removals.
+    removals_complete_after: u64,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("agents", &self.len())
+            .field("revision", &self.revision)
+            .finish()
+    }
+}
+
+/// What changed in a fleet after some revision.
+#[derive(Debug)]
+pub struct FleetChanges<'a> {
+    /// The fleet's revision now: ask for changes since this one next.
+    pub revision: u64,
+    /// Agents added or changed, by address.
+    pub changed: Vec<&'a AgentView>,
+    /// Addresses of agents removed (forgotten, or missing from a complete snapshot).
+    pub removed: Vec<&'a str>,
 }
 
 impl Fleet {
@@ -115,6 +152,51 @@ impl Fleet {
             pending: None,
             last_message: None,
             last_snapshot: None,
+            revision: 0,
+            removals: VecDeque::new(),
+            removals_complete_after: 0,
+        }
+    }
+
+    /// The revision of the last change; 0 for a fleet that never changed.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// What changed after revision `since`, or `None` when removals that old
+    /// are no longer remembered and the consumer must start over from
+    /// [`Fleet::agents`].
+    pub fn changes_since(&self, since: u64) -> Option<FleetChanges<'_>> {
+        if since < self.removals_complete_after {
+            return None;
+        }
+        Some(FleetChanges {
+            revision: self.revision,
+            changed: self
+                .agents
+                .values()
+                .filter(|agent| agent.revision > since)
+                .collect(),
+            removed: self
+                .removals
+                .iter()
+                .filter(|(revision, _)| *revision > since)
+                .map(|(_, address)| address.as_str())
+                .collect(),
+        })
+    }
+
+    /// The agent at `address`.
+    pub fn agent(&self, address: &str) -> Option<&AgentView> {
+        self.agents.get(address)
+    }
+
+    fn note_removal(&mut self, address: String) {
+        self.revision += 1;
+        self.removals.push_back((self.revision, address));
+        if self.removals.len() > REMOVALS_KEPT {
+            let (revision, _) = self.removals.pop_front().expect("not empty");
+            self.removals_complete_after = revision;
         }
     }
 
@@ -151,7 +233,9 @@ impl Fleet {
         self.last_message = Some(now);
         let mut rejections = Vec::new();
         for address in &message.forgotten {
-            self.agents.remove(address);
+            if self.agents.remove(address).is_some() {
+                self.note_removal(address.clone());
+            }
         }
         for record in &message.agents {
             if let Err(rejection) = self.upsert(record) {
@@ -191,7 +275,16 @@ impl Fleet {
             let listed = std::mem::take(&mut pending.listed);
             self.pending = None;
             // A complete snapshot is the truth: whatever it does not list is gone.
-            self.agents.retain(|address, _| listed.contains(address));
+            let gone: Vec<String> = self
+                .agents
+                .keys()
+                .filter(|address| !listed.contains(*address))
+                .cloned()
+                .collect();
+            for address in gone {
+                self.agents.remove(&address);
+                self.note_removal(address);
+            }
             self.last_snapshot = Some(now);
         }
     }
@@ -227,23 +320,38 @@ impl Fleet {
             _ if record.expired => "expired",
             _ => "alive",
         };
-        self.agents.insert(
-            record.agent_address.clone(),
-            AgentView {
-                address: record.agent_address.clone(),
-                agent_class: truncated(&record.agent_class),
-                state,
-                last_heartbeat_seconds: record.last_updated_unix_ms as f64 / 1000.0,
-                host: truncated(&record.host),
-                version: truncated(&record.agent_version),
-                incarnation: truncated(&record.incarnation),
-                incarnations_seen: record.incarnations_seen,
-                conflict: record.conflict.is_some(),
-                flapping: record.flapping,
-                unverified: record.unverified,
-                operations,
-            },
-        );
+        let mut view = AgentView {
+            address: record.agent_address.clone(),
+            agent_class: truncated(&record.agent_class),
+            state,
+            last_heartbeat_seconds: record.last_updated_unix_ms as f64 / 1000.0,
+            host: truncated(&record.host),
+            version: truncated(&record.agent_version),
+            incarnation: truncated(&record.incarnation),
+            incarnations_seen: record.incarnations_seen,
+            conflict: record.conflict.is_some(),
+            flapping: record.flapping,
+            unverified: record.unverified,
+            operations,
+            revision: 0,
+        };
+        // Snapshots repeat every record: only a real change takes a revision,
+        // so consumers of changes are not sent the whole fleet each time.
+        match self.agents.get_mut(&record.agent_address) {
+            Some(existing) => {
+                view.revision = existing.revision;
+                if *existing != view {
+                    self.revision += 1;
+                    view.revision = self.revision;
+                    *existing = view;
+                }
+            }
+            None => {
+                self.revision += 1;
+                view.revision = self.revision;
+                self.agents.insert(record.agent_address.clone(), view);
+            }
+        }
         if too_many {
             Err(Rejection::TooManyOperations)
         } else {
@@ -253,9 +361,8 @@ impl Fleet {
 }
 
 /// A fleet following the default registry, for ten agents of ten
-/// operations, as other modules' tests need one: `(registry, fleet)`.
-#[cfg(test)]
-pub(crate) fn small_fleet() -> (AgentAddress, Fleet) {
+/// operations, as consumers' tests need one: `(registry, fleet)`.
+pub fn small_fleet() -> (AgentAddress, Fleet) {
     let registry = AgentAddress::new(
         &ocs_protocol::AddressRoot::default(),
         &ocs_protocol::InstanceId::new("registry").unwrap(),
@@ -381,6 +488,72 @@ mod tests {
         let addresses: Vec<&str> = fleet.agents().map(|a| a.address.as_str()).collect();
         assert_eq!(addresses, ["observatory.a", "observatory.b"]);
         assert_eq!(fleet.last_snapshot(), Some(now));
+    }
+
+    #[test]
+    fn changes_since_a_revision_list_what_changed_and_what_went() {
+        let mut fleet = fleet();
+        let now = Instant::now();
+        assert_eq!(fleet.revision(), 0);
+        fleet.apply(
+            &message(
+                vec![
+                    record("observatory.a", &[("acq", 3)]),
+                    record("observatory.b", &[]),
+                ],
+                &[],
+            ),
+            now,
+        );
+        let seen = fleet.revision();
+        assert_eq!(seen, 2);
+        // A snapshot repeating a record unchanged is no change.
+        fleet.apply(
+            &message(vec![record("observatory.a", &[("acq", 3)])], &[]),
+            now,
+        );
+        assert_eq!(fleet.revision(), seen);
+        fleet.apply(
+            &message(vec![record("observatory.a", &[("acq", 6)])], &[]),
+            now,
+        );
+        fleet.apply(
+            &message(vec![], &["observatory.b", "observatory.never"]),
+            now,
+        );
+        let changes = fleet.changes_since(seen).unwrap();
+        assert_eq!(changes.revision, 4);
+        let changed: Vec<&str> = changes.changed.iter().map(|a| a.address.as_str()).collect();
+        assert_eq!(changed, ["observatory.a"]);
+        assert_eq!(changes.removed, ["observatory.b"]);
+        let nothing = fleet.changes_since(changes.revision).unwrap();
+        assert!(nothing.changed.is_empty() && nothing.removed.is_empty());
+        // A complete snapshot's removals are changes too.
+        fleet.apply(&snapshot(vec![], 1, 0, 1), now);
+        assert_eq!(fleet.changes_since(4).unwrap().removed, ["observatory.a"]);
+    }
+
+    #[test]
+    fn a_consumer_behind_the_removal_log_starts_over() {
+        let mut fleet = Fleet::new(
+            &registry(),
+            FleetLimits {
+                max_agents: REMOVALS_KEPT + 10,
+                max_operations: 1,
+            },
+        );
+        let now = Instant::now();
+        for i in 0..=REMOVALS_KEPT {
+            let address = format!("observatory.a{i}");
+            fleet.apply(&message(vec![record(&address, &[])], &[]), now);
+            fleet.apply(&message(vec![], &[address.as_str()]), now);
+        }
+        assert!(
+            fleet.changes_since(0).is_none(),
+            "the oldest removal is forgotten"
+        );
+        let recent = fleet.revision() - 2;
+        assert_eq!(fleet.changes_since(recent).unwrap().removed.len(), 1);
     }
 
     #[test]
