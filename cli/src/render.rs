@@ -175,34 +175,8 @@ pub fn ping(ping: &proto::PingReply, round_trip: Duration, as_json: bool) -> Str
 /// (JSON) or as text.
 pub fn api(api: &proto::ApiReply, as_json: bool) -> Result<String, CodecError> {
     let mut out = String::new();
-    let operations: Vec<Value> = api
-        .operations
-        .iter()
-        .map(|op| -> Result<Value, CodecError> {
-            Ok(serde_json::json!({
-                "op_name": op.op_name,
-                "op_type": op.op_type,
-                "docstring": op.docstring,
-                "blocking": op.blocking,
-                "abortable": op.abortable,
-                "params": op.params.iter().map(|p| serde_json::json!({"name": p.name, "description": p.description})).collect::<Vec<_>>(),
-                "session": op.session.as_ref().map(json::session).transpose()?,
-            }))
-        })
-        .collect::<Result<_, CodecError>>()?;
     if as_json {
-        let value = serde_json::json!({
-            "agent_address": api.agent_address,
-            "agent_class": api.agent_class,
-            "instance_hostname": api.host,
-            "instance_pid": api.pid,
-            "version": api.agent_version,
-            "incarnation": api.incarnation,
-            "uptime": api.uptime_ms as f64 / 1000.0,
-            "feeds": api.feeds,
-            "operations": operations,
-        });
-        push!(out, "{value}");
+        push!(out, "{}", json::api(api)?);
         return Ok(out);
     }
     push!(

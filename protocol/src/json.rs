@@ -54,6 +54,37 @@ pub fn reply(reply: &proto::OperationReply) -> Result<Value, CodecError> {
     }))
 }
 
+/// An agent's `api` reply as OCS's `get_api` shows it (and `ocs api --json`):
+/// identity, feeds and each operation with its docs, params and last session.
+pub fn api(api: &proto::ApiReply) -> Result<Value, CodecError> {
+    let operations = api
+        .operations
+        .iter()
+        .map(|op| -> Result<Value, CodecError> {
+            Ok(json!({
+                "op_name": op.op_name,
+                "op_type": op.op_type,
+                "docstring": op.docstring,
+                "blocking": op.blocking,
+                "abortable": op.abortable,
+                "params": op.params.iter().map(|p| json!({"name": p.name, "description": p.description})).collect::<Vec<_>>(),
+                "session": op.session.as_ref().map(session).transpose()?,
+            }))
+        })
+        .collect::<Result<Vec<_>, CodecError>>()?;
+    Ok(json!({
+        "agent_address": api.agent_address,
+        "agent_class": api.agent_class,
+        "instance_hostname": api.host,
+        "instance_pid": api.pid,
+        "version": api.agent_version,
+        "incarnation": api.incarnation,
+        "uptime": api.uptime_ms as f64 / 1000.0,
+        "feeds": api.feeds,
+        "operations": operations,
+    }))
+}
+
 /// Op codes as OCS's `{op_name: code}` map, in the order given.
 pub fn op_codes(op_codes: &[proto::OperationCode]) -> Value {
     let map: Map<String, Value> = op_codes
