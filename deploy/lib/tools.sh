@@ -82,6 +82,12 @@ ensure_debian_tool() {
   command -v "$tool" >/dev/null 2>&1 || die "$package did not provide $tool"
 }
 
+# The web board's end-to-end test drives Debian's Chromium over WebDriver.
+ensure_chromium() {
+  ensure_debian_tool chromium chromium
+  ensure_debian_tool chromedriver chromium-driver
+}
+
 # promtool and prometheus (rule tests, the end-to-end alert test) and amtool.
 ensure_prometheus_tools() {
   ensure_debian_tool promtool prometheus
