@@ -89,8 +89,8 @@ pub fn ocs_as(nats_url: &str, user: &str, role: &str, args: &[&str]) -> Output {
 
 /// The roles of `deploy/nats/permissions.conf` that tests log in as; each
 /// has the password `pw-<ROLE>`.
-pub const ROLES: [&str; 7] = [
-    "REGISTRY", "MONITOR", "FAKER1", "FAKER2", "PYFAKER", "OPERATOR", "VIEWER",
+pub const ROLES: [&str; 8] = [
+    "REGISTRY", "MONITOR", "FAKER1", "FAKER2", "PYFAKER", "WEB", "OPERATOR", "VIEWER",
 ];
 
 /// A nats-server with the shipped role permissions, a password per role.

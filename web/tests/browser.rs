@@ -4,24 +4,18 @@
 //! reload, an operator's start, a viewer who cannot control, forged and
 //! CSRF-less requests refused, and the stale banner when the registry stops.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
-use ocs_testkit::{NatsServer, Process, TempDir, free_port, launch, tool, workspace_binary};
-use serde_json::{Value, json};
+use common::{Browser, artifacts};
+use fantoccini::Locator;
+use ocs_testkit::{NatsServer, Process, TempDir, launch};
+use serde_json::json;
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
 const OPERATOR_PASSWORD: &str = "operator's password";
 const VIEWER_PASSWORD: &str = "viewer's password";
-
-/// Where screenshots are kept as test artifacts.
-fn artifacts() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 struct Site {
     _nats: NatsServer,
@@ -29,13 +23,11 @@ struct Site {
     registry: Process,
     agents: Vec<Process>,
     _web: Process,
-    _driver: Process,
     board: String,
-    browser: Client,
+    browser: Browser,
 }
 
 async fn site() -> Site {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let nats = NatsServer::start();
     let url = nats.url();
     let timeout = AGENT_TIMEOUT.as_secs().to_string();
@@ -46,141 +38,35 @@ async fn site() -> Site {
     ];
     let dir = TempDir::new("ocs-web-browser");
     let users = dir.path().join("users");
-    std::fs::write(
+    common::users_file(&users, OPERATOR_PASSWORD, VIEWER_PASSWORD);
+    let (web, board) = common::web(
+        &url,
         &users,
-        format!(
-            "alice:operator:{}\nbob:viewer:{}\n",
-            ocs_web::users::hash_password(OPERATOR_PASSWORD),
-            ocs_web::users::hash_password(VIEWER_PASSWORD)
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let mut command = Command::new(workspace_binary("ocs-web"));
-    command
-        .args(["--nats-url", &url, "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--users")
-        .arg(&users)
-        .args(["--probe-interval", "1", "--stale-after", "30"])
-        .env("RUST_LOG", "warn")
-        .env_remove("INSTANCE_ID")
-        .env_remove("OCS_SITE_FILE");
-    let web = Process::spawn("ocs-web", command);
-
-    let driver_port = free_port();
-    let mut command = Command::new(tool("chromedriver", "apt-get install chromium-driver"));
-    command.arg(format!("--port={driver_port}"));
-    let driver = Process::spawn("chromedriver", command);
-    let chromium = tool("chromium", "apt-get install chromium");
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,800"],
-        }),
+        &["--probe-interval", "1", "--stale-after", "30"],
     );
-    let webdriver = format!("http://127.0.0.1:{driver_port}");
-    let browser = eventually(
-        "chromedriver to start a session",
-        Duration::from_secs(30),
-        || {
-            let capabilities = capabilities.clone();
-            let webdriver = webdriver.clone();
-            async move {
-                ClientBuilder::rustls()
-                    .ok()?
-                    .capabilities(capabilities)
-                    .connect(&webdriver)
-                    .await
-                    .ok()
-            }
-        },
-    )
-    .await;
-    let board = format!("http://127.0.0.1:{port}");
-    eventually("ocs-web to serve", Duration::from_secs(20), || {
-        let browser = browser.clone();
-        let login = format!("{board}/login");
-        async move { browser.goto(&login).await.ok() }
-    })
-    .await;
+    let browser = Browser::start().await;
     Site {
         _nats: nats,
         _dir: dir,
         registry,
         agents,
         _web: web,
-        _driver: driver,
         board,
         browser,
     }
 }
 
-/// Polls `probe` every 100 ms until it gives a value; panics after `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 impl Site {
-    async fn js(&self, script: &str) -> Value {
-        self.browser.execute(script, vec![]).await.unwrap()
+    async fn js(&self, script: &str) -> serde_json::Value {
+        self.browser.js(script).await
     }
 
-    /// Evaluates `expression` in the page until it is truthy.
-    async fn until(&self, what: &str, limit: Duration, expression: &str) -> Value {
-        let script = format!("return ({expression}) || null;");
-        eventually(what, limit, || async {
-            let value = self.browser.execute(&script, vec![]).await.ok()?;
-            (!value.is_null()).then_some(value)
-        })
-        .await
+    async fn until(&self, what: &str, limit: Duration, expression: &str) -> serde_json::Value {
+        self.browser.until(what, limit, expression).await
     }
 
     async fn log_in(&self, user: &str, password: &str) {
-        self.browser
-            .goto(&format!("{}/login", self.board))
-            .await
-            .unwrap();
-        self.browser
-            .find(Locator::Id("user"))
-            .await
-            .unwrap()
-            .send_keys(user)
-            .await
-            .unwrap();
-        self.browser
-            .find(Locator::Id("password"))
-            .await
-            .unwrap()
-            .send_keys(password)
-            .await
-            .unwrap();
-        self.browser
-            .find(Locator::Id("login"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        self.until(
-            "the board after logging in",
-            Duration::from_secs(10),
-            "location.pathname === '/' && document.getElementById('who').textContent",
-        )
-        .await;
+        self.browser.log_in(&self.board, user, password).await;
     }
 
     /// The class of the board's row of `instance_id`, if it is on the page.
@@ -204,6 +90,7 @@ impl Site {
                .then(reply => done(reply.status), () => done(-1));"
         );
         self.browser
+            .client
             .execute_async(&script, vec![])
             .await
             .unwrap()
@@ -217,7 +104,7 @@ async fn the_board_shows_agents_live_lets_operators_control_and_warns_when_stale
     let mut site = site().await;
 
     // Not logged in: sent to the login page.
-    site.browser.goto(&site.board).await.unwrap();
+    site.browser.client.goto(&site.board).await.unwrap();
     site.until(
         "a redirect to /login",
         Duration::from_secs(5),
@@ -243,7 +130,7 @@ async fn the_board_shows_agents_live_lets_operators_control_and_warns_when_stale
         counts.as_str().unwrap().starts_with('3'),
         "registry and both agents alive: {counts}"
     );
-    let screenshot = site.browser.screenshot().await.unwrap();
+    let screenshot = site.browser.client.screenshot().await.unwrap();
     std::fs::write(artifacts().join("board.png"), screenshot).unwrap();
 
     // kill -9: the row turns expired without a reload, within the timeout and a second.
@@ -275,17 +162,20 @@ async fn the_board_shows_agents_live_lets_operators_control_and_warns_when_stale
 
     // The operator starts delay_task with a param and sees its session run and end.
     site.browser
+        .client
         .goto(&format!("{}/agent/faker1", site.board))
         .await
         .unwrap();
     let delay = site
         .browser
+        .client
         .wait()
         .for_element(Locator::Css("#op-delay_task input[data-param='delay']"))
         .await
         .unwrap();
     delay.send_keys("1.5").await.unwrap();
     site.browser
+        .client
         .find(Locator::Css("#op-delay_task .action-start"))
         .await
         .unwrap()
@@ -320,7 +210,7 @@ async fn the_board_shows_agents_live_lets_operators_control_and_warns_when_stale
     );
     std::fs::write(
         artifacts().join("agent.png"),
-        site.browser.screenshot().await.unwrap(),
+        site.browser.client.screenshot().await.unwrap(),
     )
     .unwrap();
 
@@ -335,6 +225,7 @@ async fn the_board_shows_agents_live_lets_operators_control_and_warns_when_stale
     .await;
     site.log_in("bob", VIEWER_PASSWORD).await;
     site.browser
+        .client
         .goto(&format!("{}/agent/faker1", site.board))
         .await
         .unwrap();
@@ -357,7 +248,7 @@ async fn the_board_shows_agents_live_lets_operators_control_and_warns_when_stale
     );
 
     // The registry stops: the banner says the board is stale.
-    site.browser.goto(&site.board).await.unwrap();
+    site.browser.client.goto(&site.board).await.unwrap();
     site.until(
         "the board",
         Duration::from_secs(10),
@@ -381,8 +272,8 @@ async fn the_board_shows_agents_live_lets_operators_control_and_warns_when_stale
     );
     std::fs::write(
         artifacts().join("stale.png"),
-        site.browser.screenshot().await.unwrap(),
+        site.browser.client.screenshot().await.unwrap(),
     )
     .unwrap();
-    site.browser.clone().close().await.unwrap();
+    site.browser.client.clone().close().await.unwrap();
 }
