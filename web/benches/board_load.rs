@@ -106,8 +106,10 @@ async fn run(settings: Settings) {
         seqs: vec![0; settings.agents],
         codes: vec![3; settings.agents],
     }));
-    // Every agent beats once a second, spread over 100 slots; `changes` of
-    // them a second flip acq between running and succeeded.
+    // Every agent beats once a second, spread over 100 slots; `changes` a
+    // second of the first half flip acq between running and succeeded. The
+    // second half changes only when sampled below, so a sample is always a
+    // change the registry has not seen.
     let generator = {
         let fleet = fleet.clone();
         let client = client.clone();
@@ -122,7 +124,7 @@ async fn run(settings: Settings) {
                 let beats: Vec<(String, Vec<u8>)> = {
                     let mut fleet = fleet.lock();
                     for _ in 0..changes_per_slot {
-                        let index = next_change % agents;
+                        let index = next_change % (agents / 2);
                         fleet.codes[index] = if fleet.codes[index] == 3 { 5 } else { 3 };
                         next_change += 1;
                     }
@@ -185,7 +187,8 @@ async fn run(settings: Settings) {
         .subscribe("observatory.registry.feeds.agent_operations")
         .await
         .unwrap();
-    let feed_seen: Arc<Mutex<HashMap<String, (i32, Instant)>>> = Arc::default();
+    // When each (agent, op code) was first seen on the feed.
+    let feed_seen: Arc<Mutex<HashMap<(String, i32), Instant>>> = Arc::default();
     let recorder = {
         let feed_seen = feed_seen.clone();
         tokio::spawn(async move {
@@ -199,7 +202,8 @@ async fn run(settings: Settings) {
                 let mut seen = feed_seen.lock();
                 for record in decoded.agents {
                     if let Some(op) = record.op_codes.first() {
-                        seen.insert(record.agent_address, (op.op_code, now));
+                        seen.entry((record.agent_address, op.op_code))
+                            .or_insert(now);
                     }
                 }
             }
@@ -210,8 +214,7 @@ async fn run(settings: Settings) {
     let window = Instant::now();
     let mut sample = 0usize;
     while window.elapsed() < Duration::from_secs(settings.seconds) {
-        // Agents far from the generator's rotating changes.
-        let index = (settings.agents / 2 + sample * 7) % settings.agents;
+        let index = settings.agents / 2 + (sample * 7) % (settings.agents / 2);
         sample += 1;
         let (subject, payload, code) = {
             let mut fleet = fleet.lock();
@@ -220,9 +223,10 @@ async fn run(settings: Settings) {
             let (subject, payload) = fleet.beat(index);
             (subject, payload, code)
         };
+        let target = address(index);
+        feed_seen.lock().remove(&(target.clone(), code));
         let sent = Instant::now();
         client.publish(subject, payload.into()).await.unwrap();
-        let target = address(index);
         browser
             .until(
                 "a change to show in the page",
@@ -232,11 +236,8 @@ async fn run(settings: Settings) {
             .await;
         page_lags.push(sent.elapsed().as_secs_f64() * 1000.0);
         let feed_at = common::eventually("the change on the feed", Duration::from_secs(5), || {
-            let seen = feed_seen.lock().get(&target).copied();
-            async move {
-                seen.filter(|(seen_code, _)| *seen_code == code)
-                    .map(|(_, at)| at)
-            }
+            let seen = feed_seen.lock().get(&(target.clone(), code)).copied();
+            async move { seen }
         })
         .await;
         feed_lags.push(feed_at.duration_since(sent).as_secs_f64() * 1000.0);
@@ -276,7 +277,7 @@ async fn run(settings: Settings) {
     println!(
         "page long tasks (over 50 ms) during the window: {}, total {:.0} ms, longest {:.0} ms",
         long_tasks.len(),
-        long_tasks.iter().sum::<f64>(),
+        long_tasks.iter().fold(0.0, |total, task| total + task),
         long_tasks.iter().copied().fold(0.0, f64::max)
     );
 }
@@ -288,8 +289,16 @@ fn main() {
         .build()
         .unwrap()
         .block_on(async {
-            tokio::time::timeout(Duration::from_secs(600), run(settings))
-                .await
-                .expect("the benchmark did not finish within 10 minutes");
+            // On Ctrl-C or SIGTERM the run is dropped, and with it every
+            // process it started (their drops stop them).
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+            tokio::select! {
+                finished = tokio::time::timeout(Duration::from_secs(600), run(settings)) => {
+                    finished.expect("the benchmark did not finish within 10 minutes");
+                }
+                _ = tokio::signal::ctrl_c() => eprintln!("interrupted"),
+                _ = terminate.recv() => eprintln!("terminated"),
+            }
         });
 }
