@@ -20,10 +20,15 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::fleet::{Fleet, Rejection};
+use crate::fleet::{Fleet, FleetLimits, Rejection};
 
 /// The fleet, shared between the loop that follows the feed and its readers.
 pub type SharedFleet = Arc<Mutex<Fleet>>;
+
+/// An empty shared fleet following the registry at `registry`.
+pub fn shared_fleet(registry: &AgentAddress, limits: FleetLimits) -> SharedFleet {
+    Arc::new(Mutex::new(Fleet::new(registry, limits)))
+}
 
 /// Why a feed message or record was not taken.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]

@@ -12,4 +12,4 @@ pub mod fleet;
 pub mod follow;
 
 pub use fleet::{AgentView, Fleet, FleetChanges, FleetLimits, Operation, Rejection};
-pub use follow::{FeedMetrics, FollowSettings, RejectReason, SharedFleet, follow};
+pub use follow::{FeedMetrics, FollowSettings, RejectReason, SharedFleet, follow, shared_fleet};

@@ -17,11 +17,10 @@ use std::sync::Arc;
 use ocs_protocol::AgentAddress;
 use ocs_service::endpoints;
 use ocs_service::skeleton::Started;
-use parking_lot::Mutex;
 
 pub use config::Config;
 
-use ocs_fleet::{Fleet, FleetLimits, FollowSettings};
+use ocs_fleet::{FleetLimits, FollowSettings};
 
 use crate::metrics::MonitorMetrics;
 
@@ -43,13 +42,13 @@ pub async fn run(config: Config, started: Started) -> Result<(), MonitorError> {
         ..
     } = started;
     let registry = AgentAddress::new(&config.common.address_root, &config.registry);
-    let fleet = Arc::new(Mutex::new(Fleet::new(
+    let fleet = ocs_fleet::shared_fleet(
         &registry,
         FleetLimits {
             max_agents: config.max_agents,
             max_operations: config.max_operations,
         },
-    )));
+    );
     let metrics = Arc::new(MonitorMetrics::new(fleet.clone(), config.series));
     let http = listener.map(|listener| {
         let router = http::router(metrics.clone(), fleet.clone(), config.stale_after);

@@ -36,14 +36,21 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn instance(text: &str) -> Result<InstanceId, Refusal> {
-    InstanceId::new(text).map_err(|err| Refusal(StatusCode::BAD_REQUEST, err.to_string()))
-}
-
 fn visitor(state: &WebState, jar: &CookieJar, headers: &HeaderMap) -> Result<Visitor, Refusal> {
     state
         .visitor(jar, headers)
         .ok_or_else(|| Refusal(StatusCode::UNAUTHORIZED, "log in first".into()))
+}
+
+/// The agent a logged-in visitor asks about.
+fn readable_agent(
+    state: &WebState,
+    jar: &CookieJar,
+    headers: &HeaderMap,
+    instance_id: &str,
+) -> Result<InstanceId, Refusal> {
+    visitor(state, jar, headers)?;
+    InstanceId::new(instance_id).map_err(|err| Refusal(StatusCode::BAD_REQUEST, err.to_string()))
 }
 
 /// `GET /api/agents/{instance_id}`: the agent's `api` (identity, operations
@@ -54,10 +61,7 @@ pub async fn api(
     jar: CookieJar,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) = visitor(&state, &jar, &headers) {
-        return refusal.into_response();
-    }
-    let instance_id = match instance(&instance_id) {
+    let instance_id = match readable_agent(&state, &jar, &headers, &instance_id) {
         Ok(instance_id) => instance_id,
         Err(refusal) => return refusal.into_response(),
     };
@@ -77,10 +81,7 @@ pub async fn ping(
     jar: CookieJar,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) = visitor(&state, &jar, &headers) {
-        return refusal.into_response();
-    }
-    let instance_id = match instance(&instance_id) {
+    let instance_id = match readable_agent(&state, &jar, &headers, &instance_id) {
         Ok(instance_id) => instance_id,
         Err(refusal) => return refusal.into_response(),
     };

@@ -29,7 +29,7 @@ use axum::Router;
 use axum::http::HeaderName;
 use axum::routing::{get, post};
 use ocs_agent::OcsClient;
-use ocs_fleet::{Fleet, FleetLimits, FollowSettings};
+use ocs_fleet::{FleetLimits, FollowSettings};
 use ocs_protocol::AgentAddress;
 use ocs_service::skeleton::Started;
 use parking_lot::Mutex;
@@ -98,13 +98,13 @@ pub async fn run(config: Config, started: Started) -> Result<(), WebError> {
         .map(|name| HeaderName::try_from(name).map_err(|_| WebError::Header(name.to_owned())))
         .transpose()?;
     let registry = AgentAddress::new(&config.common.address_root, &config.registry);
-    let fleet = Arc::new(Mutex::new(Fleet::new(
+    let fleet = ocs_fleet::shared_fleet(
         &registry,
         FleetLimits {
             max_agents: config.max_agents,
             max_operations: config.max_operations,
         },
-    )));
+    );
     let metrics = Arc::new(WebMetrics::new());
     let (changes_tx, changes) = tokio::sync::watch::channel(0);
     let state = WebState {
