@@ -12,6 +12,7 @@
 //! | KV `ocs_sessions`, key `{root}.{iid}.{op}` | agent writes, next incarnation reads | [`StoredSession`](crate::proto::StoredSession) | protobuf |
 //! | `{root}.{registry}.snapshot` | monitor → registry, request/reply | empty → empty; the registry publishes a snapshot on its feed at once | |
 //! | `{root}.{registry}.records` | client → registry, request/reply | [`RecordsQuery`](crate::proto::RecordsQuery) → [`RecordsPage`](crate::proto::RecordsPage), one page per request | protobuf |
+//! | `_INBOX.{user}.…` | replies to a client logged in as `user` | (the reply of its request) | |
 //!
 //! The action comes before the operation name in operation subjects so that a
 //! NATS permission such as `observatory.*.ops.status.>` can be granted to every
@@ -33,6 +34,18 @@ pub fn heartbeat(address: &AgentAddress) -> String {
 /// `{root}.*.feeds.heartbeat`: the heartbeats of every agent under `root`.
 pub fn all_heartbeats(root: &AddressRoot) -> String {
     format!("{root}.*.feeds.{HEARTBEAT_FEED}")
+}
+
+/// `_INBOX.{user}`: the inbox prefix of a client logged in as `user`, so
+/// that the server's permissions can give each user its own replies
+/// (`_INBOX.{user}.>`) and no one else's. `None` when the name is not a
+/// subject token: such a user keeps the default prefix `_INBOX`.
+pub fn inbox_prefix(user: &str) -> Option<String> {
+    let token = !user.is_empty()
+        && !user
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>'));
+    token.then(|| format!("_INBOX.{user}"))
 }
 
 /// `{address}.feeds.{feed}`: one feed of one agent.
@@ -166,6 +179,18 @@ pub fn parse_operation<'s>(address: &AgentAddress, subject: &'s str) -> Option<(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn each_user_gets_an_inbox_prefix_of_its_own() {
+        assert_eq!(inbox_prefix("operator").as_deref(), Some("_INBOX.operator"));
+        assert_eq!(
+            inbox_prefix("operation-monitor").as_deref(),
+            Some("_INBOX.operation-monitor")
+        );
+        for not_a_token in ["", "a.b", "a b", "*", "a>"] {
+            assert_eq!(inbox_prefix(not_a_token), None, "{not_a_token:?}");
+        }
+    }
+
     #[test]
     fn a_registry_record_key_is_the_registry_address_agents_and_the_agent_address() {
         let registry = crate::AgentAddress::parse("observatory.registry").unwrap();

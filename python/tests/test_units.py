@@ -328,3 +328,13 @@ def test_an_ocs_access_policy_is_refused_with_the_reason(capsys):
     assert "NATS user permissions" in capsys.readouterr().err
     parsed = site_config.parse_args(args=["--instance-id", "a1", "--access-policy", "none"])
     assert parsed.access_policy == "none"
+
+
+def test_a_user_gets_inboxes_of_its_own():
+    from ocs_nats.connection import args_from_env, connect_options
+
+    assert wire.inbox_prefix("pyfaker") == "_INBOX.pyfaker"
+    assert wire.inbox_prefix("a.b") is None and wire.inbox_prefix(None) is None
+    args = args_from_env(nats_user="viewer", nats_password="secret", nats_creds=None)
+    assert connect_options(args, "test")["inbox_prefix"] == "_INBOX.viewer"
+    assert "inbox_prefix" not in connect_options(args_from_env(nats_user=None), "test")

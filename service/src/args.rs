@@ -75,6 +75,11 @@ impl NatsAuth {
         }
         if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
             options = options.user_and_password(user.clone(), password.clone());
+            // Replies come to this user's own inboxes, which the server's
+            // permissions keep from every other user.
+            if let Some(prefix) = ocs_protocol::subject::inbox_prefix(user) {
+                options = options.custom_inbox_prefix(prefix);
+            }
         }
         if let Some(ca) = &self.nats_tls_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);

@@ -941,6 +941,93 @@ async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_sta
     assert_eq!(faker2["expired"], false, "{faker2}");
 }
 
+/// Replies go to each user's own inboxes (`_INBOX.<user>.>`, the prefix our
+/// clients take from `NATS_USER`): the viewer may subscribe to neither every
+/// inbox nor the operator's, so it never reads the operator's replies, while
+/// its own requests are still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_cannot_read_the_operator_s_replies() {
+    let dir = ocs_testkit::TempDir::new("ocs-inboxes");
+    let nats = nats_with_role_permissions(&dir);
+    let url = nats.url();
+    let mut agent = Command::new(workspace_binary("ocs-fake-data-agent"));
+    agent
+        .args([
+            "--nats-url",
+            &url,
+            "--instance-id",
+            "faker1",
+            "--mode",
+            "idle",
+        ])
+        .env("RUST_LOG", "warn");
+    as_user(&mut agent, "faker1", "FAKER1");
+    let _agent = Process::spawn("faker1", agent);
+
+    let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = violations.clone();
+    let viewer =
+        async_nats::ConnectOptions::with_user_and_password("viewer".into(), "pw-VIEWER".into())
+            .custom_inbox_prefix(ocs_protocol::subject::inbox_prefix("viewer").unwrap())
+            .event_callback(move |event| {
+                let seen = seen.clone();
+                async move {
+                    if let async_nats::Event::ServerError(err) = event {
+                        seen.lock().unwrap().push(err.to_string());
+                    }
+                }
+            })
+            .connect(&url)
+            .await
+            .unwrap();
+    let mut every_inbox = viewer.subscribe("_INBOX.>").await.unwrap();
+    let mut operators_inbox = viewer.subscribe("_INBOX.operator.>").await.unwrap();
+    viewer.flush().await.unwrap();
+
+    // The operator's calls are answered...
+    eventually(
+        Duration::from_secs(15),
+        "the operator's status call",
+        || async {
+            (ocs_testkit::ocs_as(&url, "operator", "OPERATOR", &["faker1", "acq", "status"]).code
+                == Some(0))
+            .then_some(())
+        },
+    )
+    .await;
+    let started = ocs_testkit::ocs_as(&url, "operator", "OPERATOR", &["faker1", "acq", "start"]);
+    assert_eq!(started.code, Some(0), "{}", started.stderr);
+    // ...and the viewer saw none of the replies: the server refused both subscriptions.
+    for subject in ["_INBOX.>", "_INBOX.operator.>"] {
+        eventually(
+            Duration::from_secs(5),
+            "a subscription violation",
+            || async {
+                violations
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|err| err.contains(&format!("Subscription to \"{subject}\"")))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    for snoop in [&mut every_inbox, &mut operators_inbox] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), snoop.next())
+                .await
+                .map_or(true, |message| message.is_none()),
+            "the viewer read a reply meant for the operator"
+        );
+    }
+    // The viewer's own requests come back to its own inbox.
+    let ping = viewer
+        .request("observatory.faker1.ping", bytes::Bytes::new())
+        .await;
+    assert!(ping.is_ok(), "{ping:?}");
+}
+
 /// Makes a CA, a server certificate for 127.0.0.1 and a client certificate with openssl.
 fn make_certificates(dir: &std::path::Path) {
     let openssl = ocs_testkit::tool("openssl", "apt-get install openssl");

@@ -11,6 +11,8 @@ import ssl
 
 import nats
 
+from . import wire
+
 log = logging.getLogger("ocs_nats.connection")
 
 
@@ -46,6 +48,9 @@ def connect_options(args: argparse.Namespace, name: str) -> dict:
     user, password = getattr(args, "nats_user", None), getattr(args, "nats_password", None)
     if user and password:
         options["user"], options["password"] = user, password
+        prefix = wire.inbox_prefix(user)
+        if prefix is not None:
+            options["inbox_prefix"] = prefix
     if getattr(args, "nats_creds", None):
         options["user_credentials"] = args.nats_creds
     if getattr(args, "nats_tls_ca", None):

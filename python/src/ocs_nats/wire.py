@@ -66,6 +66,15 @@ def session_key(address: str, op_name: str) -> str:
     return f"{address}.{op_name}"
 
 
+def inbox_prefix(user: str | None) -> str | None:
+    """``_INBOX.{user}``: a client's replies come to inboxes of its own user,
+    which the server's permissions keep from every other user; ``None`` (the
+    default ``_INBOX``) for no user or a name that is not a subject token."""
+    if not user or any(c.isspace() or c in ".*>" for c in user):
+        return None
+    return f"_INBOX.{user}"
+
+
 def registry_records_subject(registry_address: str) -> str:
     return f"{registry_address}.records"
 
