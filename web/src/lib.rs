@@ -23,6 +23,9 @@ mod pages;
 pub mod sessions;
 pub mod users;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use axum::Router;
