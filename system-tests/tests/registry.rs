@@ -795,6 +795,32 @@ async fn services_agents_and_the_cli_authenticate_to_nats() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
+/// A client logged in as `user` (with its own inbox prefix, as our clients
+/// take it), and the server errors it is sent, such as permissions violations.
+async fn connect_noting_server_errors(
+    url: &str,
+    user: &str,
+    role: &str,
+) -> (async_nats::Client, Arc<std::sync::Mutex<Vec<String>>>) {
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = errors.clone();
+    let client =
+        async_nats::ConnectOptions::with_user_and_password(user.into(), format!("pw-{role}"))
+            .custom_inbox_prefix(ocs_protocol::subject::inbox_prefix(user).unwrap())
+            .event_callback(move |event| {
+                let seen = seen.clone();
+                async move {
+                    if let async_nats::Event::ServerError(err) = event {
+                        seen.lock().unwrap().push(err.to_string());
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .unwrap();
+    (client, errors)
+}
+
 /// The shipped per-role permissions (deploy/nats/permissions.conf), with test passwords.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_start() {
@@ -851,21 +877,7 @@ async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_sta
     );
 
     // faker1's credentials cannot speak for faker2: the server refuses the publish.
-    let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let seen = violations.clone();
-    let spoofer =
-        async_nats::ConnectOptions::with_user_and_password("faker1".into(), "pw-FAKER1".into())
-            .event_callback(move |event| {
-                let seen = seen.clone();
-                async move {
-                    if let async_nats::Event::ServerError(err) = event {
-                        seen.lock().unwrap().push(err.to_string());
-                    }
-                }
-            })
-            .connect(&url)
-            .await
-            .unwrap();
+    let (spoofer, violations) = connect_noting_server_errors(&url, "faker1", "FAKER1").await;
     let spoof = proto::Heartbeat {
         protocol_version: 1,
         agent_address: "observatory.faker2".into(),
@@ -964,22 +976,7 @@ async fn a_viewer_cannot_read_the_operator_s_replies() {
     as_user(&mut agent, "faker1", "FAKER1");
     let _agent = Process::spawn("faker1", agent);
 
-    let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let seen = violations.clone();
-    let viewer =
-        async_nats::ConnectOptions::with_user_and_password("viewer".into(), "pw-VIEWER".into())
-            .custom_inbox_prefix(ocs_protocol::subject::inbox_prefix("viewer").unwrap())
-            .event_callback(move |event| {
-                let seen = seen.clone();
-                async move {
-                    if let async_nats::Event::ServerError(err) = event {
-                        seen.lock().unwrap().push(err.to_string());
-                    }
-                }
-            })
-            .connect(&url)
-            .await
-            .unwrap();
+    let (viewer, violations) = connect_noting_server_errors(&url, "viewer", "VIEWER").await;
     let mut every_inbox = viewer.subscribe("_INBOX.>").await.unwrap();
     let mut operators_inbox = viewer.subscribe("_INBOX.operator.>").await.unwrap();
     viewer.flush().await.unwrap();
