@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use ocs_testkit::{Process, free_port, tool};
 use serde_json::{Value, json};
 
@@ -46,8 +47,6 @@ impl Browser {
     /// Starts chromedriver and a Chromium session; panics, naming the
     /// package, when either is missing.
     pub async fn start() -> Self {
-        // WebDriver is plain HTTP here, but fantoccini's client needs a TLS provider chosen.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_port();
         let mut command = Command::new(tool("chromedriver", "apt-get install chromium-driver"));
         command.arg(format!("--port={port}"));
@@ -70,8 +69,7 @@ impl Browser {
                 let capabilities = capabilities.clone();
                 let webdriver = webdriver.clone();
                 async move {
-                    ClientBuilder::rustls()
-                        .ok()?
+                    ClientBuilder::new(HttpConnector::new())
                         .capabilities(capabilities)
                         .connect(&webdriver)
                         .await
