@@ -12,6 +12,7 @@
 //! ([`Fleet::changes_since`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
 use ocs_protocol::address::{AgentAddress, validate_token};
 use ocs_protocol::{OpCode, proto};
@@ -218,6 +219,19 @@ impl Fleet {
     /// When the last feed message was taken.
     pub fn last_message(&self) -> Option<Instant> {
         self.last_message
+    }
+
+    /// Whether the feed is fresh at `now`: a message was taken within
+    /// `stale_after`. `Err` says why not, as `/healthz` reports it.
+    pub fn freshness(&self, now: Instant, stale_after: Duration) -> Result<(), String> {
+        match self.last_message {
+            Some(at) if now.duration_since(at) <= stale_after => Ok(()),
+            Some(at) => Err(format!(
+                "stale: no feed message for {:.0} s",
+                now.duration_since(at).as_secs_f64()
+            )),
+            None => Err("no feed message yet".to_owned()),
+        }
     }
 
     /// When the last complete snapshot was taken.
@@ -531,6 +545,23 @@ mod tests {
         // A complete snapshot's removals are changes too.
         fleet.apply(&snapshot(vec![], 1, 0, 1), now);
         assert_eq!(fleet.changes_since(4).unwrap().removed, ["observatory.a"]);
+    }
+
+    #[test]
+    fn the_feed_is_fresh_while_a_message_came_within_the_limit() {
+        let mut fleet = fleet();
+        let now = Instant::now();
+        let limit = Duration::from_secs(90);
+        assert_eq!(
+            fleet.freshness(now, limit),
+            Err("no feed message yet".into())
+        );
+        fleet.apply(&message(vec![], &[]), now);
+        assert_eq!(fleet.freshness(now + limit, limit), Ok(()));
+        assert_eq!(
+            fleet.freshness(now + Duration::from_secs(91), limit),
+            Err("stale: no feed message for 91 s".into())
+        );
     }
 
     #[test]

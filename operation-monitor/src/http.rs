@@ -43,20 +43,13 @@ async fn metrics_handler(State(state): State<HttpState>, headers: HeaderMap) -> 
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
-    let last = state.fleet.lock().last_message();
-    match last {
-        Some(at) if at.elapsed() <= state.stale_after => (StatusCode::OK, "ok\n".to_owned()),
-        Some(at) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "stale: no feed message for {:.0} s\n",
-                at.elapsed().as_secs_f64()
-            ),
-        ),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no feed message yet\n".to_owned(),
-        ),
+    let freshness = state
+        .fleet
+        .lock()
+        .freshness(tokio::time::Instant::now(), state.stale_after);
+    match freshness {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 

@@ -42,11 +42,16 @@ pub struct Health {
 }
 
 fn health(state: &WebState) -> Health {
-    let feed_age = state
-        .fleet
-        .lock()
-        .last_message()
-        .map(|at| at.elapsed().as_secs_f64());
+    let now = tokio::time::Instant::now();
+    let (feed_age, fresh) = {
+        let fleet = state.fleet.lock();
+        (
+            fleet
+                .last_message()
+                .map(|at| now.duration_since(at).as_secs_f64()),
+            fleet.freshness(now, state.settings.stale_after).is_ok(),
+        )
+    };
     let feed = state.metrics.feed();
     let registry_reachable = feed.registry_reachable();
     let nats_connected = feed.nats_connected();
@@ -55,9 +60,7 @@ fn health(state: &WebState) -> Health {
         feed_age,
         registry_reachable,
         nats_connected,
-        stale: !registry_reachable
-            || !nats_connected
-            || feed_age.is_none_or(|age| age > state.settings.stale_after.as_secs_f64()),
+        stale: !registry_reachable || !nats_connected || !fresh,
     }
 }
 

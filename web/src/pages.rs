@@ -164,20 +164,13 @@ pub async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Re
 
 /// `/healthz`: 200 while a feed message arrived within the stale limit.
 pub async fn healthz(State(state): State<WebState>) -> Response {
-    let last = state.fleet.lock().last_message();
-    match last {
-        Some(at) if at.elapsed() <= state.settings.stale_after => {
-            (StatusCode::OK, "ok\n").into_response()
-        }
-        Some(at) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "stale: no feed message for {:.0} s\n",
-                at.elapsed().as_secs_f64()
-            ),
-        )
-            .into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "no feed message yet\n").into_response(),
+    let freshness = state
+        .fleet
+        .lock()
+        .freshness(tokio::time::Instant::now(), state.settings.stale_after);
+    match freshness {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
