@@ -821,6 +821,35 @@ async fn connect_noting_server_errors(
     (client, errors)
 }
 
+/// Waits until the server has refused the subscription to `subject` (a
+/// violation among `errors`), then holds that nothing arrives on it.
+async fn subscription_refused(
+    errors: &std::sync::Mutex<Vec<String>>,
+    subject: &str,
+    subscription: &mut async_nats::Subscriber,
+) {
+    let refusal = format!("Subscription to \"{subject}\"");
+    eventually(
+        Duration::from_secs(5),
+        "a subscription violation",
+        || async {
+            errors
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|err| err.contains(&refusal))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), subscription.next())
+            .await
+            .map_or(true, |message| message.is_none()),
+        "a message arrived on {subject}, whose subscription was refused"
+    );
+}
+
 /// The shipped per-role permissions (deploy/nats/permissions.conf), with test passwords.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_start() {
@@ -915,24 +944,7 @@ async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_sta
     // ...nor listen to another agent's operations.
     let mut eavesdrop = spoofer.subscribe("observatory.faker2.ops.>").await.unwrap();
     spoofer.flush().await.unwrap();
-    eventually(
-        Duration::from_secs(5),
-        "a subscription violation",
-        || async {
-            violations
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|err| err.contains("Subscription to \"observatory.faker2.ops.>\""))
-                .then_some(())
-        },
-    )
-    .await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), eavesdrop.next())
-            .await
-            .map_or(true, |message| message.is_none())
-    );
+    subscription_refused(&violations, "observatory.faker2.ops.>", &mut eavesdrop).await;
 
     // The read-only operator is refused `start`; the operator may.
     let (code, _, stderr) = ocs_as("viewer", "VIEWER", &["faker1", "acq", "start"]);
@@ -995,29 +1007,8 @@ async fn a_viewer_cannot_read_the_operator_s_replies() {
     let started = ocs_testkit::ocs_as(&url, "operator", "OPERATOR", &["faker1", "acq", "start"]);
     assert_eq!(started.code, Some(0), "{}", started.stderr);
     // ...and the viewer saw none of the replies: the server refused both subscriptions.
-    for subject in ["_INBOX.>", "_INBOX.operator.>"] {
-        eventually(
-            Duration::from_secs(5),
-            "a subscription violation",
-            || async {
-                violations
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|err| err.contains(&format!("Subscription to \"{subject}\"")))
-                    .then_some(())
-            },
-        )
-        .await;
-    }
-    for snoop in [&mut every_inbox, &mut operators_inbox] {
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), snoop.next())
-                .await
-                .map_or(true, |message| message.is_none()),
-            "the viewer read a reply meant for the operator"
-        );
-    }
+    subscription_refused(&violations, "_INBOX.>", &mut every_inbox).await;
+    subscription_refused(&violations, "_INBOX.operator.>", &mut operators_inbox).await;
     // The viewer's own requests come back to its own inbox.
     let ping = viewer
         .request("observatory.faker1.ping", bytes::Bytes::new())
