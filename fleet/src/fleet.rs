@@ -45,7 +45,15 @@ pub enum Rejection {
     TooManyOperations,
     /// The message came from another registry than the one followed.
     WrongRegistry,
+    /// The message came from a deposed leader: a replica whose lease term is
+    /// older than one heard recently.
+    DeposedLeader,
 }
+
+/// How long a larger lease term keeps smaller ones out. Past it, a smaller
+/// term is taken as a new history (a lease bucket recreated after JetStream
+/// lost it numbers its revisions from 1 again), not as a deposed leader.
+pub const DEPOSED_LEADER_WINDOW: Duration = Duration::from_secs(10);
 
 /// One operation of one agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +129,8 @@ pub struct Fleet {
     removals: VecDeque<(u64, String)>,
     /// Changes since a revision below this one may include forgotten removals.
     removals_complete_after: u64,
+    /// The largest lease term heard recently, and when it was last heard.
+    term: Option<(u64, Instant)>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -156,6 +166,7 @@ impl Fleet {
             revision: 0,
             removals: VecDeque::new(),
             removals_complete_after: 0,
+            term: None,
         }
     }
 
@@ -244,6 +255,9 @@ impl Fleet {
         if message.registry_address != self.registry_address {
             return vec![Rejection::WrongRegistry];
         }
+        if !self.heed_term(message.lease_term, now) {
+            return vec![Rejection::DeposedLeader];
+        }
         self.last_message = Some(now);
         let mut rejections = Vec::new();
         for address in &message.forgotten {
@@ -260,6 +274,20 @@ impl Fleet {
             self.note_snapshot_part(message, now);
         }
         rejections
+    }
+
+    /// Whether a message under lease `term` (0: no replicas) is to be taken.
+    fn heed_term(&mut self, term: u64, now: Instant) -> bool {
+        if term == 0 {
+            return true;
+        }
+        let deposed = self.term.is_some_and(|(latest, heard)| {
+            term < latest && now.duration_since(heard) < DEPOSED_LEADER_WINDOW
+        });
+        if !deposed {
+            self.term = Some((term, now));
+        }
+        !deposed
     }
 
     fn note_snapshot_part(&mut self, message: &proto::AgentOperations, now: Instant) {
@@ -625,5 +653,42 @@ mod tests {
         long.host = "h".repeat(1000);
         fleet.apply(&message(vec![long], &[]), now);
         assert_eq!(fleet.agents().next().unwrap().host.len(), MAX_LABEL_CHARS);
+    }
+
+    #[test]
+    fn a_deposed_leader_is_ignored_until_the_new_one_falls_silent() {
+        let now = Instant::now();
+        let mut fleet = fleet();
+        let under = |term: u64, agents: Vec<proto::AgentRecord>| {
+            let mut message = message(agents, &[]);
+            message.lease_term = term;
+            message
+        };
+        assert!(
+            fleet
+                .apply(&under(5, vec![record("observatory.a", &[])]), now)
+                .is_empty()
+        );
+        assert!(
+            fleet
+                .apply(&under(9, vec![record("observatory.b", &[])]), now)
+                .is_empty()
+        );
+        let stale = under(5, vec![record("observatory.c", &[])]);
+        assert_eq!(
+            fleet.apply(&stale, now + Duration::from_secs(1)),
+            [Rejection::DeposedLeader]
+        );
+        assert_eq!(fleet.len(), 2);
+        // No replicas at all: no term to compare.
+        assert!(
+            fleet
+                .apply(&under(0, vec![]), now + Duration::from_secs(2))
+                .is_empty()
+        );
+        // Term 9 silent for the window: a smaller term is a new history.
+        let later = now + Duration::from_secs(1) + DEPOSED_LEADER_WINDOW;
+        assert!(fleet.apply(&stale, later).is_empty());
+        assert_eq!(fleet.len(), 3);
     }
 }

@@ -44,6 +44,8 @@ pub enum RejectReason {
     too_many_operations,
     /// From another registry than the one followed.
     wrong_registry,
+    /// From a deposed leader among the registry's replicas.
+    deposed_leader,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,7 +77,7 @@ impl FeedMetrics {
         );
         families.register(
             format!("{prefix}_feed_rejected"),
-            "Feed messages (undecodable, wrong_registry) and records (the rest) not taken, by reason",
+            "Feed messages (undecodable, wrong_registry, deposed_leader) and records (the rest) not taken, by reason",
             metrics.rejected.clone(),
         );
         families.register(
@@ -104,6 +106,7 @@ impl FeedMetrics {
             RejectReason::fleet_full,
             RejectReason::too_many_operations,
             RejectReason::wrong_registry,
+            RejectReason::deposed_leader,
         ] {
             let _ = metrics.rejected.get_or_create(&ReasonLabel { reason });
         }
@@ -197,6 +200,7 @@ pub async fn follow(
                         Rejection::FleetFull => RejectReason::fleet_full,
                         Rejection::TooManyOperations => RejectReason::too_many_operations,
                         Rejection::WrongRegistry => RejectReason::wrong_registry,
+                        Rejection::DeposedLeader => RejectReason::deposed_leader,
                     });
                 }
                 metrics.last_feed_message.set(unix_now());

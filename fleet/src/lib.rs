@@ -11,5 +11,7 @@
 pub mod fleet;
 pub mod follow;
 
-pub use fleet::{AgentView, Fleet, FleetChanges, FleetLimits, Operation, Rejection};
+pub use fleet::{
+    AgentView, DEPOSED_LEADER_WINDOW, Fleet, FleetChanges, FleetLimits, Operation, Rejection,
+};
 pub use follow::{FeedMetrics, FollowSettings, RejectReason, SharedFleet, follow, shared_fleet};

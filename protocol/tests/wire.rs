@@ -230,7 +230,7 @@ fn vectors() -> Vec<(&'static str, &'static str, &'static str, Vec<u8>)> {
         (
             "agent_operations",
             "ocs.v1.AgentOperations",
-            "a one-part snapshot of the registry's feed: one expired agent, one forgotten",
+            "a one-part snapshot of the registry's feed under lease term 41: one expired agent, one forgotten",
             codec::encode(&proto::AgentOperations {
                 protocol_version: 1,
                 registry_address: "observatory.registry".into(),
@@ -243,6 +243,7 @@ fn vectors() -> Vec<(&'static str, &'static str, &'static str, Vec<u8>)> {
                 snapshot_id: 7,
                 snapshot_part: 0,
                 snapshot_parts: 1,
+                lease_term: 41,
             }),
         ),
         (

@@ -30,6 +30,9 @@ pub struct Lease {
     ttl: Duration,
     /// While leading: until when, and the revision of our entry.
     held: Option<(Instant, u64)>,
+    /// The revision at which this replica last won the lease: its term.
+    /// KV revisions only grow, so a later leader always has a larger term.
+    term: u64,
     /// Without `--ha` the only registry always leads.
     always: bool,
 }
@@ -40,6 +43,7 @@ impl Lease {
         Lease {
             ttl,
             held: None,
+            term: 0,
             always: false,
         }
     }
@@ -49,6 +53,7 @@ impl Lease {
         Lease {
             ttl: Duration::MAX,
             held: None,
+            term: 0,
             always: true,
         }
     }
@@ -63,6 +68,23 @@ impl Lease {
         self.held
             .filter(|(until, _)| now < *until)
             .map(|(_, revision)| revision)
+    }
+
+    /// The term this replica publishes under at `now`: the revision at which
+    /// it won the lease, or 0 when it does not lead or has no rivals. Feed
+    /// messages carry it so that consumers can ignore a deposed leader.
+    pub fn term(&self, now: Instant) -> u64 {
+        if self.revision(now).is_some() {
+            self.term
+        } else {
+            0
+        }
+    }
+
+    /// Creating the lease, sent at `sent_at`, succeeded with `revision`: a new term.
+    pub fn won(&mut self, sent_at: Instant, revision: u64) {
+        self.term = revision;
+        self.acquired(sent_at, revision);
     }
 
     /// A write of the lease sent at `sent_at` succeeded with `revision`.
@@ -89,6 +111,11 @@ pub type SharedLease = Arc<Mutex<Lease>>;
 /// Whether `lease` is held now.
 pub fn leads(lease: &SharedLease) -> bool {
     with(lease, |lease| lease.leads(Instant::now()))
+}
+
+/// The term `lease` is held under now (see [`Lease::term`]).
+pub fn term(lease: &SharedLease) -> u64 {
+    with(lease, |lease| lease.term(Instant::now()))
 }
 
 fn with<T>(lease: &SharedLease, f: impl FnOnce(&mut Lease) -> T) -> T {
@@ -160,9 +187,11 @@ pub async fn elect(
             };
             match attempt {
                 Ok(Ok(revision)) => {
-                    with(&lease, |lease| lease.acquired(sent_at, revision));
                     if held.is_none() {
-                        info!(%holder, "acquired the registry lease: this replica publishes the feed");
+                        with(&lease, |lease| lease.won(sent_at, revision));
+                        info!(%holder, term = revision, "acquired the registry lease: this replica publishes the feed");
+                    } else {
+                        with(&lease, |lease| lease.acquired(sent_at, revision));
                     }
                     complained = false;
                 }
@@ -220,6 +249,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_term_is_the_revision_that_won_the_lease_and_renewals_keep_it() {
+        let t0 = Instant::now();
+        let mut lease = Lease::contested(Duration::from_secs(2));
+        assert_eq!(lease.term(t0), 0);
+        lease.won(t0, 41);
+        lease.acquired(t0 + Duration::from_millis(400), 57);
+        assert_eq!(lease.term(t0 + Duration::from_millis(500)), 41);
+        // Lapsed: no term until it is won again, under a later revision.
+        assert_eq!(lease.term(t0 + Duration::from_secs(10)), 0);
+        lease.won(t0 + Duration::from_secs(10), 90);
+        assert_eq!(lease.term(t0 + Duration::from_secs(10)), 90);
+        assert_eq!(Lease::uncontested().term(t0), 0);
+    }
+
+    #[test]
     fn a_lease_is_held_for_less_than_its_time_to_live_from_sending() {
         let t0 = Instant::now();
         let mut lease = Lease::contested(Duration::from_secs(2));
@@ -232,6 +276,7 @@ mod tests {
         assert_eq!(lease.revision(t0 + Duration::from_secs(60)), None);
         lease.acquired(t0 + Duration::from_secs(60), 9);
         lease.lost();
+        assert_eq!(lease.term(t0 + Duration::from_secs(60)), 0);
         assert!(!lease.leads(t0 + Duration::from_secs(60)));
         assert!(Lease::uncontested().leads(t0 + Duration::from_secs(3600)));
     }

@@ -648,6 +648,7 @@ impl MainProcess {
             snapshot_id: 0,
             snapshot_part: 0,
             snapshot_parts: 0,
+            lease_term: lease::term(&self.settings.lease),
         }
     }
 
