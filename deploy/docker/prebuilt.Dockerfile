@@ -6,7 +6,8 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUNTIME_IMAGE}
 COPY target/release/ocs target/release/ocs-registry target/release/ocs-operation-monitor \
-     target/release/ocs-fake-data-agent target/release/ocs-barebones-agent target/release/ocs-web /usr/local/bin/
+     target/release/ocs-fake-data-agent target/release/ocs-barebones-agent target/release/ocs-web \
+     target/release/ocs-host-manager /usr/local/bin/
 USER 65532:65532
 ENTRYPOINT []
 CMD ["ocs", "--help"]
