@@ -1016,83 +1016,18 @@ async fn a_viewer_cannot_read_the_operator_s_replies() {
     assert!(ping.is_ok(), "{ping:?}");
 }
 
-/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate with openssl.
+/// A CA, a server certificate (for 127.0.0.1 among others) and a client
+/// certificate, made by the script a site uses (deploy/nats/make-tls-certs).
 fn make_certificates(dir: &std::path::Path) {
-    let openssl = ocs_testkit::tool("openssl", "apt-get install openssl");
-    let run = |args: &[&str]| {
-        let output = Command::new(&openssl)
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=ocs-test-ca",
-            "-days",
-            "2",
-        ],
-    ]
-    .concat());
-    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for name in ["server", "client"] {
-        let (key, csr, pem, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        run(&[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN=ocs-{name}"),
-            ],
-        ]
-        .concat());
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ]);
-    }
+    ocs_testkit::tool("openssl", "apt-get install openssl");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/make-tls-certs");
+    let output = Command::new(script).arg(dir).arg("2").output().unwrap();
+    assert!(
+        output.status.success(),
+        "make-tls-certs: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
