@@ -327,6 +327,17 @@ impl Cluster {
     /// SIGKILL the agents `instance_ids` on `host`, found by their command
     /// line; returns how many processes were killed.
     pub async fn kill_agents(&self, host: u8, instance_ids: &[String]) -> anyhow::Result<usize> {
+        self.signal_agents(host, instance_ids, "KILL").await
+    }
+
+    /// Sends `signal` (KILL, TERM) to the agents `instance_ids` on `host`.
+    pub async fn signal_agents(
+        &self,
+        host: u8,
+        instance_ids: &[String],
+        signal: &str,
+    ) -> anyhow::Result<usize> {
+        let signal = format!("-{signal}");
         let listing = docker(&[
             "top",
             &self.container(Target::Host(host)),
@@ -343,16 +354,36 @@ impl Cluster {
                 pair[0] == "--instance-id" && instance_ids.iter().any(|id| id == pair[1])
             });
             if is_target {
-                let status = Command::new("kill").args(["-KILL", pid]).status().await?;
+                let status = Command::new("kill")
+                    .args([signal.as_str(), pid])
+                    .status()
+                    .await?;
                 if status.success() {
                     killed += 1;
                 }
             }
         }
         if killed < instance_ids.len() {
-            bail!("killed {killed} of the agents {instance_ids:?} on host{host}");
+            bail!("signalled {killed} of the agents {instance_ids:?} on host{host}");
         }
         Ok(killed)
+    }
+
+    /// Resident memory (KiB) of the process in `target` whose command is
+    /// `program`, as the host sees it.
+    pub async fn resident_kib(&self, target: Target, program: &str) -> anyhow::Result<u64> {
+        // Docker needs the pid column to map processes to the container.
+        let listing = docker(&["top", &self.container(target), "-eo", "pid,rss,args"]).await?;
+        listing
+            .lines()
+            .skip(1)
+            .find_map(|line| {
+                let mut words = line.split_whitespace().skip(1);
+                let rss = words.next()?.parse().ok()?;
+                let command = words.next()?;
+                command.ends_with(program).then_some(rss)
+            })
+            .with_context(|| format!("no {program} process in {}", Self::alias(target)))
     }
 
     /// Writes every container's log to `dir`.

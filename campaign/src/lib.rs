@@ -7,7 +7,7 @@
 //! Pure logic (no I/O): [`schedule`] draws the faults, [`record`] holds what
 //! happened, [`checker`] judges it. I/O: [`cluster`] runs the containers,
 //! [`nemesis`] strikes them, [`observe`] records the feed and the monitor,
-//! [`campaign`] runs one seed from start to verdicts.
+//! [`campaign`] runs one seed from start to verdicts; [`soak`] churns a large fleet and samples memory.
 
 pub mod campaign;
 pub mod checker;
@@ -16,3 +16,4 @@ pub mod nemesis;
 pub mod observe;
 pub mod record;
 pub mod schedule;
+pub mod soak;
