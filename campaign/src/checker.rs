@@ -519,16 +519,9 @@ pub fn everyone_alive(record: &Record, topology: &Topology, observers: u8) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn topology() -> Topology {
-        Topology {
-            nats_nodes: 3,
-            registries: 2,
-            hosts: 1,
-            agents_per_host: 2,
-            agent_timeout: Duration::from_secs(5),
-        }
+        Topology::site(1, 2)
     }
 
     fn promises() -> Promises {

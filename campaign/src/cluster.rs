@@ -19,12 +19,18 @@ use tracing::{debug, warn};
 use crate::schedule::{Target, Topology};
 
 /// The images the containers run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Images {
     /// The project's image (deploy/docker/Dockerfile or prebuilt.Dockerfile):
     /// ocs-registry, ocs-operation-monitor, ocs-host-manager and the agents.
+    #[arg(long = "image", env = "OCS_CAMPAIGN_IMAGE", value_name = "IMAGE")]
     pub ocs: String,
     /// nats-server's image.
+    #[arg(
+        long = "nats-image",
+        env = "OCS_CAMPAIGN_NATS_IMAGE",
+        value_name = "IMAGE"
+    )]
     pub nats: String,
 }
 

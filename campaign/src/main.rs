@@ -27,12 +27,8 @@ struct Args {
     /// Seconds of faults per seed (the cluster then settles).
     #[arg(long, default_value_t = 120)]
     span: u64,
-    /// The project's image, with ocs-registry, ocs-operation-monitor, ocs-host-manager and the agents.
-    #[arg(long, env = "OCS_CAMPAIGN_IMAGE")]
-    image: String,
-    /// nats-server's image.
-    #[arg(long, env = "OCS_CAMPAIGN_NATS_IMAGE")]
-    nats_image: String,
+    #[command(flatten)]
+    images: Images,
     /// Agent hosts.
     #[arg(long, default_value_t = 3)]
     hosts: u8,
@@ -55,13 +51,7 @@ async fn main() -> anyhow::Result<()> {
         !seeds.is_empty(),
         "no seed: give --seed N or --random-seeds N"
     );
-    let topology = Topology {
-        nats_nodes: 3,
-        registries: 2,
-        hosts: args.hosts,
-        agents_per_host: args.agents_per_host,
-        agent_timeout: Duration::from_secs(5),
-    };
+    let topology = Topology::site(args.hosts, args.agents_per_host);
     let promises = Promises {
         agent_timeout: 5.0,
         detect_within: 2.0,
@@ -70,10 +60,7 @@ async fn main() -> anyhow::Result<()> {
         converge_within: 10.0,
         deposed_window: ocs_fleet::DEPOSED_LEADER_WINDOW.as_secs_f64(),
     };
-    let images = Images {
-        ocs: args.image.clone(),
-        nats: args.nats_image.clone(),
-    };
+    let images = args.images.clone();
     let mut outcomes = Vec::new();
     for seed in seeds {
         let run = campaign::run(

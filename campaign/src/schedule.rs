@@ -22,6 +22,18 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The campaign's and the soak's site: three NATS servers, two registry
+    /// replicas, a 5 s agent timeout, and `hosts` hosts of `agents_per_host`.
+    pub fn site(hosts: u8, agents_per_host: u8) -> Self {
+        Topology {
+            nats_nodes: 3,
+            registries: 2,
+            hosts,
+            agents_per_host,
+            agent_timeout: Duration::from_secs(5),
+        }
+    }
+
     /// The instance id of agent `index` (from 1) on host `host` (from 1).
     pub fn instance_id(host: u8, index: u8) -> String {
         format!("h{host}a{index}")
@@ -294,13 +306,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn topology() -> Topology {
-        Topology {
-            nats_nodes: 3,
-            registries: 2,
-            hosts: 3,
-            agents_per_host: 4,
-            agent_timeout: Duration::from_secs(5),
-        }
+        Topology::site(3, 4)
     }
 
     #[test]

@@ -270,13 +270,7 @@ mod tests {
     use super::*;
 
     fn topology() -> Topology {
-        Topology {
-            nats_nodes: 3,
-            registries: 2,
-            hosts: 4,
-            agents_per_host: 250,
-            agent_timeout: Duration::from_secs(5),
-        }
+        Topology::site(4, 250)
     }
 
     #[test]

@@ -8,13 +8,12 @@
 //! ("JetStream, role by role"), so the documentation and the server agree.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use ocs_testkit::launch::{as_user, nats_with_role_permissions};
-use ocs_testkit::{Process, eventually, workspace_binary};
+use ocs_testkit::eventually;
+use ocs_testkit::launch::{nats_with_role_permissions, registry_and_fakers_as_users};
 
 const BUCKETS: [&str; 3] = ["ocs_registry", "ocs_registry_leases", "ocs_sessions"];
 
@@ -244,21 +243,7 @@ async fn every_role_may_do_to_each_bucket_what_the_nats_readme_says_and_nothing_
     let url = nats.url();
     // The buckets, made as the registry (with replicas, so its lease bucket
     // too) and an agent make them.
-    let mut registry = Command::new(workspace_binary("ocs-registry"));
-    registry
-        .args(["--nats-url", &url, "--listen", "127.0.0.1:0", "--ha"])
-        .env("RUST_LOG", "warn");
-    as_user(&mut registry, "registry", "REGISTRY");
-    let _registry = Process::spawn("ocs-registry", registry);
-    let mut agents = Vec::new();
-    for (iid, role) in [("faker1", "FAKER1"), ("faker2", "FAKER2")] {
-        let mut agent = Command::new(workspace_binary("ocs-fake-data-agent"));
-        agent
-            .args(["--nats-url", &url, "--instance-id", iid, "--mode", "idle"])
-            .env("RUST_LOG", "warn");
-        as_user(&mut agent, iid, role);
-        agents.push(Process::spawn(iid, agent));
-    }
+    let (_registry, agents) = registry_and_fakers_as_users(&url, &["--ha"]);
     let owner = connect(&url, "registry", "REGISTRY").await;
     for bucket in BUCKETS {
         eventually(

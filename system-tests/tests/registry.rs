@@ -14,7 +14,7 @@ use ocs_registry::metrics::DropReason;
 mod common;
 
 use common::{FeedLog, Registry, feed_record};
-use ocs_testkit::launch::{as_user, nats_with_role_permissions};
+use ocs_testkit::launch::{as_user, nats_with_role_permissions, registry_and_fakers_as_users};
 use ocs_testkit::query::{record, registry_agents};
 use ocs_testkit::{NatsServer, Process, agent, eventually, http_get, idle_faker, workspace_binary};
 use serde_json::Value;
@@ -856,21 +856,7 @@ async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_sta
     let dir = ocs_testkit::TempDir::new("ocs-perms");
     let nats = nats_with_role_permissions(&dir);
     let url = nats.url();
-    let mut registry = Command::new(workspace_binary("ocs-registry"));
-    registry
-        .args(["--nats-url", &url, "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn");
-    as_user(&mut registry, "registry", "REGISTRY");
-    let _registry = Process::spawn("ocs-registry", registry);
-    let mut agents = Vec::new();
-    for (iid, role) in [("faker1", "FAKER1"), ("faker2", "FAKER2")] {
-        let mut agent = Command::new(workspace_binary("ocs-fake-data-agent"));
-        agent
-            .args(["--nats-url", &url, "--instance-id", iid, "--mode", "idle"])
-            .env("RUST_LOG", "warn");
-        as_user(&mut agent, iid, role);
-        agents.push(Process::spawn(iid, agent));
-    }
+    let (_registry, _agents) = registry_and_fakers_as_users(&url, &[]);
     let ocs_as = |user: &str, role: &str, args: &[&str]| {
         let output = ocs_testkit::ocs_as(&url, user, role, args);
         (output.code, output.stdout, output.stderr)

@@ -119,3 +119,28 @@ pub fn as_user(command: &mut Command, user: &str, role: &str) {
         .env("NATS_USER", user)
         .env("NATS_PASSWORD", format!("pw-{role}"));
 }
+
+/// The registry (with `registry_args`) and the idle agents faker1 and
+/// faker2 on `url`, each logged in as its own user with its role's password
+/// (see [`nats_with_role_permissions`]).
+pub fn registry_and_fakers_as_users(url: &str, registry_args: &[&str]) -> (Process, Vec<Process>) {
+    let mut registry = Command::new(workspace_binary("ocs-registry"));
+    registry
+        .args(["--nats-url", url, "--listen", "127.0.0.1:0"])
+        .args(registry_args)
+        .env("RUST_LOG", "warn");
+    as_user(&mut registry, "registry", "REGISTRY");
+    let registry = Process::spawn("ocs-registry", registry);
+    let agents = [("faker1", "FAKER1"), ("faker2", "FAKER2")]
+        .into_iter()
+        .map(|(iid, role)| {
+            let mut agent = Command::new(workspace_binary("ocs-fake-data-agent"));
+            agent
+                .args(["--nats-url", url, "--instance-id", iid, "--mode", "idle"])
+                .env("RUST_LOG", "warn");
+            as_user(&mut agent, iid, role);
+            Process::spawn(iid, agent)
+        })
+        .collect();
+    (registry, agents)
+}

@@ -34,12 +34,8 @@ struct Args {
     /// The largest change of a resident set, end against start, that counts as flat.
     #[arg(long, default_value_t = 0.10)]
     band: f64,
-    /// The project's image.
-    #[arg(long, env = "OCS_CAMPAIGN_IMAGE")]
-    image: String,
-    /// nats-server's image.
-    #[arg(long, env = "OCS_CAMPAIGN_NATS_IMAGE")]
-    nats_image: String,
+    #[command(flatten)]
+    images: Images,
 }
 
 #[tokio::main]
@@ -47,17 +43,8 @@ async fn main() -> anyhow::Result<()> {
     ocs_service::lifecycle::init_tracing(ocs_service::LogFormat::Text);
     let args = Args::parse();
     let stopping = ocs_service::lifecycle::shutdown_on_signals();
-    let topology = Topology {
-        nats_nodes: 3,
-        registries: 2,
-        hosts: args.hosts,
-        agents_per_host: args.agents_per_host,
-        agent_timeout: Duration::from_secs(5),
-    };
-    let images = Images {
-        ocs: args.image.clone(),
-        nats: args.nats_image.clone(),
-    };
+    let topology = Topology::site(args.hosts, args.agents_per_host);
+    let images = args.images.clone();
     let run = soak::run(
         args.seed,
         Duration::from_secs(args.span),
