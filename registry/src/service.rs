@@ -111,6 +111,9 @@ struct MainProcess {
     pending_writes: Arc<PendingWrites>,
     /// Whether silence may count as death now.
     vigil: Vigil,
+    /// Whether this replica holds the lease (always, without replicas), as
+    /// of the last change the election sent.
+    leading: bool,
 }
 
 fn now_unix_ms() -> i64 {
@@ -180,6 +183,7 @@ pub(crate) async fn main_process(
             Instant::now(),
             client.connection_state() == State::Connected,
         ),
+        leading: lease::leads(&settings.lease),
     };
     // The stored records arrive once JetStream answers; heartbeats are
     // handled meanwhile, and a record heard live wins over a stored one.
@@ -271,6 +275,7 @@ pub(crate) async fn main_process(
             }
             Ok(()) = leading.changed() => {
                 let leads = *leading.borrow_and_update();
+                main.leading = leads;
                 main.metrics.leader.set(i64::from(leads));
                 if leads {
                     info!("leading: this replica publishes the feed and keeps the records");
@@ -540,8 +545,14 @@ impl MainProcess {
             let detail = format!("payload claims {}", heartbeat.agent_address);
             return self.drop_heartbeat(DropReason::address_mismatch, subject, &detail);
         }
-        if heartbeat.agent_address == self.settings.address.as_str() {
-            // Ours, or (with replicas) the leader's: either proves the bus carries heartbeats to us.
+        if !self.leading || heartbeat.agent_address == self.settings.address.as_str() {
+            // Ours, or (with replicas) the leader's: either proves the bus
+            // carries heartbeats to us. While another replica leads, so does
+            // any agent's: the leader itself may be the one cut off, and a
+            // replica that took its silence for its own would hold expiries
+            // and, on taking over, give every agent a fresh timeout, so that
+            // agents that died meanwhile were shown dead a timeout late (the
+            // fault campaign's seed 281485).
             self.vigil.own_heartbeat_heard(Instant::now());
         }
         let observation = self

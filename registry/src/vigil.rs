@@ -69,7 +69,8 @@ impl Vigil {
         }
     }
 
-    /// A heartbeat of the registry's own address came back through NATS.
+    /// A heartbeat that proves NATS carries heartbeats to this registry came
+    /// back: its own address's, or, while another replica leads, anyone's.
     pub(crate) fn own_heartbeat_heard(&mut self, now: Instant) {
         self.own_heartbeat_heard = now;
     }
