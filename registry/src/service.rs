@@ -12,7 +12,7 @@ use ocs_protocol::codec::{self, CodecError};
 use ocs_protocol::{AddressRoot, AgentAddress, heartbeat, proto, subject};
 use parking_lot::Mutex;
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::lease::{self, SharedLease};
 use crate::metrics::{DropReason, KindLabel, RegistryMetrics};
@@ -114,6 +114,11 @@ struct MainProcess {
     /// Whether this replica holds the lease (always, without replicas), as
     /// of the last change the election sent.
     leading: bool,
+    /// When the stored records were taken back, or `None` while JetStream
+    /// has not answered yet.
+    records_back: Option<Instant>,
+    /// When this process started listening to heartbeats.
+    listening_since: Instant,
 }
 
 fn now_unix_ms() -> i64 {
@@ -184,6 +189,8 @@ pub(crate) async fn main_process(
             client.connection_state() == State::Connected,
         ),
         leading: lease::leads(&settings.lease),
+        records_back: None,
+        listening_since: Instant::now(),
     };
     // The stored records arrive once JetStream answers; heartbeats are
     // handled meanwhile, and a record heard live wins over a stored one.
@@ -199,7 +206,6 @@ pub(crate) async fn main_process(
         bucket_recreated.clone(),
         storage_stop.clone(),
     ));
-    let mut awaiting_records = true;
     main.metrics
         .leader
         .set(i64::from(lease::leads(&settings.lease)));
@@ -260,8 +266,8 @@ pub(crate) async fn main_process(
                     let _ = client.publish(reply, bytes::Bytes::new()).await;
                 }
             }
-            stored = &mut restored_rx, if awaiting_records => {
-                awaiting_records = false;
+            stored = &mut restored_rx, if main.records_back.is_none() => {
+                main.records_back = Some(Instant::now());
                 if let Ok(stored) = stored {
                     main.restore(stored);
                     main.publish_snapshot().await;
@@ -789,7 +795,23 @@ impl MainProcess {
     /// buffer overflowed. Heartbeats and expiries go on meanwhile; the
     /// changes they make are published when the last part is out (see
     /// [`MainProcess::snapshot_publishing`]).
+    /// Whether a snapshot would tell the truth: it says "these and no
+    /// others", so a registry that has neither taken back its stored records
+    /// nor listened for a whole timeout would tell every consumer to drop the
+    /// agents it has not heard yet (a restarted leader did, in the fault
+    /// campaign's seed 542534).
+    fn knows_the_fleet(&self, now: Instant) -> bool {
+        self.records_back.is_some()
+            || now.duration_since(self.listening_since) >= self.settings.table.agent_timeout
+    }
+
     async fn publish_snapshot(&mut self) {
+        if !self.knows_the_fleet(Instant::now()) {
+            debug!(
+                "no snapshot yet: the stored records are not back and the first timeout has not passed"
+            );
+            return;
+        }
         if let Some(in_flight) = self.snapshot_in_flight.take() {
             // One snapshot at a time, in order.
             let _ = in_flight.task.await;
