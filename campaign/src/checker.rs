@@ -94,6 +94,8 @@ struct Received<'a> {
     observer: u8,
     registry_incarnation: &'a str,
     term: u64,
+    seq: u64,
+    sent_at_ms: i64,
     snapshot: bool,
     parts: u32,
     agents: &'a [Seen],
@@ -121,16 +123,19 @@ pub fn check(record: &Record, topology: &Topology, promises: &Promises) -> Vec<V
                 observer,
                 registry_incarnation,
                 term,
+                seq,
+                sent_at_ms,
                 snapshot,
                 parts,
                 agents,
                 forgotten,
-                ..
             } => Some(Received {
                 at: entry.at,
                 observer: *observer,
                 registry_incarnation,
                 term: *term,
+                seq: *seq,
+                sent_at_ms: *sent_at_ms,
                 snapshot: *snapshot,
                 parts: *parts,
                 agents,
@@ -313,9 +318,20 @@ fn no_false_expiries(
 
 fn one_publisher(received: &[Received], promises: &Promises) -> Verdict {
     let mut verdict = Verdict::new("at most one registry publishing the feed");
-    let mut latest: BTreeMap<u8, (u64, f64)> = BTreeMap::new();
+    let window_ms = (promises.deposed_window * 1000.0) as i64;
+    // When each term's first message was sent, on the publishers' clock.
+    let mut term_began: BTreeMap<u64, i64> = BTreeMap::new();
+    for message in received.iter().filter(|message| message.term != 0) {
+        let began = term_began.entry(message.term).or_insert(message.sent_at_ms);
+        *began = (*began).min(message.sent_at_ms);
+    }
     let mut publisher_of_term: BTreeMap<u64, &str> = BTreeMap::new();
+    // Each message once, however many subscribers received it.
+    let mut judged: BTreeSet<(&str, u64)> = BTreeSet::new();
     for message in received {
+        if !judged.insert((message.registry_incarnation, message.seq)) {
+            continue;
+        }
         verdict.checked += 1;
         let window = (message.at - promises.deposed_window, message.at + 2.0);
         if message.term == 0 {
@@ -323,8 +339,7 @@ fn one_publisher(received: &[Received], promises: &Promises) -> Verdict {
                 message.at,
                 window,
                 format!(
-                    "observer {} received a message without a lease term from {}",
-                    message.observer + 1,
+                    "a message without a lease term from {}",
                     message.registry_incarnation
                 ),
             );
@@ -343,25 +358,24 @@ fn one_publisher(received: &[Received], promises: &Promises) -> Verdict {
                 ),
             );
         }
-        let seen = latest
-            .entry(message.observer)
-            .or_insert((message.term, message.at));
-        if message.term < seen.0 && message.at - seen.1 < promises.deposed_window {
+        // Sent under a term after a later one began: two publishers at once.
+        // (A message sent before, and delivered after the successor's, is a
+        // late delivery, which consumers drop by its term; not a violation.)
+        let overlapped = term_began.range(message.term + 1..).find(|(_, began)| {
+            **began < message.sent_at_ms && message.sent_at_ms - **began < window_ms
+        });
+        if let Some((later, began)) = overlapped {
             verdict.fail(
                 message.at,
                 window,
                 format!(
-                    "observer {} received term {} from {} at {:.1} s after term {} at {:.1} s: a deposed leader published",
-                    message.observer + 1,
-                    message.term,
+                    "{} published under term {} (seq {}) {} ms after term {later} began: a deposed leader published",
                     message.registry_incarnation,
-                    message.at,
-                    seen.0,
-                    seen.1
+                    message.term,
+                    message.seq,
+                    message.sent_at_ms - began
                 ),
             );
-        } else if message.term >= seen.0 || message.at - seen.1 >= promises.deposed_window {
-            *seen = (message.term, message.at);
         }
     }
     verdict
@@ -543,12 +557,15 @@ mod tests {
         }
     }
 
+    /// A feed message as received; `seq` and the time it was sent (1 ms
+    /// before its receipt, in whole milliseconds) are set by [`push_feed`].
     fn feed(observer: u8, term: u64, registry: &str, snapshot: bool, agents: Vec<Seen>) -> Event {
         Event::Feed {
             observer,
             registry_incarnation: registry.into(),
             term,
             seq: 0,
+            sent_at_ms: 0,
             snapshot,
             parts: 1,
             agents,
@@ -588,6 +605,30 @@ mod tests {
             struck: "host1".into(),
             agents: vec!["observatory.h1a1".into(), "observatory.h1a2".into()],
         }
+    }
+
+    /// Checks `record` with each registry's messages numbered in order and,
+    /// unless a test set it, sent 1 ms before they were received.
+    fn judge(record: Record) -> Vec<Verdict> {
+        let mut record = record.sorted();
+        let mut seqs: BTreeMap<String, u64> = BTreeMap::new();
+        for entry in &mut record.entries {
+            if let Event::Feed {
+                registry_incarnation,
+                seq,
+                sent_at_ms,
+                ..
+            } = &mut entry.event
+            {
+                let next = seqs.entry(registry_incarnation.clone()).or_default();
+                *next += 1;
+                *seq = *next;
+                if *sent_at_ms == 0 {
+                    *sent_at_ms = (entry.at * 1000.0) as i64 - 1;
+                }
+            }
+        }
+        check(&record, &topology(), &promises())
     }
 
     fn verdict<'a>(verdicts: &'a [Verdict], promise: &str) -> &'a Verdict {
@@ -630,7 +671,7 @@ mod tests {
 
     #[test]
     fn a_quiet_campaign_keeps_every_promise() {
-        let verdicts = check(&quiet().sorted(), &topology(), &promises());
+        let verdicts = judge(quiet());
         for verdict in &verdicts {
             assert!(verdict.violations.is_empty(), "{verdict:?}");
         }
@@ -664,7 +705,7 @@ mod tests {
             ),
         );
         record.push(16.0, feed(0, 3, "r1", false, both_alive()));
-        let verdicts = check(&record.sorted(), &topology(), &promises());
+        let verdicts = judge(record);
         let detected = verdict(&verdicts, "every silenced");
         assert_eq!(detected.checked, 2);
         assert_eq!(detected.violations.len(), 1, "{detected:?}");
@@ -706,7 +747,7 @@ mod tests {
         );
         record.push(20.0, pause_host(2, 2.0));
         record.push(22.0, Event::FaultHealed { id: 2 });
-        let verdicts = check(&record.sorted(), &topology(), &promises());
+        let verdicts = judge(record);
         let detected = verdict(&verdicts, "every silenced");
         assert_eq!(
             (detected.checked, detected.violations.len()),
@@ -729,7 +770,7 @@ mod tests {
                 vec![seen("observatory.h1a2", true, "j1")],
             ),
         );
-        let verdicts = check(&record.sorted(), &topology(), &promises());
+        let verdicts = judge(record);
         let false_expiries = verdict(&verdicts, "no agent shown expired");
         assert_eq!(false_expiries.violations.len(), 1);
         assert!(false_expiries.violations[0].what.contains("observer 2"));
@@ -741,12 +782,19 @@ mod tests {
     fn a_deposed_leader_or_a_shared_term_breaks_the_one_publisher_promise() {
         let mut record = quiet();
         record.push(10.0, feed(0, 7, "r2", true, both_alive()));
-        record.push(11.0, feed(0, 3, "r1", false, vec![]));
+        // Sent under term 3 before term 7 began, delivered after: a late
+        // delivery that consumers drop, not a second publisher.
+        let mut late = feed(0, 3, "r1", false, vec![]);
+        if let Event::Feed { sent_at_ms, .. } = &mut late {
+            *sent_at_ms = 9_000;
+        }
+        record.push(11.0, late);
+        record.push(12.0, feed(0, 3, "r1", false, vec![]));
         // Past the window a smaller term is a new history, not a violation.
         record.push(25.0, feed(0, 2, "r1", false, vec![]));
         record.push(26.0, feed(1, 7, "r1", false, vec![]));
         record.push(27.0, feed(2, 0, "r1", false, vec![]));
-        let verdicts = check(&record.sorted(), &topology(), &promises());
+        let verdicts = judge(record);
         let publishers = verdict(&verdicts, "at most one registry");
         let found: Vec<&str> = publishers
             .violations
@@ -754,7 +802,11 @@ mod tests {
             .map(|v| v.what.as_str())
             .collect();
         assert_eq!(found.len(), 3, "{found:?}");
-        assert!(found[0].contains("deposed leader"));
+        assert!(
+            found[0].contains("r1 published under term 3")
+                && found[0].contains("after term 7 began"),
+            "{found:?}"
+        );
         assert!(found[1].contains("term 7 published by two registries"));
         assert!(found[2].contains("without a lease term"));
     }
@@ -781,7 +833,7 @@ mod tests {
             ]),
         );
         record.push(31.5, Event::Monitor { expired: None });
-        let verdicts = check(&record.sorted(), &topology(), &promises());
+        let verdicts = judge(record);
         let lost = verdict(&verdicts, "no registry record lost");
         assert_eq!(lost.violations.len(), 1);
         assert!(

@@ -137,6 +137,7 @@ fn feed_event(observer: u8, message: proto::AgentOperations) -> Event {
         registry_incarnation: message.registry_incarnation,
         term: message.lease_term,
         seq: message.seq,
+        sent_at_ms: message.sent_at_unix_ms,
         snapshot: message.snapshot,
         parts: message.snapshot_parts,
         agents: message

@@ -58,6 +58,10 @@ pub enum Event {
         term: u64,
         /// Its sequence number.
         seq: u64,
+        /// When the registry sent it, on its wall clock (the containers
+        /// share the host's), in milliseconds since the Unix epoch.
+        #[serde(default)]
+        sent_at_ms: i64,
         /// A snapshot (every agent) rather than changes.
         snapshot: bool,
         /// Parts of the snapshot (0 or 1: one message).
