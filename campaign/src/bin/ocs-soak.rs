@@ -31,6 +31,9 @@ struct Args {
     /// Fake-data agents per host.
     #[arg(long, default_value_t = 250)]
     agents_per_host: u8,
+    /// Where the memory readings go, as CSV (seconds, component, KiB).
+    #[arg(long, default_value = "target/test-artifacts/soak/samples.csv")]
+    samples: std::path::PathBuf,
     /// The largest change of a resident set, end against start, that counts as flat.
     #[arg(long, default_value_t = 0.10)]
     band: f64,
@@ -58,6 +61,17 @@ async fn main() -> anyhow::Result<()> {
         outcome = run => outcome?,
         _ = stopping.cancelled() => anyhow::bail!("stopped by a signal"),
     };
+    if let Some(dir) = args.samples.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut csv = String::from("seconds,component,kib\n");
+    for sample in &outcome.samples {
+        csv.push_str(&format!(
+            "{:.1},{},{}\n",
+            sample.at, sample.component, sample.kib
+        ));
+    }
+    std::fs::write(&args.samples, csv)?;
     println!(
         "\nsoak: seed {}, {} s, {} agents (and {} host managers), a change every {} s",
         args.seed,
