@@ -778,6 +778,11 @@ mod tests {
                 vec![seen("observatory.h1a2", true, "j1")],
             ),
         );
+        // The registry's own address expired while no replica led: not an
+        // agent's false expiry.
+        let registry = |expired| vec![seen("observatory.registry", expired, "r1")];
+        record.push(31.0, feed(1, 3, "r1", false, registry(false)));
+        record.push(32.0, feed(1, 3, "r1", false, registry(true)));
         let verdicts = judge(record);
         let false_expiries = verdict(&verdicts, "no agent shown expired");
         assert_eq!(false_expiries.violations.len(), 1);
