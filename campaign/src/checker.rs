@@ -35,6 +35,9 @@ pub struct Promises {
     pub converge_within: f64,
     /// How long a larger lease term keeps smaller ones out.
     pub deposed_window: f64,
+    /// How often a leader publishes a snapshot: a longer silence of the
+    /// feed means no replica led.
+    pub snapshot_every: f64,
 }
 
 /// A broken promise and the window of the record that shows it.
@@ -228,6 +231,16 @@ fn deaths_detected(
         });
         if infrastructure_struck {
             deadline += promises.failover_allowance;
+        }
+        // No replica leading at the deadline (the feed silent for longer than
+        // a snapshot period: a lease the cluster could not store, an open
+        // finding in RELIABILITY.md): the first message once one leads must
+        // show it.
+        let leaderless = !received.iter().any(|message| {
+            message.at > deadline - promises.snapshot_every - 1.0 && message.at <= deadline
+        });
+        if leaderless && let Some(next) = received.iter().find(|message| message.at > deadline) {
+            deadline = next.at;
         }
         for address in &fault.agents {
             debug_assert!(topology.host_of(address).is_some());
@@ -554,6 +567,7 @@ mod tests {
             false_expiry_slack: 2.0,
             converge_within: 10.0,
             deposed_window: 10.0,
+            snapshot_every: 5.0,
         }
     }
 
@@ -762,6 +776,51 @@ mod tests {
             (1, 0),
             "{detected:?}"
         );
+    }
+
+    #[test]
+    fn with_no_leader_at_the_deadline_the_first_message_after_must_show_the_death() {
+        let kill = |id: u32| Event::FaultStarted {
+            fault: Fault {
+                id,
+                at: 0.0,
+                hold: 0.0,
+                target: Target::Host(1),
+                action: Action::KillAgents(vec![1]),
+            },
+            struck: "host1".into(),
+            agents: vec!["observatory.h1a1".into()],
+        };
+        let mut record = quiet();
+        record.push(5.0, kill(1));
+        // Silent feed from 0 to 20 s: no leader at the deadline (12 s).
+        record.push(
+            20.0,
+            feed(
+                0,
+                4,
+                "r2",
+                true,
+                vec![seen("observatory.h1a1", false, "i2")],
+            ),
+        );
+        record.push(40.0, kill(2));
+        record.push(
+            60.0,
+            feed(
+                0,
+                4,
+                "r2",
+                true,
+                vec![seen("observatory.h1a1", false, "i2")],
+            ),
+        );
+        let verdicts = judge(record);
+        let detected = verdict(&verdicts, "every silenced");
+        assert_eq!(detected.checked, 2);
+        // The second death is still unseen in the first message after its deadline.
+        assert_eq!(detected.violations.len(), 1, "{detected:?}");
+        assert!(detected.violations[0].what.contains("fault #2"));
     }
 
     #[test]

@@ -59,6 +59,8 @@ async fn main() -> anyhow::Result<()> {
         false_expiry_slack: 3.0,
         converge_within: 10.0,
         deposed_window: ocs_fleet::DEPOSED_LEADER_WINDOW.as_secs_f64(),
+        // The campaign's registries run with --wait-time=5.
+        snapshot_every: 5.0,
     };
     let images = args.images.clone();
     let mut outcomes = Vec::new();
