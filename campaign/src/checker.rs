@@ -653,6 +653,21 @@ mod tests {
         check(&record, &topology(), &promises())
     }
 
+    /// Fault `id`: SIGKILL of agent h1a1 (its host manager restarts it).
+    fn kill_h1a1(id: u32) -> Event {
+        Event::FaultStarted {
+            fault: Fault {
+                id,
+                at: 0.0,
+                hold: 0.0,
+                target: Target::Host(1),
+                action: Action::KillAgents(vec![1]),
+            },
+            struck: "host1".into(),
+            agents: vec!["observatory.h1a1".into()],
+        }
+    }
+
     fn verdict<'a>(verdicts: &'a [Verdict], promise: &str) -> &'a Verdict {
         verdicts
             .iter()
@@ -743,20 +758,7 @@ mod tests {
     #[test]
     fn a_restart_counts_as_detection_and_a_short_pause_needs_none() {
         let mut record = quiet();
-        record.push(
-            5.0,
-            Event::FaultStarted {
-                fault: Fault {
-                    id: 1,
-                    at: 0.0,
-                    hold: 0.0,
-                    target: Target::Host(1),
-                    action: Action::KillAgents(vec![1]),
-                },
-                struck: "host1".into(),
-                agents: vec!["observatory.h1a1".into()],
-            },
-        );
+        record.push(5.0, kill_h1a1(1));
         record.push(
             7.0,
             feed(
@@ -780,19 +782,8 @@ mod tests {
 
     #[test]
     fn with_no_leader_at_the_deadline_the_first_message_after_must_show_the_death() {
-        let kill = |id: u32| Event::FaultStarted {
-            fault: Fault {
-                id,
-                at: 0.0,
-                hold: 0.0,
-                target: Target::Host(1),
-                action: Action::KillAgents(vec![1]),
-            },
-            struck: "host1".into(),
-            agents: vec!["observatory.h1a1".into()],
-        };
         let mut record = quiet();
-        record.push(5.0, kill(1));
+        record.push(5.0, kill_h1a1(1));
         // Silent feed from 0 to 20 s: no leader at the deadline (12 s).
         record.push(
             20.0,
@@ -804,7 +795,7 @@ mod tests {
                 vec![seen("observatory.h1a1", false, "i2")],
             ),
         );
-        record.push(40.0, kill(2));
+        record.push(40.0, kill_h1a1(2));
         record.push(
             60.0,
             feed(
