@@ -61,10 +61,6 @@ impl Outcome {
     }
 }
 
-fn password(role: &str) -> String {
-    format!("pw-{role}")
-}
-
 /// The address whose keys the user writes as its own.
 fn own_prefix(user: &str) -> String {
     format!("observatory.{user}")
@@ -80,8 +76,7 @@ fn other_prefix(user: &str) -> &'static str {
 }
 
 async fn connect(url: &str, user: &str, role: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::with_user_and_password(user.into(), password(role))
-        .custom_inbox_prefix(ocs_protocol::subject::inbox_prefix(user).unwrap())
+    ocs_testkit::launch::login(user, role)
         .connect(url)
         .await
         .unwrap_or_else(|err| panic!("connect as {user}: {err}"))

@@ -328,8 +328,7 @@ fn as_role(nats: &NatsServer, binary: &str, user: &str, role: &str, args: &[&str
 }
 
 async fn connect_as(nats: &NatsServer, user: &str, role: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::with_user_and_password(user.into(), format!("pw-{role}"))
-        .custom_inbox_prefix(ocs_protocol::subject::inbox_prefix(user).unwrap())
+    ocs_testkit::launch::login(user, role)
         .connect(nats.url())
         .await
         .unwrap()

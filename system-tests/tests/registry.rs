@@ -6,7 +6,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use ocs_agent::OcsClient;
 use ocs_protocol::codec::{self, to_msgpack};
 use ocs_protocol::{Action, InstanceId, OpName, proto};
@@ -14,8 +13,11 @@ use ocs_registry::metrics::DropReason;
 mod common;
 
 use common::{FeedLog, Registry, feed_record};
-use ocs_testkit::launch::{as_user, nats_with_role_permissions, registry_and_fakers_as_users};
+use ocs_testkit::launch::{
+    as_user, login, nats_with_role_permissions, registry_and_fakers_as_users,
+};
 use ocs_testkit::query::{record, registry_agents};
+use ocs_testkit::refusals::{connect_noting_server_errors, publish_refused, subscription_refused};
 use ocs_testkit::{NatsServer, Process, agent, eventually, http_get, idle_faker, workspace_binary};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -795,61 +797,6 @@ async fn services_agents_and_the_cli_authenticate_to_nats() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
-/// A client logged in as `user` (with its own inbox prefix, as our clients
-/// take it), and the server errors it is sent, such as permissions violations.
-async fn connect_noting_server_errors(
-    url: &str,
-    user: &str,
-    role: &str,
-) -> (async_nats::Client, Arc<std::sync::Mutex<Vec<String>>>) {
-    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let seen = errors.clone();
-    let client =
-        async_nats::ConnectOptions::with_user_and_password(user.into(), format!("pw-{role}"))
-            .custom_inbox_prefix(ocs_protocol::subject::inbox_prefix(user).unwrap())
-            .event_callback(move |event| {
-                let seen = seen.clone();
-                async move {
-                    if let async_nats::Event::ServerError(err) = event {
-                        seen.lock().unwrap().push(err.to_string());
-                    }
-                }
-            })
-            .connect(url)
-            .await
-            .unwrap();
-    (client, errors)
-}
-
-/// Waits until the server has refused the subscription to `subject` (a
-/// violation among `errors`), then holds that nothing arrives on it.
-async fn subscription_refused(
-    errors: &std::sync::Mutex<Vec<String>>,
-    subject: &str,
-    subscription: &mut async_nats::Subscriber,
-) {
-    let refusal = format!("Subscription to \"{subject}\"");
-    eventually(
-        Duration::from_secs(5),
-        "a subscription violation",
-        || async {
-            errors
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|err| err.contains(&refusal))
-                .then_some(())
-        },
-    )
-    .await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), subscription.next())
-            .await
-            .map_or(true, |message| message.is_none()),
-        "a message arrived on {subject}, whose subscription was refused"
-    );
-}
-
 /// The shipped per-role permissions (deploy/nats/permissions.conf), with test passwords.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_start() {
@@ -892,7 +839,7 @@ async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_sta
     );
 
     // faker1's credentials cannot speak for faker2: the server refuses the publish.
-    let (spoofer, violations) = connect_noting_server_errors(&url, "faker1", "FAKER1").await;
+    let (spoofer, violations) = connect_noting_server_errors(&url, login("faker1", "FAKER1")).await;
     let spoof = proto::Heartbeat {
         protocol_version: 1,
         agent_address: "observatory.faker2".into(),
@@ -911,22 +858,7 @@ async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_sta
         .await
         .unwrap();
     spoofer.flush().await.unwrap();
-    eventually(
-        Duration::from_secs(5),
-        "a permissions violation",
-        || async {
-            violations
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|err| {
-                    err.contains("Permissions Violation")
-                        && err.contains("observatory.faker2.feeds.heartbeat")
-                })
-                .then_some(())
-        },
-    )
-    .await;
+    publish_refused(&violations, "observatory.faker2.feeds.heartbeat").await;
     // ...nor listen to another agent's operations.
     let mut eavesdrop = spoofer.subscribe("observatory.faker2.ops.>").await.unwrap();
     spoofer.flush().await.unwrap();
@@ -974,7 +906,7 @@ async fn a_viewer_cannot_read_the_operator_s_replies() {
     as_user(&mut agent, "faker1", "FAKER1");
     let _agent = Process::spawn("faker1", agent);
 
-    let (viewer, violations) = connect_noting_server_errors(&url, "viewer", "VIEWER").await;
+    let (viewer, violations) = connect_noting_server_errors(&url, login("viewer", "VIEWER")).await;
     let mut every_inbox = viewer.subscribe("_INBOX.>").await.unwrap();
     let mut operators_inbox = viewer.subscribe("_INBOX.operator.>").await.unwrap();
     viewer.flush().await.unwrap();

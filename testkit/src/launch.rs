@@ -113,6 +113,13 @@ pub fn nats_with_role_permissions_and(dir: &TempDir, extra: &str) -> NatsServer 
     NatsServer::start_with(&["-c", path.to_str().unwrap()])
 }
 
+/// Connect options logged in as `user` with the password of `role`, its
+/// replies in its own inboxes, as our clients take them.
+pub fn login(user: &str, role: &str) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::with_user_and_password(user.into(), format!("pw-{role}"))
+        .custom_inbox_prefix(ocs_protocol::subject::inbox_prefix(user).expect("a token"))
+}
+
 /// Logs `command` in as `user` with the password of `role`.
 pub fn as_user(command: &mut Command, user: &str, role: &str) {
     command

@@ -1,6 +1,7 @@
 //! Test support: a real `nats-server` on free ports, the workspace's binaries
 //! as child processes ([`launch`]), queries of agents and the registry
-//! ([`query`]), and polling helpers. Dev-only.
+//! ([`query`]), the server's refusals as a client sees them ([`refusals`]),
+//! and polling helpers. Dev-only.
 //!
 //! Nothing here skips: a missing `nats-server` or binary is a panic that says
 //! how to install or build it.
@@ -18,6 +19,7 @@ use ocs_service::lifecycle::PARENT_PID_ENV;
 pub mod launch;
 pub mod measure;
 pub mod query;
+pub mod refusals;
 
 pub use launch::{Output, agent, idle_faker, ocs, ocs_as};
 
