@@ -45,7 +45,8 @@ pub struct NatsAuth {
         requires = "nats_user"
     )]
     pub nats_password: Option<String>,
-    /// NATS credentials file (a user JWT and nkey seed, from nsc).
+    /// NATS credentials file (a user JWT and nkey seed, from
+    /// `ocs-credentials mint` or nsc).
     #[arg(long, env = "NATS_CREDS", conflicts_with = "nats_user")]
     pub nats_creds: Option<std::path::PathBuf>,
     /// CA certificate (PEM) to check the server's with; implies TLS.
@@ -72,6 +73,15 @@ impl NatsAuth {
     pub async fn apply(&self, mut options: ConnectOptions) -> std::io::Result<ConnectOptions> {
         if let Some(creds) = &self.nats_creds {
             options = options.credentials_file(creds).await?;
+            // A credential's user is named in its JWT, and its replies come
+            // to that name's inboxes as with a password (see below).
+            let text = tokio::fs::read_to_string(creds).await?;
+            if let Some(prefix) = creds_user_name(&text)
+                .as_deref()
+                .and_then(ocs_protocol::subject::inbox_prefix)
+            {
+                options = options.custom_inbox_prefix(prefix);
+            }
         }
         if let (Some(user), Some(password)) = (&self.nats_user, &self.nats_password) {
             options = options.user_and_password(user.clone(), password.clone());
@@ -91,6 +101,20 @@ impl NatsAuth {
         }
         Ok(options)
     }
+}
+
+/// The user named in a `.creds` file's JWT (its `name` claim), unverified:
+/// the server checks the JWT, this only chooses the inbox prefix.
+pub fn creds_user_name(creds: &str) -> Option<String> {
+    let mut lines = creds.lines().map(str::trim);
+    lines.find(|line| line.starts_with("-----BEGIN NATS USER JWT"))?;
+    let jwt = lines.next()?;
+    let claims = jwt.split('.').nth(1)?.trim_end_matches('=');
+    let claims = data_encoding::BASE64URL_NOPAD
+        .decode(claims.as_bytes())
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&claims).ok()?;
+    Some(claims.get("name")?.as_str()?.to_owned())
 }
 
 /// Parses the command line of an agent or service, with its arguments from
@@ -113,4 +137,38 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::creds_user_name;
+
+    /// A credential as `ocs-credentials mint` and nsc write it, for the user "faker1".
+    const CREDS: &str = "-----BEGIN NATS USER JWT-----
+eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.eyJuYW1lIjoiZmFrZXIxIiwic3ViIjoiVUFCQyJ9.c2ln
+------END NATS USER JWT------
+
+-----BEGIN USER NKEY SEED-----
+SUAEXAMPLE
+------END USER NKEY SEED------
+";
+
+    #[test]
+    fn the_user_of_a_credential_is_the_name_in_its_jwt() {
+        assert_eq!(creds_user_name(CREDS).as_deref(), Some("faker1"));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_credential_names_no_user() {
+        assert_eq!(creds_user_name(""), None);
+        assert_eq!(
+            creds_user_name("-----BEGIN NATS USER JWT-----\nnot.a-jwt!\n"),
+            None
+        );
+        let no_name = CREDS.replace(
+            "eyJuYW1lIjoiZmFrZXIxIiwic3ViIjoiVUFCQyJ9",
+            "eyJzdWIiOiJVQUJDIn0",
+        );
+        assert_eq!(creds_user_name(&no_name), None);
+    }
 }
