@@ -49,11 +49,14 @@ ensure_python_protocol_deps() {
 
 # The Python package (python/, import ocs_nats) installed editable into the
 # same .tools/venv, with its pinned runtime and test dependencies: the
-# protocol's, PyYAML for the site file, pytest and ruff, Twisted with
+# protocol's, PyYAML for the site file, nkeys (with PyNaCl) for credentials
+# files, pytest and ruff, Twisted with
 # autobahn for OCS-style agents, and numpy for OCS's own fake-data agent,
 # which the acceptance tests fetch from PyPI (ocs==0.12.1) and run.
 PYTHON_PACKAGE_PACKAGES=(
   "PyYAML==6.0.4"
+  "nkeys==0.2.1"
+  "PyNaCl==1.6.2"
   "pytest==9.2.0"
   "ruff==0.17.6"
   "twisted==26.10.0"

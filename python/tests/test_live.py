@@ -429,3 +429,68 @@ def test_the_python_client_drives_the_rust_fake_data_agent(registry, processes, 
     )
     assert record["agent_class"] == "FakeDataAgent" and record["state"] == "alive"
     assert record["op_codes"]["delay_task"] == OpCode.SUCCEEDED
+
+
+def test_a_python_agent_runs_on_a_credential_minted_for_it(processes, tmp_path):
+    """Against a server in operator mode (``ocs-credentials init``), the
+    Python agent logs in with a credential minted for its instance id, keeps
+    its journal in its own keys, and replies reach a client logged in with
+    an operator's credential: both take their inboxes from their JWT's name,
+    the only ones the server lets them read."""
+    tool = binary("ocs-credentials")
+    auth = tmp_path / "auth"
+
+    def mint(role, name):
+        out = subprocess.run(
+            [tool, "--dir", auth, "mint", "--role", role, name],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    subprocess.run([tool, "--dir", auth, "init"], capture_output=True, check=True)
+    (tmp_path / "nats.conf").write_text("include auth/server.conf\n")
+    port = free_port()
+    processes(
+        "nats-server",
+        [
+            *("nats-server", "-c", tmp_path / "nats.conf", "-a", "127.0.0.1", "-p", port),
+            *("-js", "-sd", tmp_path / "js"),
+        ],
+        dict(os.environ),
+    )
+    url = f"nats://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "OCS_"))}
+    env.update(NATS_URL=url, LOG_LEVEL="INFO")
+    processes(
+        "registry",
+        [binary("ocs-registry"), "--listen", f"127.0.0.1:{free_port()}"],
+        dict(env, NATS_CREDS=mint("registry", "registry")),
+    )
+    agent = processes(
+        "pyfaker7",
+        [sys.executable, "-m", "ocs_nats.agents.fake_data", "--instance-id", "pyfaker7"],
+        dict(env, NATS_CREDS=mint("agent", "pyfaker7")),
+    )
+    from ocs_nats.connection import args_from_env, connect_options
+
+    operator = args_from_env(nats_url=url, nats_creds=mint("operator", "alice"), nats_user=None)
+    assert connect_options(operator, "test")["inbox_prefix"] == "_INBOX.alice"
+
+    def answers():
+        try:
+            with OCSClient("pyfaker7", args=operator) as client:
+                return client.count(target=2, interval=0.01)
+        except Exception:
+            return None
+
+    reply = wait_for(answers, 30, "pyfaker7 to answer the operator")
+    assert reply.status == OK and reply.session["data"] == {"count": 2}, reply
+    record = wait_for(
+        lambda: registry_record(operator, "observatory.pyfaker7"),
+        15,
+        "the registry to list pyfaker7",
+    )
+    assert record["state"] == "alive", record
+    assert "Permissions Violation" not in agent.output()

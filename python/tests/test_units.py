@@ -338,3 +338,19 @@ def test_a_user_gets_inboxes_of_its_own():
     args = args_from_env(nats_user="viewer", nats_password="secret", nats_creds=None)
     assert connect_options(args, "test")["inbox_prefix"] == "_INBOX.viewer"
     assert "inbox_prefix" not in connect_options(args_from_env(nats_user=None), "test")
+
+
+def test_a_credential_s_user_is_the_name_in_its_jwt(tmp_path):
+    from ocs_nats.connection import creds_user_name
+
+    creds = tmp_path / "faker1.creds"
+    creds.write_text(
+        "-----BEGIN NATS USER JWT-----\n"
+        "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ."
+        "eyJuYW1lIjoiZmFrZXIxIiwic3ViIjoiVUFCQyJ9.c2ln\n"
+        "------END NATS USER JWT------\n"
+    )
+    assert creds_user_name(str(creds)) == "faker1"
+    creds.write_text("-----BEGIN NATS USER JWT-----\nnot a jwt\n")
+    assert creds_user_name(str(creds)) is None
+    assert creds_user_name(str(tmp_path / "missing.creds")) is None

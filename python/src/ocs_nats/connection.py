@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import logging
 import os
 import ssl
@@ -53,12 +55,33 @@ def connect_options(args: argparse.Namespace, name: str) -> dict:
             options["inbox_prefix"] = prefix
     if getattr(args, "nats_creds", None):
         options["user_credentials"] = args.nats_creds
+        # A credential's user is named in its JWT; its replies come to that
+        # name's inboxes, as with a password.
+        prefix = wire.inbox_prefix(creds_user_name(args.nats_creds))
+        if prefix is not None:
+            options["inbox_prefix"] = prefix
     if getattr(args, "nats_tls_ca", None):
         context = ssl.create_default_context(cafile=args.nats_tls_ca)
         if getattr(args, "nats_tls_cert", None):
             context.load_cert_chain(args.nats_tls_cert, args.nats_tls_key)
         options["tls"] = context
     return options
+
+
+def creds_user_name(path: str) -> str | None:
+    """The user named in a ``.creds`` file's JWT (its ``name`` claim),
+    unverified: the server checks the JWT, this only picks the inbox prefix.
+    ``None`` when the file holds no readable JWT."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = [line.strip() for line in file]
+        jwt = lines[lines.index("-----BEGIN NATS USER JWT-----") + 1]
+        body = jwt.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (OSError, ValueError, IndexError):
+        return None
+    name = claims.get("name") if isinstance(claims, dict) else None
+    return name if isinstance(name, str) else None
 
 
 async def connect(
