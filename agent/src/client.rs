@@ -8,6 +8,7 @@ use ocs_protocol::codec;
 use ocs_protocol::{
     Action, AddressRoot, AgentAddress, CodecError, InstanceId, OpName, json, proto, subject,
 };
+use ocs_service::connect::{Refusal, Refusals};
 
 /// Why a request got no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,15 @@ pub enum ClientError {
         /// Its reason.
         reason: String,
     },
+    /// The server's permissions refused the request or its reply, at once:
+    /// this NATS user may not make the call.
+    #[error("not permitted: this NATS user may not {what}")]
+    NotPermitted {
+        /// The agent's address.
+        address: String,
+        /// What the server refused, e.g. `publish to <subject>`.
+        what: String,
+    },
     /// The answer was not a valid reply.
     #[error("malformed reply from {address}: {source}")]
     Decode {
@@ -57,12 +67,24 @@ pub enum ClientError {
 pub struct OcsClient {
     client: async_nats::Client,
     root: AddressRoot,
+    refusals: Option<Refusals>,
 }
 
 impl OcsClient {
     /// A client for agents under `root`.
     pub fn new(client: async_nats::Client, root: AddressRoot) -> Self {
-        OcsClient { client, root }
+        OcsClient {
+            client,
+            root,
+            refusals: None,
+        }
+    }
+
+    /// This client, failing a call at once when the server refuses it
+    /// (see [`ocs_service::connect::connect_client`]).
+    pub fn with_refusals(mut self, refusals: Refusals) -> Self {
+        self.refusals = Some(refusals);
+        self
     }
 
     /// The underlying NATS client.
@@ -90,7 +112,35 @@ impl OcsClient {
         let request = Request::new()
             .payload(payload.into())
             .timeout(Some(timeout));
-        match self.client.send_request(subject, request).await {
+        // Listening before sending: the refusal may come back before the
+        // request's future is first polled.
+        let refused = self.refusals.as_ref().map(|refusals| {
+            let subject = subject.clone();
+            refusals.first(move |refusal| match refusal {
+                Refusal::Publish(refused) if refused == subject => {
+                    Some(format!("publish to {refused}"))
+                }
+                // Where the reply would come.
+                Refusal::Subscription(refused) if refused.starts_with("_INBOX") => {
+                    Some(format!("subscribe to {refused}, its replies"))
+                }
+                _ => None,
+            })
+        });
+        let reply = self.client.send_request(subject, request);
+        let reply = match refused {
+            None => reply.await,
+            Some(refused) => tokio::select! {
+                reply = reply => reply,
+                what = refused => {
+                    return Err(ClientError::NotPermitted {
+                        address: address.to_string(),
+                        what,
+                    });
+                }
+            },
+        };
+        match reply {
             Ok(message) => Ok(message.payload),
             Err(err) => Err(match err.kind() {
                 RequestErrorKind::NoResponders => ClientError::NoAgent {

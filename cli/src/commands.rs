@@ -14,24 +14,22 @@ use ocs_cli::{output, render};
 use ocs_protocol::codec::{self, MAX_MESSAGE_BYTES, to_msgpack};
 use ocs_protocol::{Action, InstanceId, OpName, ResponseCode, heartbeat, json, proto, subject};
 use ocs_service::CommonArgs;
-use ocs_service::connect::connect_client;
+use ocs_service::connect::{Refusal, Refusals, connect_client};
 use serde_json::{Map, Value};
 
 /// The NATS connection a command makes when it needs one.
 pub(crate) struct Nats<'a>(pub(crate) &'a CommonArgs);
 
 impl Nats<'_> {
-    async fn client(&self) -> anyhow::Result<async_nats::Client> {
+    async fn client(&self) -> anyhow::Result<(async_nats::Client, Refusals)> {
         connect_client(&self.0.nats_url, &self.0.nats_auth)
             .await
             .with_context(|| format!("cannot connect to NATS at {}", self.0.nats_url))
     }
 
     pub(crate) async fn ocs(&self) -> anyhow::Result<OcsClient> {
-        Ok(OcsClient::new(
-            self.client().await?,
-            self.0.address_root.clone(),
-        ))
+        let (client, refusals) = self.client().await?;
+        Ok(OcsClient::new(client, self.0.address_root.clone()).with_refusals(refusals))
     }
 }
 
@@ -229,8 +227,14 @@ pub(crate) async fn ping(nats: &Nats<'_>, args: AgentQuery) -> anyhow::Result<Ex
 
 /// `ocs listen`
 pub(crate) async fn listen(nats: &Nats<'_>, args: ListenArgs) -> anyhow::Result<ExitCode> {
-    let client = nats.client().await?;
-    print_messages(&client, &args.pattern, args.duration).await?;
+    let (client, refusals) = nats.client().await?;
+    let refused = refusals.first(|refusal| {
+        matches!(&refusal, Refusal::Subscription(refused) if *refused == args.pattern).then_some(())
+    });
+    tokio::select! {
+        printed = print_messages(&client, &args.pattern, args.duration) => printed?,
+        () = refused => bail!("not permitted: this NATS user may not subscribe to {}", args.pattern),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -156,16 +156,104 @@ fn server_urls(nats_url: &str) -> Vec<&str> {
 }
 
 /// Connects a short-lived client (the CLI): one attempt, bounded in time.
+/// The server's refusals of its publishes and subscriptions come back on
+/// the [`Refusals`], so that a call the user may not make fails at once
+/// instead of waiting out its timeout.
 pub async fn connect_client(
     nats_url: &str,
     auth: &NatsAuth,
-) -> Result<async_nats::Client, async_nats::ConnectError> {
+) -> Result<(async_nats::Client, Refusals), async_nats::ConnectError> {
     let options = auth.options().await?;
-    options
+    let refusals = Refusals::default();
+    let sender = refusals.clone();
+    let client = options
         .name("ocs-cli")
         .connection_timeout(Duration::from_secs(3))
+        .event_callback(move |event| {
+            let sender = sender.clone();
+            async move {
+                if let Event::ServerError(err) = event {
+                    match Refusal::from_server_error(&err.to_string()) {
+                        Some(refusal) => sender.note(refusal),
+                        None => warn!(error = %err, "NATS server error"),
+                    }
+                }
+            }
+        })
         .connect(server_urls(nats_url).as_slice())
-        .await
+        .await?;
+    Ok((client, refusals))
+}
+
+/// Something the server's permissions refused a client, as its
+/// "Permissions Violation" error names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A publish (a request is one) to this subject.
+    Publish(String),
+    /// A subscription to this subject (for a client's own replies, its inboxes).
+    Subscription(String),
+}
+
+impl Refusal {
+    /// Reads a server error such as `Permissions Violation for Publish to
+    /// "observatory.faker1.ops.start.acq"`; `None` for any other error.
+    pub fn from_server_error(error: &str) -> Option<Refusal> {
+        let lower = error.to_ascii_lowercase();
+        if !lower.contains("permissions violation") {
+            return None;
+        }
+        let quoted = |after: &str| -> Option<String> {
+            let start = lower.find(after)? + after.len();
+            let rest = &error[start..];
+            Some(rest[..rest.find('"')?].to_owned())
+        };
+        quoted("publish to \"")
+            .map(Refusal::Publish)
+            .or_else(|| quoted("subscription to \"").map(Refusal::Subscription))
+    }
+}
+
+/// The refusals the server sends one client, to whoever waits on them.
+#[derive(Debug, Clone)]
+pub struct Refusals(tokio::sync::broadcast::Sender<Refusal>);
+
+impl Default for Refusals {
+    fn default() -> Self {
+        // A client makes one call at a time; a few refusals in flight is plenty.
+        Refusals(tokio::sync::broadcast::channel(16).0)
+    }
+}
+
+impl Refusals {
+    /// The first refusal from now on that `pick` picks, as `pick` makes it;
+    /// pending forever if none comes. It listens from the call, not from
+    /// the first poll, so call it before sending what may be refused.
+    pub fn first<T, P>(&self, mut pick: P) -> impl Future<Output = T> + use<T, P>
+    where
+        P: FnMut(Refusal) -> Option<T>,
+    {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut refusals = self.0.subscribe();
+        async move {
+            loop {
+                match refusals.recv().await {
+                    Ok(refusal) => {
+                        if let Some(picked) = pick(refusal) {
+                            return picked;
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => std::future::pending::<()>().await,
+                }
+            }
+        }
+    }
+
+    /// Passes a refusal to every waiter (none waiting: nothing to do).
+    pub fn note(&self, refusal: Refusal) {
+        let _ = self.0.send(refusal);
+    }
 }
 
 /// The largest message the connected server takes (its `max_payload`),
@@ -185,5 +273,31 @@ pub async fn drain(client: &async_nats::Client) {
         .is_err()
     {
         warn!("draining NATS timed out");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Refusal;
+
+    #[test]
+    fn a_permissions_violation_names_what_was_refused() {
+        assert_eq!(
+            Refusal::from_server_error(
+                "Permissions Violation for Publish to \"observatory.faker1.ops.start.acq\""
+            ),
+            Some(Refusal::Publish("observatory.faker1.ops.start.acq".into()))
+        );
+        assert_eq!(
+            Refusal::from_server_error(
+                "permissions violation for subscription to \"_INBOX.viewer.abc.*\""
+            ),
+            Some(Refusal::Subscription("_INBOX.viewer.abc.*".into()))
+        );
+        assert_eq!(Refusal::from_server_error("Authorization Violation"), None);
+        assert_eq!(
+            Refusal::from_server_error("Permissions Violation for Publish to \"unterminated"),
+            None
+        );
     }
 }

@@ -155,6 +155,16 @@ async fn an_agent_minted_while_the_server_runs_joins_without_a_change_to_its_con
     // A viewer reads but is refused control.
     let (code, _, stderr) = site.ocs(&viewer, &["faker3", "acq", "stop"]);
     assert_ne!(code, Some(0), "a viewer stopped an operation: {stderr}");
+    assert!(stderr.contains("not permitted"), "{stderr}");
+    // Nor may it listen to an agent's operation requests; `ocs listen` says so.
+    let (code, _, stderr) = site.ocs(&viewer, &["listen", "observatory.faker3.ops.>"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains(
+            "not permitted: this NATS user may not subscribe to observatory.faker3.ops.>"
+        ),
+        "{stderr}"
+    );
     let (code, stdout, _) = site.ocs(&viewer, &["faker3", "acq", "status", "--json"]);
     assert_eq!(code, Some(0));
     assert!(stdout.contains("\"running\""), "{stdout}");

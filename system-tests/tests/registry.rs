@@ -867,6 +867,13 @@ async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_sta
     // The read-only operator is refused `start`; the operator may.
     let (code, _, stderr) = ocs_as("viewer", "VIEWER", &["faker1", "acq", "start"]);
     assert_ne!(code, Some(0), "a viewer started an operation: {stderr}");
+    // It says so at once, rather than waiting out its timeout for a reply.
+    assert!(
+        stderr.contains(
+            "not permitted: this NATS user may not publish to observatory.faker1.ops.start.acq"
+        ),
+        "{stderr}"
+    );
     let (code, stdout, _) = ocs_as("viewer", "VIEWER", &["faker1", "acq", "status", "--json"]);
     assert_eq!(code, Some(0));
     assert!(!stdout.contains("\"running\""), "{stdout}");
