@@ -1,6 +1,12 @@
 //! `ocs-host-manager`: runs this host's agent instances from the site file and
 //! keeps them at their target states; itself an agent (class `HostManager`).
 
+/// jemalloc, built to give freed memory back (see `.cargo/config.toml`), as
+/// the registry and the monitor use: with glibc's allocator the manager's
+/// resident set grew with every restart of its agents (RELIABILITY.md, "Soak").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
