@@ -191,14 +191,8 @@ async fn a_minted_agent_cannot_act_for_another_and_a_forged_credential_is_refuse
         .custom_inbox_prefix("_INBOX.faker1");
     let (spoofer, violations) = connect_noting_server_errors(&url, options).await;
     let spoof = proto::Heartbeat {
-        protocol_version: 1,
-        agent_address: "observatory.faker2".into(),
-        agent_class: "FakeDataAgent".into(),
-        incarnation: "6f7a1c0e-1d2b-4c3a-8e9f-0a1b2c3d4e5f".into(),
-        seq: 1,
-        interval_ms: 1000,
         leaving: true,
-        ..Default::default()
+        ..ocs_testkit::heartbeat("observatory.faker2")
     };
     spoofer
         .publish(

@@ -841,14 +841,8 @@ async fn role_permissions_refuse_a_spoofing_agent_and_a_read_only_operator_s_sta
     // faker1's credentials cannot speak for faker2: the server refuses the publish.
     let (spoofer, violations) = connect_noting_server_errors(&url, login("faker1", "FAKER1")).await;
     let spoof = proto::Heartbeat {
-        protocol_version: 1,
-        agent_address: "observatory.faker2".into(),
-        agent_class: "FakeDataAgent".into(),
-        incarnation: "6f7a1c0e-1d2b-4c3a-8e9f-0a1b2c3d4e5f".into(),
-        seq: 1,
-        interval_ms: 1000,
         leaving: true,
-        ..Default::default()
+        ..ocs_testkit::heartbeat("observatory.faker2")
     };
     spoofer
         .publish(
