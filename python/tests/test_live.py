@@ -14,12 +14,13 @@ import uuid
 from pathlib import Path
 
 import nats
+import pytest
 from conftest import binary, free_port, wait_for
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from ocs_nats import ERROR, OK, TIMEOUT, OpCode, wire
 from ocs_nats import ocs_pb2 as pb
-from ocs_nats.ocs_client import ControlClient, OCSClient
+from ocs_nats.ocs_client import ControlClient, NotPermitted, OCSClient
 
 
 def stored_session(nats_url, key):
@@ -494,3 +495,14 @@ def test_a_python_agent_runs_on_a_credential_minted_for_it(processes, tmp_path):
     )
     assert record["state"] == "alive", record
     assert "Permissions Violation" not in agent.output()
+
+    # A viewer may look but not start: the server's refusal fails the call
+    # at once, not after the request's timeout.
+    viewer = args_from_env(nats_url=url, nats_creds=mint("viewer", "bob"), nats_user=None)
+    with OCSClient("pyfaker7", args=viewer) as client:
+        assert client.count.status().status == OK
+        with pytest.raises(
+            NotPermitted, match=r"may not publish to observatory\.pyfaker7\.ops\.start\."
+        ):
+            client.count.start(target=2)
+        assert client.count.status().status == OK

@@ -18,7 +18,7 @@ from ocs_nats import OK, OpCode, site_config, wire
 from ocs_nats import ocs_pb2 as pb
 from ocs_nats.agent_log import AgentLog
 from ocs_nats.journal import recover
-from ocs_nats.ocs_client import OCSReply
+from ocs_nats.ocs_client import OCSReply, refusal
 from ocs_nats.ocs_feed import Block, Feed
 from ocs_nats.ocs_twisted import TimeoutLock
 from ocs_nats.params import ParamError, check_params, param
@@ -212,6 +212,18 @@ def test_the_timeout_lock_names_its_holder_and_times_out():
     assert lock.job == "acq"
     lock.release()
     assert lock.job is None
+
+
+def test_a_permissions_violation_names_what_was_refused():
+    assert refusal(
+        'nats: Permissions Violation for Publish to "observatory.faker1.ops.start.acq"'
+    ) == ("publish", "observatory.faker1.ops.start.acq")
+    assert refusal('permissions violation for subscription to "_INBOX.viewer.abc.*"') == (
+        "subscription",
+        "_INBOX.viewer.abc.*",
+    )
+    assert refusal("nats: Authorization Violation") is None
+    assert refusal('Permissions Violation for Publish to "unterminated') is None
 
 
 def test_replies_show_as_ocs_shows_them():

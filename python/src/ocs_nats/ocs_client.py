@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import logging
+import re
 import threading
 import time
 
@@ -90,15 +92,44 @@ def _humanized(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+log = logging.getLogger("ocs_nats.ocs_client")
+
+
+class NotPermitted(Exception):
+    """The server's permissions refused a request or its reply, at once:
+    this NATS user may not make the call (a viewer starting an operation)."""
+
+
+#: The server's error names what it refused (nats-server's wording).
+_REFUSAL = re.compile(
+    r'permissions violation for (publish|subscription) to "([^"]+)"', re.IGNORECASE
+)
+
+
+def refusal(error: str) -> tuple[str, str] | None:
+    """``("publish" | "subscription", subject)`` from a server's permissions
+    violation, ``None`` for any other error."""
+    match = _REFUSAL.search(error)
+    return (match.group(1).lower(), match.group(2)) if match else None
+
+
 class _Connection:
-    """A NATS connection on a private event loop, for synchronous callers."""
+    """A NATS connection on a private event loop, for synchronous callers.
+
+    The server refuses a forbidden publish or subscription only with an
+    asynchronous error; waiting requests learn of it here and fail at once,
+    as the Rust client does, instead of waiting out their timeout."""
 
     def __init__(self, args: argparse.Namespace, name: str):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self._thread.start()
+        # (subject, future) of every request in flight; touched on the loop only.
+        self._waiting: set[tuple[str, asyncio.Future]] = set()
         try:
-            self._nc = self.call(connect(args, name=name), timeout=REQUEST_TIMEOUT)
+            self._nc = self.call(
+                connect(args, name=name, error_cb=self._on_error), timeout=REQUEST_TIMEOUT
+            )
         except BaseException:
             self._loop.call_soon_threadsafe(self._loop.stop)
             raise
@@ -106,9 +137,41 @@ class _Connection:
     def call(self, coroutine, timeout: float):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
+    async def _on_error(self, error: Exception) -> None:
+        refused = refusal(str(error))
+        if refused is None:
+            log.warning("NATS error: %s", error)
+            return
+        kind, subject = refused
+        for asked, future in self._waiting:
+            if future.done():
+                continue
+            if kind == "publish" and subject == asked:
+                future.set_exception(
+                    NotPermitted(f"not permitted: this NATS user may not publish to {subject}")
+                )
+            elif kind == "subscription" and subject.startswith("_INBOX"):
+                future.set_exception(
+                    NotPermitted(
+                        f"not permitted: this NATS user may not subscribe to {subject}, its replies"
+                    )
+                )
+
     def request(self, subject: str, body: bytes, timeout: float) -> bytes:
         async def ask():
-            return (await self._nc.request(subject, body, timeout=timeout)).data
+            refused = self._loop.create_future()
+            waiting = (subject, refused)
+            self._waiting.add(waiting)
+            reply = asyncio.ensure_future(self._nc.request(subject, body, timeout=timeout))
+            try:
+                await asyncio.wait({reply, refused}, return_when=asyncio.FIRST_COMPLETED)
+                if reply.done():
+                    return reply.result().data
+                return refused.result()
+            finally:
+                self._waiting.discard(waiting)
+                reply.cancel()
+                refused.cancel()
 
         return self.call(ask(), timeout + 1.0)
 
