@@ -90,8 +90,6 @@ enum State {
 const REFUSED_RETRY: Duration = Duration::from_secs(10);
 /// OCS's stability measure: failures within this window count.
 const STABILITY_WINDOW: Duration = Duration::from_secs(120);
-/// Lines of stderr kept from a crashed process.
-pub const STDERR_TAIL_LINES: usize = 20;
 
 /// A managed instance.
 #[derive(Debug, Clone)]

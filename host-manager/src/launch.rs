@@ -2,18 +2,19 @@
 //! in its own process group, keeping the tail of its stderr, reporting its
 //! exit, and signalling its process group.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
 use futures::StreamExt;
 use ocs_protocol::{AgentAddress, codec, heartbeat, subject};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder};
 
 use super::Settings;
-use super::child::{Child, Command, Exit, STDERR_TAIL_LINES, StopSignal};
+use super::child::{Child, Command, Exit, StopSignal};
+use super::stderr_tail::StderrTail;
 use ocs_agent::OpContext;
 use ocs_service::lifecycle::PARENT_PID_ENV;
 use ocs_service::site::{SITE_FILE_ENV, SiteConfig};
@@ -302,9 +303,7 @@ async fn launch(
     // Stderr is read beside the wait, not before it: a program that forks
     // into the background hands its stderr to the forked process, and EOF
     // would only come when that one ends, long after the exit we must report.
-    let tail = Arc::new(parking_lot::Mutex::new(VecDeque::with_capacity(
-        STDERR_TAIL_LINES,
-    )));
+    let tail = Tail::default();
     let mut forwarding = process
         .stderr
         .take()
@@ -319,7 +318,7 @@ async fn launch(
         }
         Err(err) => {
             tail.lock()
-                .push_back(format!("cannot wait for the process: {err}"));
+                .push(&format!("cannot wait for the process: {err}"));
             Exit::default()
         }
     };
@@ -348,7 +347,7 @@ async fn launch(
             tracing::warn!(instance = %instance_id, "stderr still open after the exit; no longer forwarded");
         }
     }
-    let tail: Vec<String> = tail.lock().drain(..).collect();
+    let tail = tail.lock().take();
     let _ = events
         .send(Event::Exited {
             instance_id,
@@ -361,20 +360,43 @@ async fn launch(
 /// How long what a child left in its process group gets to end after SIGTERM.
 const LEFTOVER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-type Tail = Arc<parking_lot::Mutex<VecDeque<String>>>;
+type Tail = Arc<parking_lot::Mutex<StderrTail>>;
+
+/// The longest stderr line forwarded; a longer one is replaced by a note (a
+/// child writing megabytes without a newline must not fill the manager).
+const MAX_STDERR_LINE: usize = 16 * 1024;
 
 /// Forwards a child's stderr to the manager's, prefixed with the instance,
 /// so the manager's log (journald) holds every child's; keeps the tail for
-/// the crash report.
-async fn forward_stderr(instance_id: String, stderr: tokio::process::ChildStderr, tail: Tail) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+/// the crash report. Reads to the end whatever comes, bytes that are not
+/// UTF-8 and overlong lines included: a reader that gave up would lose the
+/// rest and leave the child writing to a closed pipe (SIGPIPE or EPIPE).
+async fn forward_stderr(instance_id: String, mut stderr: tokio::process::ChildStderr, tail: Tail) {
+    let mut lines =
+        AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), MAX_STDERR_LINE);
+    let mut buffer = bytes::BytesMut::with_capacity(4096);
+    let mut ended = false;
+    loop {
+        let decoded = if ended {
+            lines.decode_eof(&mut buffer)
+        } else {
+            lines.decode(&mut buffer)
+        };
+        let line = match decoded {
+            Ok(Some(line)) => {
+                String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(&line)).into_owned()
+            }
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
+                format!("(a line longer than {MAX_STDERR_LINE} bytes, not shown)")
+            }
+            Err(AnyDelimiterCodecError::Io(_)) | Ok(None) if ended => break,
+            Err(AnyDelimiterCodecError::Io(_)) | Ok(None) => {
+                ended = !matches!(stderr.read_buf(&mut buffer).await, Ok(read) if read > 0);
+                continue;
+            }
+        };
         eprintln!("[{instance_id}] {line}");
-        let mut tail = tail.lock();
-        if tail.len() == STDERR_TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(line);
+        tail.lock().push(&line);
     }
 }
 

@@ -18,6 +18,7 @@ pub mod child;
 mod launch;
 pub mod metrics;
 pub mod schedule;
+pub mod stderr_tail;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

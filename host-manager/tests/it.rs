@@ -43,6 +43,15 @@ impl Site {
         script("sleeper.sh", "while :; do sleep 0.1; done");
         // Daemonises: leaves a copy in the background (holding its stderr) and exits 0.
         script("forker.sh", "sleep 300 &\nexit 0");
+        // Writes what a careless program may: a flood of lines, bytes that are
+        // not UTF-8, a line of 40 kB without a newline; then fails.
+        script(
+            "scribbler.sh",
+            "i=0\nwhile [ $i -lt 3000 ]; do echo \"chatty line $i\" >&2; i=$((i+1)); done\n\
+             printf 'not utf-8: \\377\\376\\n' >&2\n\
+             head -c 40000 /dev/zero | tr '\\0' x >&2\necho >&2\n\
+             echo \"scribbler $2 giving up\" >&2\nexit 3",
+        );
         // A free port for the manager's /metrics (parallel tests each need one).
         let http = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
@@ -59,7 +68,7 @@ impl Site {
     fn write(&self, instances: &str) {
         let dir = self.dir.path().display();
         let text = format!(
-            "agent-classes:\n  Crasher: {dir}/crasher.sh\n  Stubborn: {dir}/stubborn.sh\n  Sleeper: {dir}/sleeper.sh\n  Forker: {dir}/forker.sh\nhosts:\n  testhost:\n    agent-instances:\n{instances}"
+            "agent-classes:\n  Crasher: {dir}/crasher.sh\n  Stubborn: {dir}/stubborn.sh\n  Sleeper: {dir}/sleeper.sh\n  Forker: {dir}/forker.sh\n  Scribbler: {dir}/scribbler.sh\nhosts:\n  testhost:\n    agent-instances:\n{instances}"
         );
         // Write then rename: the manager never reads half a file.
         let partial = self.dir.path().join("site.yaml.new");
@@ -253,6 +262,51 @@ async fn crashes_restart_with_growing_delays_and_a_crash_loop_is_reported() {
     let session = manager_session(&client).await.unwrap();
     assert_eq!(child(&session, "faker1")["restarts"], 1);
     assert_eq!(child(&session, "faker1")["last_exit_signal"], 9);
+}
+
+/// A child's stderr is read to its end whatever it holds: a reader that gave
+/// up at bytes that are not UTF-8 lost everything after them, from the
+/// journal and from the crash report, and closed the pipe on the child. The
+/// crash report keeps the last lines within its bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatever_a_child_writes_to_stderr_is_read_and_its_tail_is_bounded() {
+    let nats = NatsServer::start();
+    let site = Site::new(
+        "      - {agent-class: Scribbler, instance-id: scribbler, restart: {delay: 60}}\n",
+    );
+    let _manager = site.manager(&nats);
+    let client = client(&nats).await;
+    let session = until_child(
+        &client,
+        "scribbler",
+        "its first exit",
+        Duration::from_secs(30),
+        |child| child["restarts"].as_u64() >= Some(1),
+    )
+    .await;
+    let scribbler = child(&session, "scribbler");
+    assert_eq!(scribbler["last_exit_code"], 3, "{scribbler}");
+    let tail: Vec<&str> = scribbler["stderr_tail"]
+        .as_array()
+        .expect("a stderr tail")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        tail[tail.len() - 3..],
+        [
+            "not utf-8: \u{FFFD}\u{FFFD}",
+            "(a line longer than 16384 bytes, not shown)",
+            "scribbler scribbler giving up",
+        ],
+        "{tail:?}"
+    );
+    assert!(tail[0].starts_with("chatty line "), "{tail:?}");
+    let bytes: usize = tail.iter().map(|line| line.len()).sum();
+    assert!(
+        bytes <= ocs_host_manager::stderr_tail::BYTES,
+        "{bytes} bytes kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,7 +611,7 @@ async fn a_broken_edit_keeps_the_last_good_config_and_a_good_one_is_applied() {
     assert_eq!(
         error,
         format!(
-            "{}:10: duplicate instance id \"faker1\" (first at line 9)",
+            "{}:11: duplicate instance id \"faker1\" (first at line 10)",
             site.file().display()
         )
     );
