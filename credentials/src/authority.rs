@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 
 use nats_io_jwt::{
-    Account, KeyPair, Operator, OperatorLimits, Permission, ResponsePermission, ScopeType,
-    SigningKeys, SigningKeysItem, StringList, SystemAccount, Token, User, UserPermissionLimits,
-    UserScope,
+    Account, KeyPair, Operator, OperatorLimits, Permission, ResponsePermission, RevocationList,
+    ScopeType, SigningKeys, SigningKeysItem, StringList, SystemAccount, Token, User,
+    UserPermissionLimits, UserScope,
 };
 
 use crate::role::{Role, Site, Template};
@@ -33,6 +33,9 @@ pub enum AuthorityError {
     /// A user name that cannot stand as one subject token.
     #[error("user name {0}")]
     BadName(#[from] ocs_protocol::address::NameError),
+    /// The account JWT to amend is not one this operator signed.
+    #[error("the account JWT {0}")]
+    BadAccountJwt(String),
 }
 
 /// Every key of a site, and the site its templates are written for.
@@ -158,6 +161,8 @@ fn permission_limits(template: &Template) -> UserPermissionLimits {
 /// A user's credential: its JWT and its own nkey seed, in the `.creds`
 /// format every NATS client reads.
 pub struct Credential {
+    /// The user's public key: what a revocation names.
+    pub user: String,
     /// The signed user JWT.
     pub jwt: String,
     /// The user's nkey seed: the secret that proves the JWT is its own.
@@ -208,9 +213,66 @@ pub fn mint(
         None => token,
     };
     Ok(Credential {
+        user: user_key.public_key(),
         jwt: token.sign(signing_key),
         seed: user_key.seed().expect("a generated key has its seed"),
     })
+}
+
+/// `account_jwt` amended and signed again by `operator`, with the users
+/// `revoked` (public keys) revoked as of `at` (Unix seconds): the server
+/// refuses any credential of theirs issued until then and closes their
+/// connections. Revocations already in it stay.
+pub fn revoke(
+    account_jwt: &str,
+    operator: &KeyPair,
+    revoked: &[String],
+    at: i64,
+) -> Result<String, AuthorityError> {
+    let bad = |reason: &str| AuthorityError::BadAccountJwt(reason.to_owned());
+    let (signed, signature) = account_jwt
+        .rsplit_once('.')
+        .ok_or_else(|| bad("is not a JWT"))?;
+    let signature = data_encoding::BASE64URL_NOPAD
+        .decode(signature.as_bytes())
+        .map_err(|_| bad("has a malformed signature"))?;
+    operator
+        .verify(signed.as_bytes(), &signature)
+        .map_err(|_| bad("is not signed by this authority's operator"))?;
+    let body = signed
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| bad("is not a JWT"))?;
+    // Read as JSON, not as `Claims`: that enum is untagged, and an account's
+    // claims would read as an operator's, losing the account's fields.
+    let claims: serde_json::Value = data_encoding::BASE64URL_NOPAD
+        .decode(body.as_bytes())
+        .ok()
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .ok_or_else(|| bad("has claims that cannot be read"))?;
+    if claims["nats"]["type"] != "account" {
+        return Err(bad("is not an account's"));
+    }
+    let mut account: Account = serde_json::from_value(claims["nats"].clone())
+        .map_err(|_| bad("has account claims that cannot be read"))?;
+    let subject = claims["sub"]
+        .as_str()
+        .ok_or_else(|| bad("names no account"))?;
+    let revocations = account
+        .revocations
+        .get_or_insert_with(|| RevocationList(Default::default()));
+    for user in revoked {
+        let key = user
+            .parse()
+            .map_err(|_| bad("cannot hold the revocation"))?;
+        revocations.0.insert(key, at);
+    }
+    let token = Token::new(subject).claims(account);
+    let token = match claims["name"].as_str() {
+        Some(name) => token.name(name),
+        None => token,
+    };
+    Ok(token.sign(operator))
 }
 
 /// Reads a seed of an account key (the account's or a signing key).
@@ -357,6 +419,49 @@ mod tests {
             "system_account: \"{}\"",
             authority.system_account.public_key()
         )));
+    }
+
+    #[test]
+    fn a_revocation_amends_the_account_and_keeps_everything_else() {
+        let authority = authority();
+        let operator = authority.operator.public_key();
+        let account_key = authority.account.public_key();
+        let config = authority.server_config();
+        let before = configured_jwt(&config, &account_key);
+        let signer = &authority.signing_keys[&Role::Agent];
+        let lost = mint(&account_key, signer, "faker1", None).unwrap();
+        let other = mint(&account_key, signer, "faker2", None).unwrap();
+
+        let once = revoke(
+            &before,
+            &authority.operator,
+            std::slice::from_ref(&lost.user),
+            1_000,
+        )
+        .unwrap();
+        let twice = revoke(
+            &once,
+            &authority.operator,
+            std::slice::from_ref(&other.user),
+            2_000,
+        )
+        .unwrap();
+        let claims = verified(&twice, &operator);
+        assert_eq!(claims["sub"], account_key.as_str());
+        assert_eq!(claims["name"], ACCOUNT_NAME);
+        assert_eq!(
+            claims["nats"]["revocations"],
+            serde_json::json!({lost.user.as_str(): 1_000, other.user.as_str(): 2_000})
+        );
+        let mut kept = claims["nats"].clone();
+        kept.as_object_mut().unwrap().remove("revocations");
+        assert_eq!(kept, verified(&before, &operator)["nats"]);
+
+        let stranger = KeyPair::new_operator();
+        assert!(matches!(
+            revoke(&before, &stranger, &[lost.user], 1_000),
+            Err(AuthorityError::BadAccountJwt(_))
+        ));
     }
 
     #[test]

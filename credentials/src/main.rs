@@ -46,6 +46,14 @@ enum Command {
         #[arg(long)]
         valid_days: Option<u32>,
     },
+    /// Revokes every credential minted for a name so far (a lost laptop, a
+    /// decommissioned agent): rewrites `DIR/server.conf`; the server refuses
+    /// them, and drops their connections, once it reloads. A credential
+    /// minted for the name afterwards works.
+    Revoke {
+        /// The user's name, as minted.
+        name: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +87,14 @@ fn main() -> anyhow::Result<()> {
             store::write_secret(&out, &credential.creds_file())
                 .with_context(|| format!("credential of {name}"))?;
             println!("{}", out.display());
+        }
+        Command::Revoke { name } => {
+            let revoked = store::revoke(&cli.dir, &name)?;
+            println!(
+                "revoked {revoked} credential(s) of {name} in {}; reload nats-server to apply \
+                 (systemctl reload nats-server, or nats-server --signal reload)",
+                cli.dir.join(store::SERVER_CONFIG).display()
+            );
         }
     }
     Ok(())

@@ -300,3 +300,80 @@ async fn a_minted_agent_cannot_act_for_another_and_a_forged_credential_is_refuse
     // And through all of it, faker2 stayed itself.
     assert!(connect_with(&url, &faker2).await.is_ok());
 }
+
+/// `ocs-credentials revoke` and a reload: the server drops the revoked
+/// user's connection and refuses its credential from then on; other users
+/// stay, and a credential minted for the name afterwards works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_credential_is_refused_once_the_server_reloads() {
+    let site = Site::start();
+    let url = site.nats.url();
+    let lost = site.mint("agent", "faker1");
+    let kept = site.mint("agent", "faker2");
+    let revoked_client = connect_with(&url, &lost).await.expect("faker1 connects");
+    let kept_client = connect_with(&url, &kept).await.expect("faker2 connects");
+
+    let stdout = credentials(&site.auth(), &["revoke", "faker1"]);
+    assert!(
+        stdout.contains("revoked 1 credential(s) of faker1"),
+        "{stdout}"
+    );
+    // Revoking does nothing until the server reads its configuration again.
+    assert!(connect_with(&url, &lost).await.is_ok());
+    site.nats.signal("HUP");
+
+    eventually(
+        Duration::from_secs(10),
+        "the revoked user's connection dropped",
+        || async {
+            (revoked_client.connection_state() != async_nats::connection::State::Connected)
+                .then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the revoked credential refused",
+        || async { connect_with(&url, &lost).await.is_err().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        kept_client.connection_state(),
+        async_nats::connection::State::Connected
+    );
+    kept_client
+        .flush()
+        .await
+        .expect("faker2 still talks to the server");
+    assert!(connect_with(&url, &kept).await.is_ok());
+
+    // Revocations cover credentials issued up to their second.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let again = site.dir.path().join("faker1-again.creds");
+    credentials(
+        &site.auth(),
+        &[
+            "mint",
+            "--role",
+            "agent",
+            "faker1",
+            "--out",
+            again.to_str().unwrap(),
+        ],
+    );
+    assert!(connect_with(&url, &again).await.is_ok());
+    let unknown = launch::run(
+        Command::new(workspace_binary("ocs-credentials"))
+            .arg("--dir")
+            .arg(site.auth())
+            .args(["revoke", "nobody"]),
+    );
+    assert_ne!(unknown.code, Some(0));
+    assert!(
+        unknown
+            .stderr
+            .contains("no credential was minted for nobody"),
+        "{}",
+        unknown.stderr
+    );
+}
