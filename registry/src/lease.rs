@@ -196,16 +196,24 @@ pub async fn elect(
                     complained = false;
                 }
                 // Someone else holds it, or ours expired and was taken.
-                Ok(Err((err, contested))) => {
+                Ok(Err((err, true))) => {
                     if held.is_some() {
                         warn!(error = %err, "lost the registry lease");
                     }
                     with(&lease, Lease::lost);
-                    if !contested {
-                        // Not a rival: the bucket may be gone (a wiped JetStream
-                        // store). Opening it again creates it if so.
-                        store_lost = true;
+                }
+                // Not a rival: JetStream cannot answer for the bucket (its stream
+                // between leaders after a partition, or a wiped store). As with
+                // no answer, a held lease stays ours until it lapses on its own,
+                // which no rival can beat: a JetStream back within that time
+                // takes our renewal and the feed never stops. Opening the
+                // bucket again creates it if it is gone.
+                Ok(Err((err, false))) => {
+                    if !complained {
+                        warn!(error = %err, "cannot renew or take the registry lease");
+                        complained = true;
                     }
+                    store_lost = true;
                 }
                 // No answer in time: keep the revision; the lease lapses on its own.
                 Err(_) => {
