@@ -376,20 +376,37 @@ impl Cluster {
     }
 
     /// Resident memory (KiB) of the process in `target` whose command is
-    /// `program`, as the host sees it.
-    pub async fn resident_kib(&self, target: Target, program: &str) -> anyhow::Result<u64> {
+    /// `program`, as the host sees it, and its anonymous part where the
+    /// host's `/proc` shows it.
+    pub async fn resident_kib(
+        &self,
+        target: Target,
+        program: &str,
+    ) -> anyhow::Result<(u64, Option<u64>)> {
         // Docker needs the pid column to map processes to the container.
         let listing = docker(&["top", &self.container(target), "-eo", "pid,rss,args"]).await?;
-        listing
+        let (pid, rss) = listing
             .lines()
             .skip(1)
             .find_map(|line| {
-                let mut words = line.split_whitespace().skip(1);
+                let mut words = line.split_whitespace();
+                let pid: u32 = words.next()?.parse().ok()?;
                 let rss = words.next()?.parse().ok()?;
                 let command = words.next()?;
-                command.ends_with(program).then_some(rss)
+                command.ends_with(program).then_some((pid, rss))
             })
-            .with_context(|| format!("no {program} process in {}", Self::alias(target)))
+            .with_context(|| format!("no {program} process in {}", Self::alias(target)))?;
+        // The pid is the host's: its status shows the anonymous part (the
+        // rest of the resident set is code and libraries, paged in from files).
+        let anonymous = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("RssAnon:"))
+                    .and_then(|value| value.split_whitespace().next()?.parse().ok())
+            });
+        Ok((rss, anonymous))
     }
 
     /// Writes every container's log to `dir`.

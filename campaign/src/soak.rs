@@ -207,7 +207,13 @@ pub async fn run(
             _ = sampling.tick() => {
                 for (target, program, name) in &watched {
                     match cluster.resident_kib(*target, program).await {
-                        Ok(kib) => samples.push(Sample { at: clock.now(), component: name.clone(), kib }),
+                        Ok((kib, anonymous)) => {
+                            let at = clock.now();
+                            samples.push(Sample { at, component: name.clone(), kib });
+                            if let Some(kib) = anonymous {
+                                samples.push(Sample { at, component: format!("{name}, anonymous"), kib });
+                            }
+                        }
                         Err(err) => warn!(error = %err, "no memory reading"),
                     }
                 }

@@ -85,13 +85,13 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("  {:<24} {}", "changes that failed", outcome.failed);
     println!(
-        "  {:<18} {:>12} {:>12} {:>12} {:>8}",
+        "  {:<30} {:>12} {:>12} {:>12} {:>8}",
         "component", "early KiB", "late KiB", "peak KiB", "change"
     );
     let mut broken = Vec::new();
     for flat in &outcome.flatness {
         println!(
-            "  {:<18} {:>12} {:>12} {:>12} {:>+7.1}%",
+            "  {:<30} {:>12} {:>12} {:>12} {:>+7.1}%",
             flat.component,
             flat.early_kib,
             flat.late_kib,
