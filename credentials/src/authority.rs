@@ -230,26 +230,7 @@ pub fn revoke(
     at: i64,
 ) -> Result<String, AuthorityError> {
     let bad = |reason: &str| AuthorityError::BadAccountJwt(reason.to_owned());
-    let (signed, signature) = account_jwt
-        .rsplit_once('.')
-        .ok_or_else(|| bad("is not a JWT"))?;
-    let signature = data_encoding::BASE64URL_NOPAD
-        .decode(signature.as_bytes())
-        .map_err(|_| bad("has a malformed signature"))?;
-    operator
-        .verify(signed.as_bytes(), &signature)
-        .map_err(|_| bad("is not signed by this authority's operator"))?;
-    let body = signed
-        .split('.')
-        .nth(1)
-        .ok_or_else(|| bad("is not a JWT"))?;
-    // Read as JSON, not as `Claims`: that enum is untagged, and an account's
-    // claims would read as an operator's, losing the account's fields.
-    let claims: serde_json::Value = data_encoding::BASE64URL_NOPAD
-        .decode(body.as_bytes())
-        .ok()
-        .and_then(|json| serde_json::from_slice(&json).ok())
-        .ok_or_else(|| bad("has claims that cannot be read"))?;
+    let claims = verified_claims(account_jwt, operator).map_err(bad)?;
     if claims["nats"]["type"] != "account" {
         return Err(bad("is not an account's"));
     }
@@ -273,6 +254,26 @@ pub fn revoke(
         None => token,
     };
     Ok(token.sign(operator))
+}
+
+/// The claims of `jwt`, once its signature is checked against `signer`; or
+/// why not.
+fn verified_claims(jwt: &str, signer: &KeyPair) -> Result<serde_json::Value, &'static str> {
+    let (signed, signature) = jwt.rsplit_once('.').ok_or("is not a JWT")?;
+    let signature = data_encoding::BASE64URL_NOPAD
+        .decode(signature.as_bytes())
+        .map_err(|_| "has a malformed signature")?;
+    signer
+        .verify(signed.as_bytes(), &signature)
+        .map_err(|_| "is not signed by this authority's operator")?;
+    let body = signed.split('.').nth(1).ok_or("is not a JWT")?;
+    // Read as JSON, not as `Claims`: that enum is untagged, and an account's
+    // claims would read as an operator's, losing the account's fields.
+    data_encoding::BASE64URL_NOPAD
+        .decode(body.as_bytes())
+        .ok()
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .ok_or("has claims that cannot be read")
 }
 
 /// Reads a seed of an account key (the account's or a signing key).
@@ -303,21 +304,8 @@ mod tests {
 
     /// The claims of a JWT, after checking its signature against `signer`.
     fn verified(jwt: &str, signer: &str) -> serde_json::Value {
-        let (signed, signature) = jwt.rsplit_once('.').unwrap();
-        let signature = data_encoding::BASE64URL_NOPAD
-            .decode(signature.as_bytes())
-            .unwrap();
-        KeyPair::from_public_key(signer)
-            .unwrap()
-            .verify(signed.as_bytes(), &signature)
-            .expect("signed by the expected key");
-        let body = signed.split('.').nth(1).unwrap();
-        serde_json::from_slice(
-            &data_encoding::BASE64URL_NOPAD
-                .decode(body.as_bytes())
-                .unwrap(),
-        )
-        .unwrap()
+        let signer = KeyPair::from_public_key(signer).unwrap();
+        verified_claims(jwt, &signer).expect("signed by the expected key")
     }
 
     /// The JWT quoted after `key: ` in the server configuration.

@@ -59,14 +59,19 @@ impl Site {
     }
 }
 
-/// `ocs-credentials --dir <auth> <args>`; its stdout, after a success.
-fn credentials(auth: &Path, args: &[&str]) -> String {
-    let output = launch::run(
+/// `ocs-credentials --dir <auth> <args>`, however it ends.
+fn run_credentials(auth: &Path, args: &[&str]) -> launch::Output {
+    launch::run(
         Command::new(workspace_binary("ocs-credentials"))
             .arg("--dir")
             .arg(auth)
             .args(args),
-    );
+    )
+}
+
+/// `ocs-credentials --dir <auth> <args>`; its stdout, after a success.
+fn credentials(auth: &Path, args: &[&str]) -> String {
+    let output = run_credentials(auth, args);
     assert_eq!(
         output.code,
         Some(0),
@@ -362,12 +367,7 @@ async fn a_revoked_credential_is_refused_once_the_server_reloads() {
         ],
     );
     assert!(connect_with(&url, &again).await.is_ok());
-    let unknown = launch::run(
-        Command::new(workspace_binary("ocs-credentials"))
-            .arg("--dir")
-            .arg(site.auth())
-            .args(["revoke", "nobody"]),
-    );
+    let unknown = run_credentials(&site.auth(), &["revoke", "nobody"]);
     assert_ne!(unknown.code, Some(0));
     assert!(
         unknown
