@@ -3,7 +3,9 @@
 //! back), agents stopped (they leave, and come back), host managers
 //! restarted with every agent they run. The registry replicas, the monitor and
 //! the first host's manager (never restarted, so its history is unbroken) are
-//! sampled from outside.
+//! sampled from outside, once every agent has exited once (the state each
+//! exit leaves behind for good is then in place, and only growth with time
+//! remains to be seen).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -147,7 +149,33 @@ async fn alive_count(port: u16) -> Option<u64> {
         .map(|value| value as u64)
 }
 
-/// Runs the soak: starts the cluster, waits for every agent, churns for
+/// Kills every agent once, ten at a time per host each second, before any
+/// memory is sampled. A host manager keeps a crash report (at most
+/// `stderr_tail::BYTES`) for each instance that has ever exited unexpectedly:
+/// state bounded by the fleet, not growing with time. Without this, the
+/// soak's churn, which reaches each instance for the first time over the
+/// hour, would show that state filling in as growth, and hide whether
+/// anything grows with time.
+async fn every_agent_exits_once(cluster: &Cluster, topology: &Topology) -> anyhow::Result<()> {
+    let indices: Vec<u8> = (1..=topology.agents_per_host).collect();
+    for batch in indices.chunks(10) {
+        for host in 1..=topology.hosts {
+            let ids: Vec<String> = batch
+                .iter()
+                .map(|index| Topology::instance_id(host, *index))
+                .collect();
+            cluster.signal_agents(host, &ids, "KILL").await?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    info!(
+        agents = topology.agents().len(),
+        "every agent killed once: each host manager holds its crash reports"
+    );
+    Ok(())
+}
+
+/// Runs the soak: starts the cluster, kills every agent once, waits for every agent, churns for
 /// `span` while sampling memory every `sample_every`, and removes the cluster.
 pub async fn run(
     seed: u64,
@@ -170,6 +198,16 @@ pub async fn run(
     .await;
     if ready.is_err() {
         bail!("not every one of {everyone} agents was alive within 600 s");
+    }
+    every_agent_exits_once(&cluster, topology).await?;
+    let back = tokio::time::timeout(Duration::from_secs(600), async {
+        while alive_count(port).await.unwrap_or(0) < everyone as u64 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    })
+    .await;
+    if back.is_err() {
+        bail!("not every one of {everyone} agents was back within 600 s of the first exits");
     }
     info!(agents = everyone, "every agent alive; the soak starts");
     let clock = Clock::start();

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::time::Instant;
 
 use ocs_service::site::{InstanceConfig, Manage};
@@ -383,37 +383,73 @@ impl Child {
         }
     }
 
-    /// The child's entry in the manager's session data.
-    pub fn report(&mut self, now: Instant) -> Value {
+    /// The child's entry in the manager's session data, borrowing from the
+    /// child: it is encoded straight to MessagePack, so the crash report is
+    /// never copied into an intermediate value.
+    pub fn report(&mut self, now: Instant) -> ChildReport<'_> {
         let stability = (self.stability(now) * 100.0).round() / 100.0;
-        let next_restart = match self.state {
+        let next_restart_in = match self.state {
             State::Backoff { at } | State::Refused { at, .. } => {
                 Some(at.saturating_duration_since(now).as_secs_f64())
             }
             _ => None,
         };
-        let refused = match &self.state {
-            State::Refused { reason, .. } => Some(reason.clone()),
-            _ => None,
-        };
-        json!({
-            "instance_id": self.config.instance_id.as_str(),
-            "agent_class": self.config.agent_class,
-            "target_state": self.target.as_str(),
-            "state": self.state_name(),
-            "frozen": self.frozen,
-            "pid": self.pid(),
-            "restarts": self.restarts,
-            "crash_loop": self.crash_loop(),
-            "consecutive_failures": self.consecutive_failures,
-            "stability": stability,
-            "next_restart_in": next_restart,
-            "conflict": refused,
-            "last_exit_code": self.last_exit.as_ref().and_then(|exit| exit.code),
-            "last_exit_signal": self.last_exit.as_ref().and_then(|exit| exit.signal),
-            "stderr_tail": self.stderr_tail,
-        })
+        ChildReport {
+            instance_id: self.config.instance_id.as_str(),
+            agent_class: &self.config.agent_class,
+            target_state: self.target.as_str(),
+            state: self.state_name(),
+            frozen: self.frozen,
+            pid: self.pid(),
+            restarts: self.restarts,
+            crash_loop: self.crash_loop(),
+            consecutive_failures: self.consecutive_failures,
+            stability,
+            next_restart_in,
+            conflict: match &self.state {
+                State::Refused { reason, .. } => Some(reason),
+                _ => None,
+            },
+            last_exit_code: self.last_exit.as_ref().and_then(|exit| exit.code),
+            last_exit_signal: self.last_exit.as_ref().and_then(|exit| exit.signal),
+            stderr_tail: &self.stderr_tail,
+        }
     }
+}
+
+/// One child's entry in the manager's session data (`child_states`).
+#[derive(Debug, Serialize)]
+pub struct ChildReport<'a> {
+    /// The instance's address suffix.
+    pub instance_id: &'a str,
+    /// Its agent class.
+    pub agent_class: &'a str,
+    /// "up" or "down".
+    pub target_state: &'static str,
+    /// What [`Child::state_name`] says.
+    pub state: &'static str,
+    /// Frozen: the manager neither starts nor stops it.
+    pub frozen: bool,
+    /// The running process, if any.
+    pub pid: Option<u32>,
+    /// Unexpected exits so far.
+    pub restarts: u64,
+    /// Failing too often to be restarted at once.
+    pub crash_loop: bool,
+    /// Unexpected exits without a stable run between them.
+    pub consecutive_failures: u32,
+    /// OCS's stability, to two decimals.
+    pub stability: f64,
+    /// Seconds until the next start attempt, while one is pending.
+    pub next_restart_in: Option<f64>,
+    /// Why the last start was refused (another incarnation heartbeats).
+    pub conflict: Option<&'a String>,
+    /// The last exit's code, if it exited.
+    pub last_exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub last_exit_signal: Option<i32>,
+    /// The end of stderr from the last unexpected exit, oldest line first.
+    pub stderr_tail: &'a [String],
 }
 
 fn signal_name(signal: StopSignal) -> &'static str {
@@ -496,7 +532,7 @@ mod tests {
         assert!(child.crash_loop());
         assert_eq!(child.state_name(), "crash-loop");
         assert_eq!(child.restarts(), 6);
-        assert_eq!(child.report(now)["stderr_tail"][0], "boom");
+        assert_eq!(child.report(now).stderr_tail[0], "boom");
 
         // A stable run resets the delays and the crash loop.
         up(&mut child, now);

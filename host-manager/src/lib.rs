@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -33,6 +33,7 @@ use tokio::time::Instant;
 pub use child::{Child, Command, Exit, StopSignal, Target};
 use launch::{Event, Launcher};
 use ocs_agent::{AgentBuilder, OpContext, OpResult, Params};
+use ocs_protocol::codec;
 use ocs_service::site::SiteConfig;
 use schedule::Scheduler;
 
@@ -427,11 +428,6 @@ impl Manager {
     }
 
     fn publish(&mut self, now: Instant) {
-        let children: Vec<Value> = self
-            .children
-            .values_mut()
-            .map(|child| child.report(now))
-            .collect();
         let troubled = self
             .children
             .values()
@@ -452,17 +448,42 @@ impl Manager {
             self.config.error.is_none(),
         );
         self.ctx.set_degraded(troubled);
-        self.ctx.set_data(json!({
-            "host": self.settings.host,
-            "site_file": self.settings.site_file.display().to_string(),
-            "config": {
+        let data = ManagerData {
+            host: &self.settings.host,
+            site_file: self.settings.site_file.display().to_string(),
+            config: json!({
                 "loaded_at": self.config.loaded_at.to_rfc3339(),
                 "ok": self.config.error.is_none(),
                 "error": self.config.error.as_ref().map(|(_, error)| error),
                 "error_at": self.config.error.as_ref().map(|(at, _)| at.to_rfc3339()),
-            },
-            "child_states": children,
-            "schedules": self.scheduler.report(now),
-        }));
+            }),
+            child_states: self
+                .children
+                .values_mut()
+                .map(|child| child.report(now))
+                .collect(),
+            schedules: self.scheduler.report(now),
+        };
+        // Kept encoded: one compact copy of every child's crash report,
+        // rather than a JSON tree of them beside the children's own.
+        match codec::to_msgpack(&data) {
+            Ok(encoded) => {
+                let encoded: Arc<[u8]> = encoded.into();
+                self.ctx.set_data_source(Arc::new(move || encoded.to_vec()));
+            }
+            Err(err) => self
+                .ctx
+                .log(format!("cannot encode the session data: {err}")),
+        }
     }
+}
+
+/// The `manager` session's data.
+#[derive(Serialize)]
+struct ManagerData<'a> {
+    host: &'a str,
+    site_file: String,
+    config: Value,
+    child_states: Vec<child::ChildReport<'a>>,
+    schedules: Value,
 }
