@@ -158,18 +158,23 @@ async fn alive_count(port: u16) -> Option<u64> {
 /// anything grows with time.
 async fn every_agent_exits_once(cluster: &Cluster, topology: &Topology) -> anyhow::Result<()> {
     let indices: Vec<u8> = (1..=topology.agents_per_host).collect();
+    let mut killed = 0;
     for batch in indices.chunks(10) {
         for host in 1..=topology.hosts {
             let ids: Vec<String> = batch
                 .iter()
                 .map(|index| Topology::instance_id(host, *index))
                 .collect();
-            cluster.signal_agents(host, &ids, "KILL").await?;
+            killed += cluster.signal_agents(host, &ids, "KILL").await?;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    let fleet = usize::from(topology.hosts) * usize::from(topology.agents_per_host);
+    if killed < fleet {
+        bail!("only {killed} of {fleet} agents could be killed before the soak");
+    }
     info!(
-        agents = topology.agents().len(),
+        killed,
         "every agent killed once: each host manager holds its crash reports"
     );
     Ok(())
