@@ -12,8 +12,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder};
 
-use super::Settings;
 use super::child::{Child, Command, Exit, StopSignal};
+use super::settings::Settings;
 use super::stderr_tail::StderrTail;
 use ocs_agent::OpContext;
 use ocs_service::lifecycle::PARENT_PID_ENV;

@@ -18,10 +18,10 @@ pub mod child;
 mod launch;
 pub mod metrics;
 pub mod schedule;
+mod settings;
 pub mod stderr_tail;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,25 +36,7 @@ use ocs_agent::{AgentBuilder, OpContext, OpResult, Params};
 use ocs_protocol::codec;
 use ocs_service::site::SiteConfig;
 use schedule::Scheduler;
-
-/// What the manager needs besides the site file's contents.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// The site file, re-read on SIGHUP and when it changes.
-    pub site_file: PathBuf,
-    /// This host's name in the site file.
-    pub host: String,
-    /// The address root of the managed agents (the manager's own).
-    pub address_root: ocs_protocol::AddressRoot,
-    /// Where programs named without a path are looked for first (then `PATH`).
-    pub bin_dir: Option<PathBuf>,
-    /// How long to listen for another incarnation's heartbeat before a launch.
-    pub duplicate_check: Duration,
-    /// How often the site file is checked for changes.
-    pub reload_interval: Duration,
-    /// Where the manager's passes are reported for `/metrics` and `/healthz`.
-    pub report: metrics::ManagerReport,
-}
+pub use settings::Settings;
 
 /// An `update` request: `(instance id or "all", action)` pairs as in OCS.
 #[derive(Debug, Deserialize)]
