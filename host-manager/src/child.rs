@@ -651,4 +651,48 @@ mod tests {
             "relaunched with the new arguments"
         );
     }
+
+    #[test]
+    fn a_report_carries_ocs_child_state_fields_on_the_wire() {
+        let now = Instant::now();
+        let mut child = Child::new(config(), Target::Up);
+        up(&mut child, now);
+        crash(&mut child, now);
+        let encoded = ocs_protocol::codec::to_msgpack(&child.report(now)).unwrap();
+        let report: serde_json::Value = ocs_protocol::codec::from_msgpack(&encoded).unwrap();
+        let mut keys: Vec<&str> = report
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "agent_class",
+                "conflict",
+                "consecutive_failures",
+                "crash_loop",
+                "frozen",
+                "instance_id",
+                "last_exit_code",
+                "last_exit_signal",
+                "next_restart_in",
+                "pid",
+                "restarts",
+                "stability",
+                "state",
+                "stderr_tail",
+                "target_state",
+            ]
+        );
+        assert_eq!(report["instance_id"], "faker");
+        assert_eq!(report["state"], "restarting");
+        assert_eq!(report["last_exit_code"], 1);
+        assert_eq!(report["last_exit_signal"], serde_json::Value::Null);
+        assert_eq!(report["conflict"], serde_json::Value::Null);
+        assert_eq!(report["stderr_tail"], serde_json::json!(["boom"]));
+        assert_eq!(report["next_restart_in"], 1.0);
+    }
 }
