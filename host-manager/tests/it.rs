@@ -807,7 +807,7 @@ async fn a_run_cut_short_by_a_crash_is_marked_failed_by_the_next_incarnation() {
         .status()
         .unwrap();
 
-    until_child(
+    let session = until_child(
         &client,
         "faker1",
         "faker1 restarted",
@@ -815,6 +815,23 @@ async fn a_run_cut_short_by_a_crash_is_marked_failed_by_the_next_incarnation() {
         |child| child["state"] == "up" && child["pid"].as_u64() != Some(pid),
     )
     .await;
+    // The crash report holds the agent's own log lines, as plain text: an
+    // agent writing to a pipe leaves colour codes out.
+    let tail = find_child(&session, "faker1").unwrap()["stderr_tail"].clone();
+    let lines: Vec<&str> = tail
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        lines.iter().any(|line| line.contains("INFO")),
+        "no log line in the crash report: {tail}"
+    );
+    assert!(
+        lines.iter().all(|line| !line.contains('\u{1b}')),
+        "escape codes in the crash report: {tail}"
+    );
     let reply = eventually(
         Duration::from_secs(10),
         "delay_task marked failed",

@@ -1,6 +1,8 @@
 //! A service process's life: logging, its place under a host manager, systemd,
 //! and the signals that end it.
 
+use std::io::IsTerminal;
+
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -18,13 +20,24 @@ pub fn init_tracing(format: LogFormat) {
         .with_env_filter(filter)
         .log_internal_errors(false);
     match format {
-        LogFormat::Text => builder.with_writer(std::io::stderr).init(),
+        // Colours only for a person at a terminal: under a host manager, in
+        // the journal or a container log, escape codes would be kept with
+        // every line (and fill a crash report's bytes).
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && !no_color())
+            .with_writer(std::io::stderr)
+            .init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_writer(std::io::stdout)
             .init(),
     }
+}
+
+/// The NO_COLOR convention (<https://no-color.org>): set and not empty.
+fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
 }
 
 /// This host's name, as the kernel has it.
