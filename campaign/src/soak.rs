@@ -149,6 +149,17 @@ async fn alive_count(port: u16) -> Option<u64> {
         .map(|value| value as u64)
 }
 
+/// Whether the registry behind `port` counts `everyone` alive within `timeout`.
+async fn all_alive_within(port: u16, everyone: usize, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, async {
+        while alive_count(port).await.unwrap_or(0) < everyone as u64 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// Kills every agent once, ten at a time per host each second, before any
 /// memory is sampled. A host manager keeps a crash report (at most
 /// `stderr_tail::BYTES`) for each instance that has ever exited unexpectedly:
@@ -180,8 +191,9 @@ async fn every_agent_exits_once(cluster: &Cluster, topology: &Topology) -> anyho
     Ok(())
 }
 
-/// Runs the soak: starts the cluster, kills every agent once, waits for every agent, churns for
-/// `span` while sampling memory every `sample_every`, and removes the cluster.
+/// Runs the soak: starts the cluster, waits for every agent, kills each once
+/// and waits for it to return, churns for `span` while sampling memory every
+/// `sample_every`, and removes the cluster.
 pub async fn run(
     seed: u64,
     span: Duration,
@@ -195,23 +207,11 @@ pub async fn run(
     // Every agent and host manager, and the registry's own address.
     let everyone = topology.agents().len() + 1;
     let port = cluster.registry_ports[0];
-    let ready = tokio::time::timeout(Duration::from_secs(600), async {
-        while alive_count(port).await.unwrap_or(0) < everyone as u64 {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-    })
-    .await;
-    if ready.is_err() {
+    if !all_alive_within(port, everyone, Duration::from_secs(600)).await {
         bail!("not every one of {everyone} agents was alive within 600 s");
     }
     every_agent_exits_once(&cluster, topology).await?;
-    let back = tokio::time::timeout(Duration::from_secs(600), async {
-        while alive_count(port).await.unwrap_or(0) < everyone as u64 {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-    })
-    .await;
-    if back.is_err() {
+    if !all_alive_within(port, everyone, Duration::from_secs(600)).await {
         bail!("not every one of {everyone} agents was back within 600 s of the first exits");
     }
     info!(agents = everyone, "every agent alive; the soak starts");

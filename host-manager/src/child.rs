@@ -407,7 +407,7 @@ impl Child {
             stability,
             next_restart_in,
             conflict: match &self.state {
-                State::Refused { reason, .. } => Some(reason),
+                State::Refused { reason, .. } => Some(reason.as_str()),
                 _ => None,
             },
             last_exit_code: self.last_exit.as_ref().and_then(|exit| exit.code),
@@ -443,7 +443,7 @@ pub struct ChildReport<'a> {
     /// Seconds until the next start attempt, while one is pending.
     pub next_restart_in: Option<f64>,
     /// Why the last start was refused (another incarnation heartbeats).
-    pub conflict: Option<&'a String>,
+    pub conflict: Option<&'a str>,
     /// The last exit's code, if it exited.
     pub last_exit_code: Option<i32>,
     /// The signal that ended it, if one did.
