@@ -595,6 +595,9 @@ impl MainProcess {
             Observation::TableFull => {
                 self.drop_heartbeat(DropReason::table_full, subject, &"table full")
             }
+            Observation::InvalidIncarnation => {
+                self.drop_heartbeat(DropReason::invalid, subject, &"incarnation is not a UUID")
+            }
             Observation::RateLimited => self.drop_heartbeat(
                 DropReason::rate_limited,
                 subject,

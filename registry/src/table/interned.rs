@@ -1,7 +1,9 @@
-//! What many agents say alike (classes, hosts, versions, operation names
-//! and types), kept once for all of them. A tracked agent then costs a few
-//! pointers for these instead of a dozen strings of its own, and comparing a
-//! heartbeat with its entry reads strings that stay in the cache.
+//! What many agents say alike (classes, hosts, versions, and whole lists of
+//! operations with their op codes), kept once for all of them. A tracked
+//! agent then costs a few pointers for these instead of a dozen strings and
+//! a list of its own, and comparing a heartbeat with its entry reads memory
+//! that stays in the cache: agents of one class mostly report the same
+//! operations in the same states.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,15 +11,16 @@ use std::sync::Arc;
 use ocs_protocol::heartbeat::OperationRef;
 use ocs_protocol::{OpCode, proto};
 
-/// The strings in use, one copy each.
+/// The strings and operation lists in use, one copy each.
 #[derive(Debug, Default)]
-pub(super) struct SharedStrings {
+pub(super) struct Interned {
     strings: HashSet<Arc<str>>,
+    operation_lists: HashSet<Operations>,
 }
 
-impl SharedStrings {
+impl Interned {
     /// The shared copy of `text`.
-    pub(super) fn get(&mut self, text: &str) -> Arc<str> {
+    pub(super) fn text(&mut self, text: &str) -> Arc<str> {
         if let Some(shared) = self.strings.get(text) {
             return shared.clone();
         }
@@ -26,20 +29,60 @@ impl SharedStrings {
         shared
     }
 
-    /// Lets go of the strings no agent uses any more.
+    /// The shared list of the operations `op_codes` lists.
+    pub(super) fn operations<'a>(
+        &mut self,
+        op_codes: impl IntoIterator<Item = OperationRef<'a>>,
+    ) -> Operations {
+        let listed: Vec<Operation> = op_codes
+            .into_iter()
+            .map(|op| Operation {
+                name: self.text(op.op_name),
+                op_type: self.text(op.op_type),
+                code: op.op_code,
+            })
+            .collect();
+        self.list(listed)
+    }
+
+    /// The same operations, each with the op code EXPIRED.
+    pub(super) fn all_expired(&mut self, operations: &[Operation]) -> Operations {
+        let expired = operations
+            .iter()
+            .map(|op| Operation {
+                code: OpCode::Expired.value(),
+                ..op.clone()
+            })
+            .collect();
+        self.list(expired)
+    }
+
+    fn list(&mut self, listed: Vec<Operation>) -> Operations {
+        if let Some(shared) = self.operation_lists.get(listed.as_slice()) {
+            return shared.clone();
+        }
+        let shared: Operations = Arc::from(listed);
+        self.operation_lists.insert(shared.clone());
+        shared
+    }
+
+    /// Lets go of what no agent uses any more.
     pub(super) fn sweep(&mut self) {
+        // Lists first: they hold strings.
+        self.operation_lists
+            .retain(|shared| Arc::strong_count(shared) > 1);
         self.strings.retain(|shared| Arc::strong_count(shared) > 1);
     }
 
-    /// How many strings are kept.
+    /// How many strings and operation lists are kept.
     #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.strings.len()
+    pub(super) fn len(&self) -> (usize, usize) {
+        (self.strings.len(), self.operation_lists.len())
     }
 }
 
 /// One operation of an agent and its op code.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct Operation {
     name: Arc<str>,
     op_type: Arc<str>,
@@ -47,22 +90,7 @@ pub(super) struct Operation {
 }
 
 /// An agent's operations, in the order its heartbeat lists them.
-pub(super) type Operations = Box<[Operation]>;
-
-/// The operations `op_codes` lists, their strings shared.
-pub(super) fn operations<'a>(
-    strings: &mut SharedStrings,
-    op_codes: impl IntoIterator<Item = OperationRef<'a>>,
-) -> Operations {
-    op_codes
-        .into_iter()
-        .map(|op| Operation {
-            name: strings.get(op.op_name),
-            op_type: strings.get(op.op_type),
-            code: op.op_code,
-        })
-        .collect()
-}
+pub(super) type Operations = Arc<[Operation]>;
 
 /// Whether a heartbeat's `op_codes` say what `operations` hold.
 pub(super) fn same_operations(operations: &[Operation], op_codes: &[OperationRef<'_>]) -> bool {
@@ -72,17 +100,6 @@ pub(super) fn same_operations(operations: &[Operation], op_codes: &[OperationRef
                 && *ours.name == *theirs.op_name
                 && *ours.op_type == *theirs.op_type
         })
-}
-
-/// The same operations, each with the op code EXPIRED.
-pub(super) fn all_expired(operations: &[Operation]) -> Operations {
-    operations
-        .iter()
-        .map(|op| Operation {
-            code: OpCode::Expired.value(),
-            ..op.clone()
-        })
-        .collect()
 }
 
 /// The wire form of `operations`.
@@ -115,12 +132,15 @@ mod tests {
 
     #[test]
     fn operations_share_their_strings_compare_by_content_and_are_let_go() {
-        let mut strings = SharedStrings::default();
+        let mut interned = Interned::default();
         let said = [op("acq", 3, "process"), op("count", 1, "task")];
-        let first = operations(&mut strings, refs(&said));
-        let second = operations(&mut strings, refs(&said));
-        assert!(Arc::ptr_eq(&first[0].name, &second[0].name));
-        assert_eq!(strings.len(), 4);
+        let first = interned.operations(refs(&said));
+        let second = interned.operations(refs(&said));
+        assert!(Arc::ptr_eq(&first, &second), "one list for both");
+        let other = interned.operations(refs(&[op("acq", 5, "process"), op("count", 1, "task")]));
+        assert!(!Arc::ptr_eq(&first, &other), "another state, another list");
+        assert!(Arc::ptr_eq(&first[0].name, &other[0].name));
+        assert_eq!(interned.len(), (4, 2));
         assert!(same_operations(&first, &refs(&said)));
         assert!(!same_operations(&first, &refs(&said[..1])));
         assert!(!same_operations(
@@ -132,13 +152,14 @@ mod tests {
             &refs(&[op("acq", 3, "task"), op("count", 1, "task")])
         ));
         assert_eq!(op_codes(&first), said);
-        assert!(
-            all_expired(&first)
-                .iter()
-                .all(|op| op.code == OpCode::Expired.value())
-        );
-        drop((first, second));
-        strings.sweep();
-        assert_eq!(strings.len(), 0, "nobody uses them any more");
+        let expired = interned.all_expired(&first);
+        assert!(expired.iter().all(|op| op.code == OpCode::Expired.value()));
+        assert!(Arc::ptr_eq(&expired, &interned.all_expired(&other)));
+        drop((first, second, expired));
+        interned.sweep();
+        assert_eq!(interned.len(), (4, 1), "the other state is still in use");
+        drop(other);
+        interned.sweep();
+        assert_eq!(interned.len(), (0, 0), "nobody uses them any more");
     }
 }

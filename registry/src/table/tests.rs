@@ -247,6 +247,46 @@ fn a_restored_agent_is_unverified_until_heard() {
 }
 
 #[test]
+fn an_incarnation_is_a_uuid_in_whatever_form_it_was_written() {
+    let mut table = table();
+    let t0 = Instant::now();
+    let upper = INCARNATION_A.to_uppercase();
+    table.observe(&HeartbeatRef::of(&beat(FAKER, &upper, 1, &[])), t0, 0);
+    assert_eq!(
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, INCARNATION_A, 2, &[])),
+            t0 + Duration::from_secs(1),
+            0
+        ),
+        Observation::Refreshed,
+        "the same UUID in lower case is the same incarnation"
+    );
+    let record = table.record(FAKER).unwrap();
+    assert_eq!(
+        record.incarnation, INCARNATION_A,
+        "shown in its canonical form"
+    );
+    assert_eq!(record.incarnations_seen, 1);
+    assert_eq!(
+        table.observe(
+            &HeartbeatRef::of(&beat(FAKER, "not-a-uuid", 3, &[])),
+            t0 + Duration::from_secs(2),
+            0
+        ),
+        Observation::InvalidIncarnation
+    );
+
+    let mut stored = table.stored(FAKER, t0, 0).unwrap();
+    stored.record.as_mut().unwrap().incarnation = "not-a-uuid".into();
+    let mut after = self::table();
+    assert!(
+        !after.restore(stored, t0, 0),
+        "a record that cannot be read is left out"
+    );
+    assert!(after.is_empty());
+}
+
+#[test]
 fn an_agent_flaps_after_three_expiries_in_the_window_and_settles_after_a_quiet_one() {
     let mut table = table();
     let t0 = Instant::now();
