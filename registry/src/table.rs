@@ -815,10 +815,8 @@ impl AgentTable {
             (
                 AgentState::Left,
                 now + self.config.forget_after,
-                {
-                    let said = self.interned.operations(heartbeat.op_codes.iter().copied());
-                    self.interned.all_expired(&said)
-                },
+                self.interned
+                    .operations_expired(heartbeat.op_codes.iter().copied()),
                 Some(now_unix_ms),
             )
         } else {

@@ -57,6 +57,18 @@ impl Interned {
         self.list(expired)
     }
 
+    /// The shared list of the operations `op_codes` lists, each with the op
+    /// code EXPIRED: a departing agent's, without keeping the list it said.
+    pub(super) fn operations_expired<'a>(
+        &mut self,
+        op_codes: impl IntoIterator<Item = OperationRef<'a>>,
+    ) -> Operations {
+        self.operations(op_codes.into_iter().map(|op| OperationRef {
+            op_code: OpCode::Expired.value(),
+            ..op
+        }))
+    }
+
     fn list(&mut self, listed: Vec<Operation>) -> Operations {
         if let Some(shared) = self.operation_lists.get(listed.as_slice()) {
             return shared.clone();
@@ -155,6 +167,10 @@ mod tests {
         let expired = interned.all_expired(&first);
         assert!(expired.iter().all(|op| op.code == OpCode::Expired.value()));
         assert!(Arc::ptr_eq(&expired, &interned.all_expired(&other)));
+        assert!(Arc::ptr_eq(
+            &expired,
+            &interned.operations_expired(refs(&said))
+        ));
         drop((first, second, expired));
         interned.sweep();
         assert_eq!(interned.len(), (4, 1), "the other state is still in use");
